@@ -1,0 +1,3 @@
+from fedmlp.cli import main
+
+raise SystemExit(main())
