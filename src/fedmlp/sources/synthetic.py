@@ -1,0 +1,261 @@
+"""A seeded synthetic head-CT source that writes exactly the RSNA ICH layout (DESIGN §4.3).
+
+Each slice is an axial head phantom in Hounsfield units (air, skull, a thin CSF rim with sulci,
+brain with smooth grey/white texture, two lateral ventricles, the interhemispheric fissure, noise and
+a little blur) with hemorrhages of the five subtypes drawn where they occur:
+
+- epidural: a short, thick biconvex lens against the inner skull;
+- subdural: a long, thin crescent along the inner skull;
+- intraparenchymal: an irregular blob with an oedema rim inside the brain;
+- intraventricular: blood layering in the dependent part of a lateral ventricle;
+- subarachnoid: blood filling the CSF rim, sulci and fissure over a sector.
+
+The files carry real-data quirks: most are int16 with intercept -1024, a configurable share are the
+RSNA "signed stored as unsigned" kind (BitsStored 12, PixelRepresentation 0, intercept 0) and some
+have multi-valued WindowCenter/WindowWidth. Everything is a pure function of the config and seed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pydicom.config
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from scipy.ndimage import gaussian_filter
+
+from fedmlp.config import SyntheticConfig
+from fedmlp.errors import FedmlpError
+from fedmlp.progress import bar
+from fedmlp.seeding import numpy_rng
+from fedmlp.sources import rsna
+
+log = logging.getLogger(__name__)
+
+AIR, BONE, CSF, BRAIN = -1000.0, 1200.0, 8.0, 33.0
+HEADER_WINDOWS = ((40, 80), (40, 80), (40, 80), (35, 80), (40, 90), (45, 100))
+
+
+@dataclass(frozen=True)
+class Head:
+    """Geometry of one phantom, in normalised image coordinates (the image spans [-1, 1])."""
+
+    x: np.ndarray  # head-frame coordinates of every pixel
+    y: np.ndarray
+    r: np.ndarray  # elliptical radius: 1 at the inner skull table
+    theta: np.ndarray  # elliptical angle
+    brain: np.ndarray  # mask inside the inner skull table
+    rim: np.ndarray  # CSF between brain surface and skull
+    ventricles: list[np.ndarray]
+    fissure: np.ndarray
+    sulci: np.ndarray
+
+
+def _angle_diff(a: np.ndarray, b: float) -> np.ndarray:
+    return (a - b + np.pi) % (2 * np.pi) - np.pi
+
+
+def draw_head(size: int, rng: np.random.Generator) -> tuple[np.ndarray, Head]:
+    grid = (np.arange(size) + 0.5) / size * 2 - 1
+    gx, gy = np.meshgrid(grid, grid)
+    cx, cy = rng.normal(0, 0.03, 2)
+    phi = np.deg2rad(rng.uniform(-12, 12))
+    x = np.cos(phi) * (gx - cx) + np.sin(phi) * (gy - cy)
+    y = -np.sin(phi) * (gx - cx) + np.cos(phi) * (gy - cy)
+    a, b = rng.uniform(0.66, 0.74), rng.uniform(0.80, 0.88)
+    skull = rng.uniform(0.07, 0.09)
+    rho = np.hypot(x / a, y / b)
+    r = rho / (1 - skull)
+    theta = np.arctan2(y / b, x / a)
+
+    hu = np.full((size, size), AIR, dtype=np.float64)
+    hu[rho <= 1] = BONE + rng.normal(0, 60)
+    brain = r < 1
+    texture = gaussian_filter(rng.normal(0, 1, (size, size)), size / 24)
+    texture /= texture.std() + 1e-9
+    hu[brain] = BRAIN + 4.0 * texture[brain] + 4.0 * (r[brain] < 0.75)  # a little grey/white contrast
+
+    rim = brain & (r > 0.95)
+    n_sulci = rng.integers(8, 14)
+    sulci = np.zeros_like(brain)
+    for angle in rng.uniform(-np.pi, np.pi, n_sulci):
+        depth = rng.uniform(0.12, 0.22)
+        sulci |= brain & (np.abs(_angle_diff(theta, angle)) < 0.035) & (r > 1 - depth)
+    fissure = brain & (np.abs(x) < 0.015) & (np.abs(y) > 0.25 * b)
+    hu[rim | sulci | fissure] = CSF
+
+    ventricles = []
+    for side in (-1, 1):
+        vx, vy = x - side * 0.12 * a, y - 0.02 * b
+        tilt = np.deg2rad(-side * rng.uniform(12, 24))  # frontal horns close, occipital horns apart
+        u = np.cos(tilt) * vx + np.sin(tilt) * vy
+        v = -np.sin(tilt) * vx + np.cos(tilt) * vy
+        mask = np.hypot(u / rng.uniform(0.05, 0.07), v / rng.uniform(0.18, 0.24)) < 1
+        hu[mask] = CSF - 3
+        ventricles.append(mask)
+    return hu, Head(x, y, r, theta, brain, rim, ventricles, fissure, sulci)
+
+
+def epidural(hu: np.ndarray, head: Head, rng: np.random.Generator) -> None:
+    center, half_span = rng.uniform(-np.pi, np.pi), rng.uniform(0.25, 0.45)
+    thickness = rng.uniform(0.12, 0.2)
+    t = _angle_diff(head.theta, center) / half_span
+    lens = head.brain & (np.abs(t) < 1) & (1 - head.r < thickness * (1 - t**2))
+    hu[lens] = rng.uniform(60, 80)
+
+
+def subdural(hu: np.ndarray, head: Head, rng: np.random.Generator) -> None:
+    center, half_span = rng.uniform(-np.pi, np.pi), rng.uniform(0.7, 1.2)
+    thickness = rng.uniform(0.05, 0.09)
+    t = _angle_diff(head.theta, center) / half_span
+    crescent = head.brain & (np.abs(t) < 1) & (1 - head.r < thickness * np.sqrt(np.clip(1 - t**4, 0, 1)))
+    hu[crescent] = rng.uniform(55, 75)
+
+
+def intraparenchymal(hu: np.ndarray, head: Head, rng: np.random.Generator) -> None:
+    angle, radius = rng.uniform(-np.pi, np.pi), rng.uniform(0.35, 0.65)
+    cx, cy = radius * np.cos(angle) * 0.65, radius * np.sin(angle) * 0.8
+    dx, dy = head.x - cx, head.y - cy
+    phase = np.arctan2(dy, dx)
+    size = rng.uniform(0.06, 0.12)
+    wobble = 1 + 0.15 * np.sin(2 * phase + rng.uniform(0, 6.3)) + 0.1 * np.sin(3 * phase + rng.uniform(0, 6.3))
+    distance = np.hypot(dx, dy) / (size * wobble)
+    hu[head.brain & (distance < 1.35) & (distance >= 1)] = rng.uniform(15, 22)  # oedema
+    hu[head.brain & (distance < 1)] = rng.uniform(60, 85)
+
+
+def intraventricular(hu: np.ndarray, head: Head, rng: np.random.Generator) -> None:
+    sides = [0, 1] if rng.random() < 0.5 else [int(rng.integers(2))]
+    for side in sides:
+        ventricle = head.ventricles[side]
+        ys = head.y[ventricle]
+        level = np.quantile(ys, 1 - rng.uniform(0.35, 0.75))  # posterior (dependent) part fills first
+        hu[ventricle & (head.y >= level)] = rng.uniform(55, 75)
+
+
+def subarachnoid(hu: np.ndarray, head: Head, rng: np.random.Generator) -> None:
+    center, half_span = rng.uniform(-np.pi, np.pi), rng.uniform(0.6, 1.4)
+    sector = np.abs(_angle_diff(head.theta, center)) < half_span
+    spaces = (head.rim | head.sulci) & sector
+    if rng.random() < 0.5:
+        spaces |= head.fissure
+    hu[spaces] = rng.uniform(50, 70)
+
+
+DRAW = {
+    "epidural": epidural,
+    "intraparenchymal": intraparenchymal,
+    "intraventricular": intraventricular,
+    "subarachnoid": subarachnoid,
+    "subdural": subdural,
+}
+
+
+def draw_labels(config: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
+    """Independent Bernoulli draws by prevalence; then each positive image gets one extra subtype with
+    probability ``cooccurrence`` (chosen in proportion to prevalence)."""
+    classes = list(rsna.CLASSES)
+    unknown = set(config.prevalence) - set(classes)
+    if unknown:
+        raise FedmlpError(f"config key 'synthetic.prevalence.{sorted(unknown)[0]}': unknown subtype (allowed: {', '.join(classes)})")
+    prevalence = np.array([config.prevalence.get(c, 0.0) for c in classes])
+    labels = rng.random((config.n_images, len(classes))) < prevalence
+    extra = labels.any(axis=1) & (rng.random(config.n_images) < config.cooccurrence)
+    weights = prevalence / prevalence.sum() if prevalence.sum() > 0 else np.full(len(classes), 1 / len(classes))
+    for i in np.flatnonzero(extra):
+        free = ~labels[i]
+        if free.any():
+            p = weights * free
+            labels[i, rng.choice(len(classes), p=p / p.sum())] = True
+    return labels.astype(np.int8)
+
+
+def render(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One slice in HU (float64) with the hemorrhages flagged in ``labels``."""
+    hu, head = draw_head(size, rng)
+    for name, present in zip(rsna.CLASSES, labels):
+        if present:
+            DRAW[name](hu, head, rng)
+    hu = gaussian_filter(hu, 0.6)
+    hu += rng.normal(0, rng.uniform(3, 6), hu.shape)
+    return hu
+
+
+def dicom_dataset(image_id: str, hu: np.ndarray, index: int, seed: int, rng: np.random.Generator, config: SyntheticConfig) -> pydicom.Dataset:
+    sop_uid = generate_uid(entropy_srcs=[str(seed), image_id, "sop"])
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = image_id  # Kaggle's files carry "ID_<hex>" here, which is not a valid UI
+    ds.Modality = "CT"
+    ds.PatientID = f"ID_{index:08x}"
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=[str(seed), image_id, "study"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[str(seed), image_id, "series"])
+    ds.InstanceNumber = 1
+    ds.ImagePositionPatient = [-125.0, -125.0, float(rng.uniform(0, 200))]
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = hu.shape
+    ds.PixelSpacing = [250.0 / hu.shape[0]] * 2
+    ds.BitsAllocated = 16
+    center, width = HEADER_WINDOWS[rng.integers(len(HEADER_WINDOWS))]
+    if rng.random() < config.multivalued_window_fraction:
+        ds.WindowCenter = [center, center]
+        ds.WindowWidth = [width, width]
+    else:
+        ds.WindowCenter = center
+        ds.WindowWidth = width
+    ds.RescaleSlope = 1
+    if rng.random() < config.signed_as_unsigned_fraction:
+        # Signed 12-bit values stored as unsigned with intercept 0: dicom.repair_signed_as_unsigned undoes it.
+        stored = np.mod(np.clip(np.rint(hu), -1000, 3095).astype(np.int32), 4096).astype(np.uint16)
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, 0
+        ds.RescaleIntercept = 0
+    else:
+        stored = np.clip(np.rint(hu) + 1024, -32768, 32767).astype(np.int16)
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 15, 1
+        ds.RescaleIntercept = -1024
+    ds.PixelData = stored.tobytes()
+    return ds
+
+
+def image_ids(n: int, rng: np.random.Generator) -> list[str]:
+    ids: dict[str, None] = {}
+    while len(ids) < n:
+        for value in rng.integers(0, 16**9, size=n - len(ids)):
+            ids[f"ID_{int(value):09x}"] = None
+    return list(ids)
+
+
+def generate(config: SyntheticConfig, out_dir: Path) -> pd.DataFrame:
+    """Write ``out_dir/stage_2_train/*.dcm`` and ``out_dir/stage_2_train.csv``; return the label table."""
+    if config.n_images < 1:
+        raise FedmlpError(f"config key 'synthetic.n_images': expected at least 1, got {config.n_images}")
+    if config.image_size < 32:
+        raise FedmlpError(f"config key 'synthetic.image_size': expected at least 32, got {config.image_size}")
+    ids = image_ids(config.n_images, numpy_rng(config.seed, "ids"))
+    labels = draw_labels(config, numpy_rng(config.seed, "labels"))
+    image_dir = out_dir / rsna.IMAGE_DIR
+    image_dir.mkdir(parents=True, exist_ok=True)
+    for index, image_id in enumerate(bar(ids, desc="synthetic DICOM", unit="img")):
+        rng = numpy_rng(config.seed, "image", index)
+        hu = render(labels[index], config.image_size, rng)
+        with pydicom.config.disable_value_validation():  # for the Kaggle-style SOPInstanceUID
+            ds = dicom_dataset(image_id, hu, index, config.seed, rng, config)
+            ds.save_as(rsna.image_path(out_dir, image_id), enforce_file_format=True)
+    table = pd.DataFrame(labels, index=pd.Index(ids, name="image_id"), columns=list(rsna.CLASSES))
+    table["any"] = table.max(axis=1)
+    repeat = ids[: config.duplicated_images]
+    rsna.write_labels(table, out_dir / rsna.LABEL_FILE, repeat=repeat)
+    log.info("wrote %d DICOM files and %s (%d images listed twice, as in the real file)", len(ids), rsna.LABEL_FILE, len(repeat))
+    return table

@@ -1,0 +1,80 @@
+"""The compact image store every training stage reads (DESIGN §6).
+
+A store is a directory with three files:
+
+- ``images.npy``: uint8 array of shape (N, C, H, W), opened memory-mapped so that resident memory
+  does not grow with N;
+- ``labels.csv``: ``image_id`` plus one 0/1 column per class, row i describing image i;
+- ``manifest.json``: dataset, windowing, size, classes, counts, skipped files and SHA-256 checksums.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedmlp.errors import FedmlpError
+
+IMAGES = "images.npy"
+LABELS = "labels.csv"
+MANIFEST = "manifest.json"
+
+
+def sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ImageStore:
+    """A read-only view of a store: memory-mapped images, labels and the row of every image ID."""
+
+    root: Path
+    images: np.ndarray
+    labels: np.ndarray  # (N, C) int8, the true labels: only partitions and evaluation may read them
+    image_ids: list[str]
+    classes: list[str]
+    manifest: dict[str, Any]
+
+    @classmethod
+    def open(cls, root: Path) -> ImageStore:
+        root = Path(root)
+        for name in (IMAGES, LABELS, MANIFEST):
+            if not (root / name).exists():
+                raise FedmlpError(f"{root / name}: missing; is {root} an image store written by 'fedmlp ingest'?")
+        manifest = json.loads((root / MANIFEST).read_text())
+        images = np.load(root / IMAGES, mmap_mode="r")
+        table = pd.read_csv(root / LABELS, dtype={"image_id": str})
+        classes = list(manifest["classes"])
+        if list(table.columns) != ["image_id", *classes] or len(table) != images.shape[0]:
+            raise FedmlpError(f"{root / LABELS}: does not match {MANIFEST} (classes {classes}, {images.shape[0]} images)")
+        return cls(
+            root=root,
+            images=images,
+            labels=table[classes].to_numpy(dtype=np.int8),
+            image_ids=table["image_id"].tolist(),
+            classes=classes,
+            manifest=manifest,
+        )
+
+    def rows(self, image_ids: list[str]) -> np.ndarray:
+        """Store rows of ``image_ids``, in the given order."""
+        index = pd.Index(self.image_ids)
+        rows = index.get_indexer(image_ids)
+        if (rows < 0).any():
+            missing = image_ids[int(np.argmax(rows < 0))]
+            raise FedmlpError(f"image {missing} is not in the store {self.root}")
+        return rows
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
