@@ -1,0 +1,123 @@
+"""Who holds which images and which classes they annotate: the train/test split and the federation.
+
+The partition artifact (``partition.json``) is what the training stages read::
+
+    {"classes": [...],
+     "clients": [{"id": 0, "images": [...], "annotated_classes": [...]}, ...],
+     "test": [...],
+     "meta": {...}}
+
+Image IDs are those of the source; it carries no labels. The true labels of a client's missing
+classes therefore never reach training code (DESIGN §5): training reads the store's labels only
+through :func:`fedmlp.loader.observed_labels`, which keeps the annotated columns.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedmlp.config import FederationConfig, SplitConfig, to_dict
+from fedmlp.errors import FedmlpError
+from fedmlp.seeding import numpy_rng
+
+MIN_CLIENT_IMAGES = 2
+
+
+@dataclass(frozen=True)
+class Split:
+    train: list[str]
+    test: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"train": self.train, "test": self.test}
+
+
+def random_split(image_ids: list[str], config: SplitConfig) -> Split:
+    """Image-level split as the paper's code does it: ``numpy.random.seed(seed)``, one permutation,
+    the first ``ceil((1 - train_fraction) * N)`` positions are the test set."""
+    if not 0 < config.train_fraction < 1:
+        raise FedmlpError(f"config key 'split.train_fraction': expected a number in (0, 1), got {config.train_fraction}")
+    n = len(image_ids)
+    n_test = math.ceil((1 - config.train_fraction) * n)
+    if n_test < 1 or n_test >= n:
+        raise FedmlpError(f"config key 'split.train_fraction': {config.train_fraction} leaves an empty train or test set for {n} images")
+    perm = np.random.RandomState(config.seed).permutation(n)
+    return Split(train=[image_ids[i] for i in perm[n_test:]], test=[image_ids[i] for i in perm[:n_test]])
+
+
+def assign_classes(classes: list[str], config: FederationConfig) -> list[list[str]]:
+    """Annotated classes per client: listed explicitly, or drawn so that every class has an annotator."""
+    k, per_client = config.n_clients, config.annotated_per_client
+    if config.annotated_classes is not None:
+        listed = config.annotated_classes
+        if len(listed) != k:
+            raise FedmlpError(f"config key 'federation.annotated_classes': {len(listed)} lists for {k} clients")
+        for i, names in enumerate(listed):
+            unknown = [c for c in names if c not in classes]
+            if unknown:
+                raise FedmlpError(f"config key 'federation.annotated_classes[{i}]': unknown class {unknown[0]!r} (classes: {', '.join(classes)})")
+        orphans = [c for c in classes if not any(c in names for names in listed)]
+        if orphans:
+            raise FedmlpError(f"config key 'federation.annotated_classes': no client annotates {orphans[0]!r}")
+        return [[c for c in classes if c in names] for names in listed]
+    if not 1 <= per_client <= len(classes):
+        raise FedmlpError(f"config key 'federation.annotated_per_client': expected 1..{len(classes)} (the number of classes), got {per_client}")
+    if k * per_client < len(classes):
+        raise FedmlpError(
+            f"config key 'federation.annotated_per_client': {k} clients × {per_client} classes cannot cover {len(classes)} classes"
+        )
+    order = numpy_rng(config.seed, "annotated-classes").permutation(len(classes))
+    assigned = []
+    for client in range(k):
+        picks = {int(order[(client * per_client + j) % len(classes)]) for j in range(per_client)}
+        assigned.append([classes[i] for i in sorted(picks)])
+    return assigned
+
+
+def _dirichlet_groups(labels: np.ndarray, k: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
+    """Label-skewed split for multi-label data: each image is grouped by its rarest positive class
+    (or "no finding"), and each group is divided among clients by proportions drawn from Dir(alpha)."""
+    prevalence = labels.mean(axis=0)
+    rarity = np.where(labels > 0, prevalence[None, :], np.inf)
+    group = np.where(labels.any(axis=1), rarity.argmin(axis=1), labels.shape[1])
+    for _ in range(100):
+        shares: list[list[int]] = [[] for _ in range(k)]
+        for g in np.unique(group):
+            members = rng.permutation(np.flatnonzero(group == g))
+            cuts = (np.cumsum(rng.dirichlet([alpha] * k)) * len(members)).astype(int)[:-1]
+            for client, part in enumerate(np.split(members, cuts)):
+                shares[client].extend(part.tolist())
+        if min(len(s) for s in shares) >= MIN_CLIENT_IMAGES:
+            return [np.sort(np.array(s, dtype=int)) for s in shares]
+    raise FedmlpError(f"config key 'federation.dirichlet_alpha': {alpha} leaves a client without images after 100 draws; use a larger alpha")
+
+
+def partition(train_ids: list[str], train_labels: np.ndarray, classes: list[str], config: FederationConfig) -> list[dict[str, Any]]:
+    """Divide the training images among clients and give each its annotated classes."""
+    n, k = len(train_ids), config.n_clients
+    if k < 1:
+        raise FedmlpError(f"config key 'federation.n_clients': expected at least 1, got {k}")
+    if n < k * MIN_CLIENT_IMAGES:
+        raise FedmlpError(f"config key 'federation.n_clients': {k} clients need at least {k * MIN_CLIENT_IMAGES} training images, have {n}")
+    annotated = assign_classes(classes, config)
+    rng = numpy_rng(config.seed, "partition", config.partition)
+    if config.partition == "iid":
+        parts = [np.sort(p) for p in np.array_split(rng.permutation(n), k)]
+    elif config.partition == "dirichlet":
+        if config.dirichlet_alpha <= 0:
+            raise FedmlpError(f"config key 'federation.dirichlet_alpha': expected a positive number, got {config.dirichlet_alpha}")
+        parts = _dirichlet_groups(train_labels, k, config.dirichlet_alpha, rng)
+    else:
+        raise FedmlpError(f"config key 'federation.partition': {config.partition!r} is not one of iid, dirichlet")
+    return [
+        {"id": client, "images": [train_ids[i] for i in part], "annotated_classes": annotated[client]}
+        for client, part in enumerate(parts)
+    ]
+
+
+def partition_artifact(classes: list[str], clients: list[dict[str, Any]], test: list[str], config: FederationConfig) -> dict[str, Any]:
+    return {"classes": classes, "clients": clients, "test": test, "meta": {"federation": to_dict(config)}}
