@@ -1,0 +1,38 @@
+"""Model checkpoints: plain tensors and JSON-like metadata, loaded with ``weights_only=True``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedmlp.atomic import atomic_path
+from fedmlp.config import ModelConfig, from_dict
+from fedmlp.errors import FedmlpError
+from fedmlp.models import Classifier, build_model
+
+FORMAT = 1
+
+
+def save(path: Path, model: Classifier, meta: dict[str, Any]) -> None:
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, "state_dict": state, "meta": meta}, tmp)
+
+
+def load(path: Path) -> tuple[Classifier, dict[str, Any]]:
+    """Rebuild the model a checkpoint describes. Refuses pickled code and foreign architectures."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise FedmlpError(f"{path}: not a fedmlp checkpoint or not loadable safely ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "meta" not in payload:
+        raise FedmlpError(f"{path}: not a fedmlp checkpoint (format {FORMAT} expected)")
+    meta = payload["meta"]
+    model = build_model(from_dict(ModelConfig, {**meta["model"], "pretrained": False, "weights_path": None}, "model"), len(meta["classes"]))
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise FedmlpError(f"{path}: weights do not fit the architecture it names ({str(exc).splitlines()[0]})") from None
+    return model, meta

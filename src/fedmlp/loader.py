@@ -1,0 +1,89 @@
+"""Client datasets and batches, gathered from the memory-mapped store.
+
+A batch is one fancy-indexing read of sorted rows from the store (no per-sample Python), moved to the
+training device as uint8; augmentation then runs on the whole batch (:mod:`fedmlp.augment`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedmlp.store import ImageStore
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """What a client may see: its images and the labels of the classes it annotates.
+
+    ``observed`` holds the true label for annotated classes and 0 for missing ones (how the paper's
+    setting stores them); ``annotated`` says which is which. The hidden labels are not here.
+    """
+
+    client_id: int
+    rows: np.ndarray  # store rows, sorted
+    observed: torch.Tensor  # (N, C) float32
+    annotated: torch.Tensor  # (C,) bool
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def missing(self) -> torch.Tensor:
+        return ~self.annotated
+
+
+@dataclass(frozen=True)
+class Batch:
+    positions: torch.Tensor  # positions within the client's data, for per-sample client state
+    images: torch.Tensor  # uint8 (B, C, H, W) on the device
+    observed: torch.Tensor  # (B, C) float32 on the device
+    annotated: torch.Tensor  # (C,) bool on the device
+
+
+def observed_labels(store: ImageStore, rows: np.ndarray, annotated: np.ndarray) -> torch.Tensor:
+    """The only place training reads store labels: missing classes come out as 0."""
+    labels = store.labels[rows].astype(np.float32) * annotated[None, :].astype(np.float32)
+    return torch.from_numpy(labels)
+
+
+def make_client(store: ImageStore, client_id: int, image_ids: list[str], annotated_classes: list[str]) -> ClientData:
+    rows = np.sort(store.rows(image_ids))
+    annotated = np.array([c in annotated_classes for c in store.classes])
+    return ClientData(client_id, rows, observed_labels(store, rows, annotated), torch.from_numpy(annotated))
+
+
+def read_images(store: ImageStore, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 images of sorted ``rows`` (one read from the memory map)."""
+    return torch.from_numpy(np.ascontiguousarray(store.images[rows])).to(device, non_blocking=True)
+
+
+def batches(store: ImageStore, client: ClientData, batch_size: int, generator: torch.Generator, device: torch.device) -> Iterator[Batch]:
+    """One shuffled epoch. A trailing batch of a single image is dropped (BatchNorm needs two)."""
+    order = torch.randperm(len(client), generator=generator)
+    annotated = client.annotated.to(device)
+    for start in range(0, len(order), batch_size):
+        positions = order[start : start + batch_size].sort().values
+        if len(positions) < 2:
+            break
+        yield Batch(
+            positions=positions,
+            images=read_images(store, client.rows[positions.numpy()], device),
+            observed=client.observed[positions].to(device),
+            annotated=annotated,
+        )
+
+
+def n_batches(n_images: int, batch_size: int) -> int:
+    full, rest = divmod(n_images, batch_size)
+    return full + (rest >= 2)
+
+
+def iterate_rows(store: ImageStore, rows: np.ndarray, batch_size: int, device: torch.device) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Sequential batches over ``rows`` (sorted), for evaluation and feature passes."""
+    for start in range(0, len(rows), batch_size):
+        chunk = slice(start, min(start + batch_size, len(rows)))
+        yield chunk, read_images(store, rows[chunk], device)

@@ -1,0 +1,143 @@
+"""The federated loop, the FedAvg methods, augmentation and checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedmlp import checkpoint, federated, methods, runtime
+from fedmlp.augment import random_affine
+from fedmlp.config import AugmentConfig, FederationConfig, ModelConfig, SplitConfig, TrainConfig
+from fedmlp.errors import FedmlpError
+from fedmlp.loader import make_client
+from fedmlp.methods import ClientUpdate, weighted_average
+from fedmlp.partition import partition, partition_artifact, random_split
+from fedmlp.store import ImageStore
+
+TINY_TRAIN = TrainConfig(rounds=2, batch_size=8, precision="fp32", device="cpu")
+TINY_MODEL = ModelConfig(width=4)
+
+
+@pytest.fixture(scope="module")
+def federation(store: ImageStore) -> dict:
+    split = random_split(store.image_ids, SplitConfig())
+    config = FederationConfig(n_clients=3, annotated_per_client=2)
+    clients = partition(split.train, store.labels[store.rows(split.train)], store.classes, config)
+    return partition_artifact(store.classes, clients, split.test, config)
+
+
+def _train(store: ImageStore, federation: dict, method: str, seed: int = 0) -> tuple[torch.nn.Module, list]:
+    rt = runtime.resolve("cpu", "fp32", 1)
+    return federated.run(store, federation, methods.create(method), TINY_TRAIN, TINY_MODEL, seed, rt)
+
+
+def test_clients_never_see_missing_labels(store: ImageStore, federation: dict) -> None:
+    entry = federation["clients"][0]
+    client = make_client(store, 0, entry["images"], entry["annotated_classes"])
+    annotated = client.annotated.numpy()
+    assert annotated.sum() == 2
+    truth = store.labels[client.rows]
+    assert truth[:, ~annotated].any(), "fixture should have hidden positives"
+    np.testing.assert_array_equal(client.observed.numpy()[:, ~annotated], 0)
+    np.testing.assert_array_equal(client.observed.numpy()[:, annotated], truth[:, annotated])
+
+
+@pytest.mark.parametrize("method", ["fedavg-partial", "fedavg-masked"])
+def test_hidden_labels_do_not_influence_training(store: ImageStore, federation: dict, method: str) -> None:
+    """Permuting the true labels of every client's missing classes leaves the weights bit-identical."""
+    shuffled = store.labels.copy()
+    rng = np.random.default_rng(0)
+    for entry in federation["clients"]:
+        rows = store.rows(entry["images"])
+        for c, name in enumerate(store.classes):
+            if name not in entry["annotated_classes"]:
+                shuffled[rows, c] = rng.permutation(1 - shuffled[rows, c])  # flipped and permuted
+    tampered = dataclasses.replace(store, labels=shuffled)
+    model_a, _ = _train(store, federation, method)
+    model_b, _ = _train(tampered, federation, method)
+    for (key, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert torch.equal(a, b), key
+
+
+def test_same_seed_same_result_other_seed_differs(store: ImageStore, federation: dict) -> None:
+    model_a, history_a = _train(store, federation, "fedavg-full", seed=1)
+    model_b, history_b = _train(store, federation, "fedavg-full", seed=1)
+    model_c, _ = _train(store, federation, "fedavg-full", seed=2)
+    assert [(r.train_loss, r.test_mAP) for r in history_a] == [(r.train_loss, r.test_mAP) for r in history_b]
+    assert all(torch.equal(a, b) for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()))
+    assert not all(torch.equal(a, c) for a, c in zip(model_a.state_dict().values(), model_c.state_dict().values()))
+    assert len(history_a) == TINY_TRAIN.rounds and np.isfinite(history_a[-1].test_mAP)
+
+
+def test_fedavg_full_differs_from_partial(store: ImageStore, federation: dict) -> None:
+    full, _ = _train(store, federation, "fedavg-full")
+    partial, _ = _train(store, federation, "fedavg-partial")
+    assert not torch.equal(full.head.weight, partial.head.weight)
+
+
+def test_weighted_average() -> None:
+    updates = [
+        ClientUpdate({"w": torch.full((2,), 1.0), "n": torch.tensor(3)}, n_samples=1, loss=0.0),
+        ClientUpdate({"w": torch.full((2,), 4.0), "n": torch.tensor(5)}, n_samples=3, loss=0.0),
+    ]
+    averaged = weighted_average(updates)
+    assert torch.allclose(averaged["w"], torch.full((2,), 3.25))
+    assert averaged["n"].item() == 5
+
+
+def test_masked_loss_ignores_missing_classes(store: ImageStore) -> None:
+    method = methods.create("fedavg-masked")
+    logits = torch.zeros(4, 5, requires_grad=True)
+    observed = torch.ones(4, 5)
+    annotated = torch.tensor([True, False, True, False, False])
+
+    class Ctx:
+        model = staticmethod(lambda images: logits)
+        augment = staticmethod(lambda images: images)
+
+    batch = type("B", (), {"images": None, "observed": observed, "annotated": annotated})
+    method.loss(Ctx, batch).backward()
+    assert (logits.grad[:, ~annotated] == 0).all() and (logits.grad[:, annotated] != 0).all()
+
+
+def test_unknown_method_lists_the_known_ones() -> None:
+    with pytest.raises(FedmlpError, match="unknown method 'fedavgg'.*fedavg-full"):
+        methods.create("fedavgg")
+
+
+def test_augmentation_is_seeded_and_identity_when_disabled() -> None:
+    images = torch.randint(0, 256, (6, 1, 24, 24), dtype=torch.uint8)
+    config = AugmentConfig()
+    a = random_affine(images, config, torch.Generator().manual_seed(1))
+    b = random_affine(images, config, torch.Generator().manual_seed(1))
+    c = random_affine(images, config, torch.Generator().manual_seed(2))
+    assert a.shape == (6, 1, 24, 24) and a.dtype == torch.float32 and 0 <= a.min() and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    identity = AugmentConfig(rotation_deg=0, translate=0, scale_min=1, scale_max=1, hflip=False)
+    out = random_affine(images, identity, torch.Generator().manual_seed(1))
+    assert torch.allclose(out, images.float() / 255, atol=1e-5)
+
+
+def test_checkpoint_roundtrip_and_refusals(tmp_path: Path, store: ImageStore) -> None:
+    model = federated.init_model(TINY_MODEL, 5, 0, runtime.resolve("cpu", "fp32"))
+    meta = {"model": dataclasses.asdict(TINY_MODEL), "classes": store.classes, "method": "x", "seed": 0}
+    checkpoint.save(tmp_path / "m.pt", model, meta)
+    loaded, loaded_meta = checkpoint.load(tmp_path / "m.pt")
+    assert loaded_meta == meta
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+    class Payload:  # an arbitrary pickled object: must never be unpickled
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    torch.save({"format": 1, "state_dict": {}, "meta": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(FedmlpError, match="evil.pt"):
+        checkpoint.load(tmp_path / "evil.pt")
+    wrong = dict(meta, model=dict(meta["model"], width=8))
+    torch.save({"format": 1, "state_dict": model.state_dict(), "meta": wrong}, tmp_path / "wrong.pt")
+    with pytest.raises(FedmlpError, match="wrong.pt.*do not fit"):
+        checkpoint.load(tmp_path / "wrong.pt")
