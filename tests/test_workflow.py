@@ -1,0 +1,124 @@
+"""The real Snakemake workflow on a tiny config, run inside the test suite."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, bin_dir
+
+TINY = {
+    "methods": ["fedavg-full", "fedavg-partial", "fedavg-masked"],
+    "seeds": [0],
+    "synthetic": {"n_images": 60, "image_size": 48},
+    "preprocess": {"size": 24},
+    "federation": {"n_clients": 3, "annotated_per_client": [2, 3]},
+    "model": {"width": 4},
+    "train": {"rounds": 2, "batch_size": 8},
+}
+
+
+def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
+    config_path = workdir / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PATH": f"{bin_dir()}{os.pathsep}{os.environ['PATH']}", "FEDMLP_PROGRESS": "0"}
+    command = [f"{bin_dir()}/snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+               "--configfile", str(config_path), "--cores", "2", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+
+
+def planned_rules(output: str) -> dict[str, int]:
+    """Rule → job count from a dry run's 'Job stats' table."""
+    if "Nothing to be done" in output:
+        return {}
+    table = output.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("workflow")
+    result = snakemake(workdir, TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+@pytest.mark.slow
+def test_end_to_end_outputs(tiny_run: Path) -> None:
+    summary = pd.read_csv(tiny_run / "results" / "summary.csv")
+    assert list(summary.columns) == ["dataset", "setting", "method", "seed", "metric", "value"]
+    assert set(summary["setting"]) == {"iid-k3-a2", "iid-k3-a3"}
+    assert set(summary["method"]) == set(TINY["methods"])
+    assert set(summary["metric"]) == {"mAP", "AUROC", "BACC", "F1", "precision", "recall", "hamming_loss"}
+    assert len(summary) == 2 * 3 * 1 * 7 and summary["value"].notna().all()
+    report = (tiny_run / "results" / "report.md").read_text()
+    assert all(m in report for m in TINY["methods"]) and "Per-class test AUROC" in report
+    assert (tiny_run / "results" / "map_per_round.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for rule in ("synthesize", "ingest", "split", "partition", "train", "evaluate", "report"):
+        assert list((tiny_run / "logs" / rule).rglob("*.log")), f"no log for rule {rule}"
+    run = tiny_run / "results/synthetic-ich/header24/iid-k3-a2/fedavg-masked/seed0"
+    assert {p.name for p in run.iterdir()} >= {"model.pt", "rounds.csv", "metrics.json", "predictions.csv"}
+
+
+@pytest.mark.slow
+def test_second_run_does_nothing(tiny_run: Path) -> None:
+    result = snakemake(tiny_run, TINY, "--dry-run")
+    assert result.returncode == 0 and "Nothing to be done" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"train": {**TINY["train"], "rounds": 3}}, {"train": 6, "evaluate": 6, "report": 1, "all": 1}),
+        ({"federation": {**TINY["federation"], "seed": 5}}, {"partition": 2, "train": 6, "evaluate": 6, "report": 1, "all": 1}),
+        ({"preprocess": {"size": 24, "windowing": "header"}}, {}),  # same values spelled out: nothing
+        ({"seeds": [0, 1]}, {"train": 6, "evaluate": 6, "report": 1, "all": 1}),
+    ],
+)
+def test_config_changes_rerun_only_what_depends_on_them(tiny_run: Path, change: dict, expected: dict) -> None:
+    result = snakemake(tiny_run, {**TINY, **change}, "--dry-run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert planned_rules(result.stdout) == expected
+
+
+@pytest.mark.slow
+def test_ich_dataset_reads_a_kaggle_download(tiny_run: Path) -> None:
+    """dataset: ich plans ingest from ich.root (here the synthetic files, which are in the same layout)."""
+    raw = tiny_run / "resources" / "synthetic-ich" / "raw"
+    result = snakemake(tiny_run, {**TINY, "dataset": "ich", "ich": {"root": str(raw)}}, "--dry-run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    planned = planned_rules(result.stdout)
+    assert "synthesize" not in planned and planned["ingest"] == 1 and planned["train"] == 6
+    assert f"--raw {raw}" in result.stdout
+    result = snakemake(tiny_run, {**TINY, "dataset": "ich"}, "--dry-run")
+    assert result.returncode != 0 and "ich.root" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_lint_is_clean(tiny_run: Path) -> None:
+    result = snakemake(tiny_run, TINY, "--lint")
+    assert result.returncode == 0 and "Congratulations" in result.stdout + result.stderr
+
+
+def test_schema_violations_name_the_key(tmp_path: Path) -> None:
+    result = snakemake(tmp_path, {**TINY, "federation": {"n_clients": "five"}}, "--dry-run")
+    assert result.returncode != 0
+    assert "n_clients" in result.stderr + result.stdout and "five" in result.stderr + result.stdout
+    result = snakemake(tmp_path, {**TINY, "federation": {"n_clients": 2, "annotated_per_client": 1}}, "--dry-run")
+    assert result.returncode != 0 and "federation.annotated_per_client" in result.stdout + result.stderr
+    result = snakemake(tmp_path, {**TINY, "methods": ["fedavg-fulll"]}, "--dry-run")
+    assert result.returncode != 0 and "fedavg-fulll" in result.stderr + result.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def test_dvc_sees_the_workflow_stage() -> None:
+    result = subprocess.run([f"{bin_dir()}/dvc", "stage", "list"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^workflow\s+Outputs results/summary\.csv", result.stdout, re.M)

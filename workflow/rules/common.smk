@@ -1,0 +1,148 @@
+# Shared helpers: config validation, path patterns, settings per rule, code fingerprints.
+import hashlib
+import os
+import json
+import shlex
+import shutil
+from pathlib import Path
+
+from snakemake.utils import validate
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "../schemas/config.schema.yaml")
+
+SRC = Path(workflow.basedir) / "src" / "fedmlp"
+ENV = "../envs/fedmlp.yaml"  # relative to workflow/rules/
+
+# Path patterns: each level names what the files below it depend on.
+RAW_SYNTHETIC = "resources/synthetic-ich/raw"
+STORE = "resources/{dataset}/store/{prep}"
+SPLIT = "results/{dataset}/{prep}/split.json"
+PARTITION = "results/{dataset}/{prep}/{setting}/partition.json"
+RUN_ID = "{dataset}/{prep}/{setting}/{method}/seed{seed}"
+RUN = f"results/{RUN_ID}"
+
+
+wildcard_constraints:
+    dataset=r"[a-z0-9-]+",
+    prep=r"(header|bsb)\d+",
+    setting=r"[a-z0-9.-]+",
+    method=r"[a-z0-9+-]+",
+    seed=r"\d+",
+
+
+def json_arg(value):
+    """A config section as one shell-quoted JSON argument (also what Snakemake compares as a param)."""
+    return shlex.quote(json.dumps(value, sort_keys=True, separators=(",", ":")))
+
+
+def code_fingerprint(*modules):
+    """Hash of the library sources a rule runs, so a code change reruns exactly the affected stages."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for path in sorted(SRC.glob(module)):
+            digest.update(path.relative_to(SRC).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+CODE_COMMON = ("__init__.py", "cli.py", "config.py", "errors.py", "atomic.py", "progress.py")
+CODE = {
+    "synthesize": CODE_COMMON + ("seeding.py", "sources/*.py"),
+    "ingest": CODE_COMMON + ("ingest.py", "dicom.py", "windowing.py", "store.py", "sources/rsna.py"),
+    "split": CODE_COMMON + ("partition.py", "store.py", "seeding.py"),
+    "partition": CODE_COMMON + ("partition.py", "store.py", "seeding.py"),
+    "train": CODE_COMMON
+    + ("federated.py", "methods/*.py", "loader.py", "augment.py", "models.py", "runtime.py", "seeding.py", "inference.py", "metrics.py", "checkpoint.py", "store.py"),
+    "evaluate": CODE_COMMON + ("checkpoint.py", "models.py", "inference.py", "metrics.py", "loader.py", "augment.py", "runtime.py", "store.py"),
+    "report": CODE_COMMON + ("report.py", "metrics.py"),
+}
+
+
+def prep_name():
+    return f"{config['preprocess']['windowing']}{config['preprocess']['size']}"
+
+
+def settings():
+    """Federation settings by name; federation.annotated_per_client may list several values."""
+    fed = config["federation"]
+    per_client = fed["annotated_per_client"]
+    values = per_client if isinstance(per_client, list) else [per_client]
+    shape = "iid" if fed["partition"] == "iid" else f"dir{fed['dirichlet_alpha']:g}"
+    out = {}
+    for value in values:
+        if fed["annotated_classes"] is not None:
+            listed = hashlib.sha256(json.dumps(fed["annotated_classes"]).encode()).hexdigest()[:6]
+            name = f"{shape}-k{fed['n_clients']}-listed{listed}"
+        else:
+            name = f"{shape}-k{fed['n_clients']}-a{value}"
+        out[name] = {**fed, "annotated_per_client": value}
+    return out
+
+
+SETTINGS = settings()
+
+
+def check_config():
+    """Fail before any work on settings the schema cannot express (the key is named)."""
+    from fedmlp.config import FederationConfig, from_dict
+    from fedmlp.errors import FedmlpError
+    from fedmlp.partition import assign_classes
+    from fedmlp.sources.rsna import CLASSES, IMAGE_DIR, LABEL_FILE
+
+    if config["dataset"] == "ich":
+        root = config["ich"]["root"]
+        if not root:
+            raise FedmlpError(f"config key 'ich.root': dataset ich needs the directory holding {IMAGE_DIR}/ and {LABEL_FILE}")
+        if not (Path(root) / LABEL_FILE).is_file():
+            raise FedmlpError(f"config key 'ich.root': {Path(root) / LABEL_FILE} not found (expected the Kaggle RSNA layout)")
+    for fed in SETTINGS.values():
+        assign_classes(list(CLASSES), from_dict(FederationConfig, fed, "federation"))
+
+
+check_config()
+
+
+def raw_root(dataset):
+    return RAW_SYNTHETIC if dataset == "synthetic-ich" else config["ich"]["root"]
+
+
+def raw_inputs(wildcards):
+    root = raw_root(wildcards.dataset)
+    return {"raw_labels": f"{root}/stage_2_train.csv", "raw_images": f"{root}/stage_2_train"}
+
+
+def store_files(pattern=STORE):
+    return {"images": f"{pattern}/images.npy", "labels": f"{pattern}/labels.csv", "manifest": f"{pattern}/manifest.json"}
+
+
+def uses_gpu():
+    device = config["train"]["device"]
+    return device == "cuda" or (device == "auto" and shutil.which("nvidia-smi") is not None)
+
+
+GPU = 1 if uses_gpu() else 0
+
+
+def final_metrics():
+    return expand(
+        f"{RUN}/metrics.json",
+        dataset=config["dataset"],
+        prep=prep_name(),
+        setting=list(SETTINGS),
+        method=config["methods"],
+        seed=config["seeds"],
+    )
+
+
+def parent_of(name):
+    """A param giving the directory of input or output ``name`` (a store, the raw dataset)."""
+
+    def parent(wildcards, input, output):
+        files = {**dict(input.items()), **dict(output.items())}
+        return os.path.dirname(files[name])
+
+    return parent

@@ -1,0 +1,27 @@
+rule evaluate:
+    """Final-round metrics on the fully labelled test set."""
+    input:
+        **store_files(),
+        partition=PARTITION,
+        model=f"{RUN}/model.pt",
+        rounds=f"{RUN}/rounds.csv",
+    output:
+        metrics=f"{RUN}/metrics.json",
+        predictions=f"{RUN}/predictions.csv",
+    params:
+        run=lambda wildcards: json_arg(
+            {"dataset": wildcards.dataset, "setting": wildcards.setting, "method": wildcards.method, "seed": int(wildcards.seed)}
+        ),
+        store=parent_of("manifest"),
+        device="cuda" if GPU else "cpu",
+        code=code_fingerprint(*CODE["evaluate"]),
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    log:
+        f"logs/evaluate/{RUN_ID}.log",
+    shell:
+        "fedmlp evaluate --store {params.store} --partition {input.partition} --model {input.model}"
+        " --rounds {input.rounds} --run {params.run} --device {params.device}"
+        " --out-metrics {output.metrics} --out-predictions {output.predictions} > {log} 2>&1"

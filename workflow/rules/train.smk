@@ -1,0 +1,27 @@
+rule train:
+    """Federated training of one method with one seed."""
+    input:
+        **store_files(),
+        partition=PARTITION,
+    output:
+        model=f"{RUN}/model.pt",
+        rounds=f"{RUN}/rounds.csv",
+    params:
+        train=json_arg(config["train"]),
+        model=json_arg(config["model"]),
+        method=lambda wildcards: json_arg(config.get(wildcards.method, {})),
+        store=parent_of("manifest"),
+        code=code_fingerprint(*CODE["train"]),
+    threads: config["train"]["threads"]
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    log:
+        f"logs/train/{RUN_ID}.log",
+    benchmark:
+        f"benchmarks/train/{RUN_ID}.tsv"
+    shell:
+        "fedmlp train --store {params.store} --partition {input.partition} --method {wildcards.method}"
+        " --seed {wildcards.seed} --train {params.train} --model {params.model} --method-settings {params.method}"
+        " --out-model {output.model} --out-rounds {output.rounds} > {log} 2>&1"
