@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from fedmlp.config import ModelConfig, TrainConfig
 from fedmlp.errors import FedmlpError
 from fedmlp.inference import predict_proba
 from fedmlp.loader import ClientData, make_client, n_batches
-from fedmlp.methods import LocalContext, Method
+from fedmlp.methods import LocalContext, Method, RoundContext
 from fedmlp.metrics import ranking_metrics
 from fedmlp.models import Classifier, build_model
 from fedmlp.progress import bar
@@ -58,6 +59,9 @@ def init_model(model_config: ModelConfig, n_classes: int, seed: int, runtime: Ru
     return build_model(model_config, n_classes).to(runtime.device, memory_format=torch.channels_last)
 
 
+RoundCallback = Callable[[int, list[ClientData], list[dict[str, Any]]], None]
+
+
 def run(
     store: ImageStore,
     partition: dict[str, Any],
@@ -66,22 +70,32 @@ def run(
     model_config: ModelConfig,
     seed: int,
     runtime: Runtime,
+    rounds: range | None = None,
+    initial_model: Classifier | None = None,
+    on_round_end: RoundCallback | None = None,
 ) -> tuple[Classifier, list[RoundRecord]]:
+    """Train ``rounds`` (default: all of the method's rounds) from ``initial_model`` (default: the
+    seed's initialisation). Round indices are absolute, so a run split into stages (FedMLP's warm-up,
+    then stage 2) draws the same random streams as one uninterrupted run."""
+    rounds = rounds if rounds is not None else range(method.n_rounds(train))
     clients = build_clients(store, partition, method)
     states = [method.init_client_state(client) for client in clients]
-    global_model = init_model(model_config, len(store.classes), seed, runtime)
+    global_model = initial_model if initial_model is not None else init_model(model_config, len(store.classes), seed, runtime)
+    global_model = global_model.to(runtime.device, memory_format=torch.channels_last)
     local_model = copy.deepcopy(global_model)
     teacher = copy.deepcopy(global_model).eval().requires_grad_(False)
     test_rows = store.rows(partition["test"])
     test_labels = store.labels[test_rows]
     steps = sum(n_batches(len(c), train.batch_size) for c in clients) * train.local_epochs
+    total = method.n_rounds(train)
 
     history: list[RoundRecord] = []
-    for round_index in range(train.rounds):
+    for round_index in rounds:
         start = time.perf_counter()
+        method.begin_round(RoundContext(round_index, global_model, clients, states, store, runtime, train))
         teacher.load_state_dict(global_model.state_dict())
         updates = []
-        with bar(total=steps, desc=f"{method.name} round {round_index + 1}/{train.rounds}", unit="batch", transient=True) as progress:
+        with bar(total=steps, desc=f"{method.name} round {round_index + 1}/{total}", unit="batch", transient=True) as progress:
             for client, state in zip(clients, states):
                 local_model.load_state_dict(global_model.state_dict())
                 ctx = LocalContext(
@@ -98,7 +112,7 @@ def run(
                 )
                 updates.append(method.local_update(ctx))
         global_model.load_state_dict(method.aggregate(updates, round_index))
-        last = round_index == train.rounds - 1
+        last = round_index == rounds[-1]
         scores = {"mAP": float("nan"), "AUROC": float("nan")}
         if last or (round_index + 1) % train.eval_every == 0:
             scores = ranking_metrics(test_labels, predict_proba(global_model, store, test_rows, runtime))
@@ -106,7 +120,9 @@ def run(
         record = RoundRecord(round_index + 1, loss, scores["mAP"], scores["AUROC"], time.perf_counter() - start)
         history.append(record)
         log.info("%s round %d/%d: train loss %.4f, test mAP %.4f, AUROC %.4f (%.1f s)",
-                 method.name, record.round, train.rounds, loss, record.test_mAP, record.test_AUROC, record.seconds)
+                 method.name, record.round, total, loss, record.test_mAP, record.test_AUROC, record.seconds)
+        if on_round_end is not None:
+            on_round_end(record.round, clients, states)
     return global_model, history
 
 

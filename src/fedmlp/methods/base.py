@@ -55,6 +55,19 @@ class LocalContext:
         return batches(self.store, self.client, self.train.batch_size, self.generator, self.runtime.device)
 
 
+@dataclass
+class RoundContext:
+    """What a method's server-side round hook may use (all clients at once, as a simulation can)."""
+
+    round: int
+    global_model: Classifier
+    clients: list[ClientData]
+    states: list[dict[str, Any]]
+    store: ImageStore
+    runtime: Runtime
+    train: TrainConfig
+
+
 class Method(ABC):
     """Base class: override :meth:`loss`; override the others when the method needs to."""
 
@@ -62,8 +75,15 @@ class Method(ABC):
     # "partial": clients see only their annotated classes; "full": every class (an upper bound).
     label_access: ClassVar[Literal["partial", "full"]] = "partial"
 
+    def n_rounds(self, train: TrainConfig) -> int:
+        """Total rounds of a complete run (methods with their own schedule override this)."""
+        return train.rounds
+
     def init_client_state(self, client: ClientData) -> dict[str, Any]:
         return {}
+
+    def begin_round(self, ctx: RoundContext) -> None:
+        """Called once per round before local training, e.g. to refresh server-side payloads."""
 
     @abstractmethod
     def loss(self, ctx: LocalContext, batch: Batch) -> torch.Tensor:
