@@ -96,6 +96,35 @@ class TrainConfig:
     eval_every: int = 1
 
 
+@dataclass(frozen=True)
+class ThresholdConfig:
+    """Bounds of the adaptive selection fraction, and the published code's fixed fraction per round."""
+
+    min: float
+    max: float
+    fixed: float
+
+
+@dataclass(frozen=True)
+class FedMLPConfig:
+    """FedMLP (DESIGN §5). Stage 1 keys: warmup_rounds, lambda_dis, logit_adjust; the rest is stage 2."""
+
+    warmup_rounds: int = 8
+    rounds: int = 12
+    lambda_dis: float = 1.0
+    lambda_cr: float = 1.0
+    logit_adjust: bool = True
+    selection: Literal["adaptive", "fixed"] = "adaptive"
+    accumulate: bool = True
+    variant: Literal["paper", "official-code"] = "paper"
+    confidence_low: float = 0.3
+    confidence_high: float = 0.7
+    tau0: ThresholdConfig = field(default_factory=lambda: ThresholdConfig(min=0.0, max=0.1, fixed=0.005))
+    tau1: ThresholdConfig = field(default_factory=lambda: ThresholdConfig(min=0.0, max=0.02, fixed=0.01))
+
+    STAGE1_KEYS = ("warmup_rounds", "lambda_dis", "logit_adjust")
+
+
 def from_dict(cls: type[T], data: Any, key: str) -> T:
     """Build dataclass ``cls`` from a mapping; errors name the dotted config ``key``."""
     if not isinstance(data, dict):
@@ -106,6 +135,10 @@ def from_dict(cls: type[T], data: Any, key: str) -> T:
     if unknown:
         raise FedmlpError(f"config key '{key}.{unknown[0]}': unknown key (allowed: {', '.join(sorted(names))})")
     values = {name: _coerce(hints[name], value, f"{key}.{name}") for name, value in data.items()}
+    required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    absent = [name for name in required if name not in values]
+    if absent:
+        raise FedmlpError(f"config key '{key}.{absent[0]}': required")
     return cls(**values)
 
 

@@ -1,0 +1,68 @@
+"""Pseudo-label quality against the hidden labels: for diagnostics only, never for training.
+
+Methods that pseudo-label keep a per-client ``state["pseudo"]`` matrix (-1 unlabelled, 0, 1). This
+module is the one place that compares it with the true labels of missing classes, which our
+synthetic data (and any fully labelled data set) lets us see.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fedmlp.loader import ClientData
+from fedmlp.store import ImageStore
+
+COLUMNS = ["round", "client", "class", "learning_degree", "tau0", "tau1", "selected_negative", "selected_positive",
+           "correct_negative", "correct_positive", "hidden_positives", "precision_negative", "precision_positive", "recall_positive"]
+
+
+def _ratio(numerator: int, denominator: int) -> float:
+    return numerator / denominator if denominator else float("nan")
+
+
+def pseudo_label_quality(round_number: int, store: ImageStore, clients: list[ClientData], states: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for client, state in zip(clients, states):
+        truth = store.labels[client.rows]  # hidden labels: read here only
+        pseudo = state["pseudo"].numpy()
+        for c in torch.nonzero(client.missing).flatten().tolist():
+            positive, negative, hidden = pseudo[:, c] == 1, pseudo[:, c] == 0, truth[:, c] == 1
+            tau0, tau1 = state.get("thresholds", {}).get(c, (float("nan"), float("nan")))
+            counts = {
+                "selected_negative": int(negative.sum()),
+                "selected_positive": int(positive.sum()),
+                "correct_negative": int((negative & ~hidden).sum()),
+                "correct_positive": int((positive & hidden).sum()),
+                "hidden_positives": int(hidden.sum()),
+            }
+            rows.append({
+                "round": round_number,
+                "client": client.client_id,
+                "class": store.classes[c],
+                "learning_degree": float(state["degree"][c]),
+                "tau0": tau0,
+                "tau1": tau1,
+                **counts,
+                **rates(counts),
+            })
+    return rows
+
+
+def rates(counts: dict[str, Any]) -> dict[str, float]:
+    """Precision of pseudo-negatives and pseudo-positives, and recall of the hidden positives."""
+    return {
+        "precision_negative": _ratio(counts["correct_negative"], counts["selected_negative"]),
+        "precision_positive": _ratio(counts["correct_positive"], counts["selected_positive"]),
+        "recall_positive": _ratio(counts["correct_positive"], counts["hidden_positives"]),
+    }
+
+
+COUNTS = ["selected_negative", "selected_positive", "correct_negative", "correct_positive", "hidden_positives"]
+
+
+def pooled(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """One round's rows pooled over clients and classes: counts summed, then the rates."""
+    counts = {key: int(sum(r[key] for r in rows)) for key in COUNTS}
+    return {**counts, **rates(counts)}

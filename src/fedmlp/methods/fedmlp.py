@@ -1,0 +1,338 @@
+"""FedMLP (Sun et al., MICCAI 2024) as DESIGN §5 and docs/method.md describe it.
+
+One method with a round schedule: rounds ``[0, T1)`` are stage 1 (warm-up), rounds ``[T1, T1 + T2)``
+stage 2 (pseudo-labels + global teacher). The Snakemake stages ``warmup``, ``pseudolabel`` and
+``teacher`` run parts of this schedule; run whole (``fedmlp train --method fedmlp``), it gives the
+same weights bit for bit.
+
+Per client state (kept across rounds): the logit-adjustment offsets, the pseudo-label matrix
+(-1 unlabelled, 0 or 1; only ever set on missing classes) and the learning degrees. Server state:
+global prototypes and global learning degrees, refreshed each stage-2 round in :meth:`begin_round`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedmlp.augment import to_float
+from fedmlp.config import FedMLPConfig, ThresholdConfig, from_dict
+from fedmlp.loader import Batch, ClientData, iterate_rows
+from fedmlp.methods.base import LocalContext, Method, RoundContext
+from fedmlp.methods.registry import register
+from fedmlp.models import Classifier
+from fedmlp.runtime import Runtime
+from fedmlp.store import ImageStore
+
+log = logging.getLogger(__name__)
+
+UNLABELLED = -1
+
+# ---------------------------------------------------------------------------------------------
+# The method's pieces as pure functions (tested on hand-made inputs).
+
+
+def class_prior(observed: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
+    """π_kc = positives / N_k with Laplace smoothing ((pos + 1) / (N + 2)), which keeps it away
+    from 0 and 1; 0.5 (no adjustment) for missing classes."""
+    prior = (observed.sum(0) + 1) / (observed.shape[0] + 2)
+    return torch.where(annotated, prior, torch.full_like(prior, 0.5))
+
+
+def logit_offset(prior: torch.Tensor) -> torch.Tensor:
+    """Added to the logits during training (logit adjustment): log(π / (1 − π))."""
+    return torch.log(prior) - torch.log1p(-prior)
+
+
+def prototypes(features: torch.Tensor, labels: torch.Tensor, annotated: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per annotated class c and label j ∈ {0, 1}: the mean feature of samples labelled j.
+
+    Returns (C, 2, D) prototypes (zero where undefined) and (C, 2) sample counts."""
+    onehot = torch.stack([1 - labels, labels], dim=2) * annotated[None, :, None]  # (N, C, 2)
+    counts = onehot.sum(0)
+    sums = torch.einsum("ncj,nd->cjd", onehot, features)
+    return sums / counts.clamp(min=1)[..., None], counts
+
+
+def learning_degrees(probabilities: torch.Tensor, missing: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """d_c: share of samples predicted confidently (p < low or p > high), for missing classes; NaN elsewhere."""
+    confident = ((probabilities < low) | (probabilities > high)).float().mean(0)
+    return torch.where(missing, confident, torch.full_like(confident, float("nan")))
+
+
+def aggregate_prototypes(local: list[tuple[torch.Tensor, torch.Tensor]], sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global prototypes: the N_k-weighted mean over clients whose prototype is defined (count > 0)."""
+    weights = torch.stack([(counts > 0).float() * n for (_, counts), n in zip(local, sizes)])  # (K, C, 2)
+    stacked = torch.stack([p for p, _ in local])  # (K, C, 2, D)
+    total = weights.sum(0)
+    merged = (stacked * weights[..., None]).sum(0) / total.clamp(min=1e-12)[..., None]
+    return merged, total > 0
+
+
+def aggregate_degrees(local: list[torch.Tensor], sizes: list[int]) -> torch.Tensor:
+    """Global learning degree per class: N_k-weighted mean over the clients that miss the class."""
+    stacked = torch.stack(local)  # (K, C), NaN where the client annotates the class
+    weights = torch.tensor(sizes, dtype=stacked.dtype)[:, None] * ~torch.isnan(stacked)
+    total = weights.sum(0)
+    merged = (torch.nan_to_num(stacked) * weights).sum(0) / total.clamp(min=1e-12)
+    return torch.where(total > 0, merged, torch.full_like(merged, float("nan")))
+
+
+def detection_scores(features: torch.Tensor, global_prototypes: torch.Tensor) -> torch.Tensor:
+    """s_ic = cos(f_i, P_c0) − cos(f_i, P_c1): ≥ 0 looks negative, < 0 looks positive. (N, C)"""
+    f = F.normalize(features, dim=1)
+    p = F.normalize(global_prototypes, dim=2)  # (C, 2, D)
+    return f @ p[:, 0].T - f @ p[:, 1].T
+
+
+def adaptive_fraction(local_degree: float, global_degree: float, bounds: ThresholdConfig) -> float:
+    """τ = τ_min + (τ_max − τ_min) · sqrt(d_k · d_G): non-decreasing in both degrees, within bounds."""
+    d = math.sqrt(max(local_degree, 0.0) * max(global_degree, 0.0))
+    return bounds.min + (bounds.max - bounds.min) * min(d, 1.0)
+
+
+def _count(fraction: float, n: int) -> int:
+    return min(n, int(math.floor(fraction * n + 0.5)))
+
+
+def select(scores: torch.Tensor, eligible: torch.Tensor, fraction0: float, fraction1: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices given pseudo-label 0 and 1 for one class: among eligible samples, the fraction0 of
+    negative candidates (s ≥ 0) with the largest s and the fraction1 of positive candidates (s < 0)
+    with the smallest s. Ties are broken by index, so the choice is deterministic."""
+    negatives = torch.nonzero(eligible & (scores >= 0)).flatten()
+    positives = torch.nonzero(eligible & (scores < 0)).flatten()
+    order0 = torch.argsort(-scores[negatives], stable=True)[: _count(fraction0, len(negatives))]
+    order1 = torch.argsort(scores[positives], stable=True)[: _count(fraction1, len(positives))]
+    return negatives[order0].sort().values, positives[order1].sort().values
+
+
+def stage2_targets(
+    observed: torch.Tensor, annotated: torch.Tensor, pseudo: torch.Tensor, variant: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Targets and the two loss masks of stage 2, for a batch (B, C).
+
+    ``paper``: BCE on annotated and pseudo-labelled entries; consistency (CR) on the other missing
+    entries. ``official-code``: BCE on annotated, pseudo-positive (1) and unselected missing (0)
+    entries; pseudo-negatives are left out; no CR term. Either way, annotated entries are supervised
+    and every missing entry falls in at most one mask."""
+    missing = ~annotated[None, :].expand_as(pseudo)
+    labelled = missing & (pseudo != UNLABELLED)
+    if variant == "paper":
+        targets = torch.where(labelled, pseudo.to(observed.dtype), observed)
+        bce_mask = ~missing | labelled
+        cr_mask = missing & ~labelled
+    else:
+        positive = missing & (pseudo == 1)
+        targets = torch.where(positive, torch.ones_like(observed), observed)  # unselected missing: 0
+        bce_mask = ~missing | positive | (missing & (pseudo == UNLABELLED))
+        cr_mask = torch.zeros_like(missing)
+    return targets, bce_mask, cr_mask
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ServerState:
+    prototypes: torch.Tensor | None = None  # (C, 2, D)
+    defined: torch.Tensor | None = None  # (C, 2) bool
+    degrees: torch.Tensor | None = None  # (C,) global learning degrees (NaN for classes nobody misses)
+
+
+class FedMLP(Method):
+    def __init__(self, name: str, config: FedMLPConfig):
+        self.name = name
+        self.config = config
+        self.server = ServerState()
+        self.preloaded_round: int | None = None  # stage-2 round whose detection came from an artifact
+        self.preloaded: dict[str, Any] | None = None
+
+    @property
+    def first_stage2_round(self) -> int:
+        return self.config.warmup_rounds
+
+    def n_rounds(self, train: Any) -> int:
+        return self.config.warmup_rounds + self.config.rounds
+
+    def init_client_state(self, client: ClientData) -> dict[str, Any]:
+        return {
+            "offset": logit_offset(class_prior(client.observed, client.annotated)),
+            "pseudo": torch.full(client.observed.shape, UNLABELLED, dtype=torch.int8),
+            "degree": torch.full((client.observed.shape[1],), float("nan")),
+            "thresholds": {},
+        }
+
+    # --- server side, once per round -----------------------------------------------------------
+
+    def begin_round(self, ctx: RoundContext) -> None:
+        if ctx.round < self.first_stage2_round:
+            return
+        if ctx.round == self.preloaded_round:
+            self._restore(ctx)
+            return
+        features, probabilities = zip(*(client_pass(ctx.global_model, ctx.store, c, ctx.runtime) for c in ctx.clients))
+        sizes = [len(c) for c in ctx.clients]
+        local_protos = [prototypes(f, c.observed, c.annotated) for f, c in zip(features, ctx.clients)]
+        for state, p, c in zip(ctx.states, probabilities, ctx.clients):
+            state["degree"] = learning_degrees(p, c.missing, self.config.confidence_low, self.config.confidence_high)
+        self.server.prototypes, self.server.defined = aggregate_prototypes(local_protos, sizes)
+        self.server.degrees = aggregate_degrees([s["degree"] for s in ctx.states], sizes)
+        for client, state, f in zip(ctx.clients, ctx.states, features):
+            self._detect(client, state, f)
+
+    def _fractions(self, state: dict[str, Any], c: int) -> tuple[float, float]:
+        if self.config.selection == "fixed":
+            return self.config.tau0.fixed, self.config.tau1.fixed
+        d_local, d_global = float(state["degree"][c]), float(self.server.degrees[c])
+        return adaptive_fraction(d_local, d_global, self.config.tau0), adaptive_fraction(d_local, d_global, self.config.tau1)
+
+    def _detect(self, client: ClientData, state: dict[str, Any], features: torch.Tensor) -> None:
+        scores = detection_scores(features, self.server.prototypes)
+        pseudo = state["pseudo"] if self.config.accumulate else torch.full_like(state["pseudo"], UNLABELLED)
+        state["thresholds"] = {}
+        for c in torch.nonzero(client.missing).flatten().tolist():
+            if not bool(self.server.defined[c].all()):
+                continue  # no client has both labels of c: nothing to compare with
+            tau0, tau1 = self._fractions(state, c)
+            negatives, positives = select(scores[:, c], pseudo[:, c] == UNLABELLED, tau0, tau1)
+            pseudo[negatives, c] = 0
+            pseudo[positives, c] = 1
+            state["thresholds"][c] = (tau0, tau1)
+        state["pseudo"] = pseudo
+
+    # --- pseudo-label artifacts (the pseudolabel stage) ----------------------------------------
+
+    def export(self, clients: list[ClientData], states: list[dict[str, Any]], store: ImageStore) -> dict[str, Any]:
+        """The state after detection, as JSON: image IDs per client, class and pseudo-label."""
+        classes = store.classes
+        out_clients = []
+        for client, state in zip(clients, states):
+            ids = [store.image_ids[r] for r in client.rows]
+            entry: dict[str, Any] = {"id": client.client_id, "classes": {}}
+            for c in torch.nonzero(client.missing).flatten().tolist():
+                column = state["pseudo"][:, c]
+                tau = state["thresholds"].get(c)
+                entry["classes"][classes[c]] = {
+                    "learning_degree": _num(state["degree"][c]),
+                    "tau0": tau[0] if tau else None,
+                    "tau1": tau[1] if tau else None,
+                    "pseudo_negative": [ids[i] for i in torch.nonzero(column == 0).flatten().tolist()],
+                    "pseudo_positive": [ids[i] for i in torch.nonzero(column == 1).flatten().tolist()],
+                }
+            out_clients.append(entry)
+        return {
+            "method": self.name,
+            "round": self.first_stage2_round + 1,
+            "config": dataclasses.asdict(self.config),
+            "classes": classes,
+            "global_learning_degree": {c: _num(v) for c, v in zip(classes, self.server.degrees)},
+            "global_prototypes": {
+                c: {"negative": self.server.prototypes[i, 0].tolist() if self.server.defined[i, 0] else None,
+                    "positive": self.server.prototypes[i, 1].tolist() if self.server.defined[i, 1] else None}
+                for i, c in enumerate(classes)
+            },
+            "clients": out_clients,
+        }
+
+    def preload(self, artifact: dict[str, Any]) -> None:
+        """Use an exported detection for the first stage-2 round instead of recomputing it."""
+        self.preloaded, self.preloaded_round = artifact, self.first_stage2_round
+
+    def _restore(self, ctx: RoundContext) -> None:
+        artifact = self.preloaded
+        classes = ctx.store.classes
+        if artifact["classes"] != classes:
+            raise ValueError("pseudo-label artifact was made for other classes")
+        protos = artifact["global_prototypes"]
+        dim = ctx.global_model.head.in_features
+        self.server.prototypes = torch.tensor(
+            [[protos[c]["negative"] or [0.0] * dim, protos[c]["positive"] or [0.0] * dim] for c in classes]
+        )
+        self.server.defined = torch.tensor([[protos[c]["negative"] is not None, protos[c]["positive"] is not None] for c in classes])
+        self.server.degrees = torch.tensor([_nan(artifact["global_learning_degree"][c]) for c in classes])
+        for client, state, entry in zip(ctx.clients, ctx.states, artifact["clients"]):
+            position = {ctx.store.image_ids[r]: i for i, r in enumerate(client.rows)}
+            state["thresholds"] = {}
+            for name, info in entry["classes"].items():
+                c = classes.index(name)
+                state["degree"][c] = _nan(info["learning_degree"])
+                state["pseudo"][[position[i] for i in info["pseudo_negative"]], c] = 0
+                state["pseudo"][[position[i] for i in info["pseudo_positive"]], c] = 1
+                if info["tau0"] is not None:
+                    state["thresholds"][c] = (info["tau0"], info["tau1"])
+
+    # --- client side ---------------------------------------------------------------------------
+
+    def loss(self, ctx: LocalContext, batch: Batch) -> torch.Tensor:
+        images = torch.cat([ctx.augment(batch.images), ctx.augment(batch.images)])  # two views, one forward
+        logits = ctx.model(images).float()
+        observed = batch.observed.repeat(2, 1)
+        annotated = batch.annotated
+        stage2 = ctx.round >= self.first_stage2_round
+        official = stage2 and self.config.variant == "official-code"
+        adjust = self.config.logit_adjust and not official
+        offset = ctx.state["offset"].to(logits.device) if adjust else 0.0
+        if not stage2:
+            targets, bce_mask = observed, annotated[None, :].expand_as(observed)
+            cr_mask, weight = ~bce_mask, self.config.lambda_dis
+        else:
+            pseudo = ctx.state["pseudo"][batch.positions].to(logits.device).repeat(2, 1)
+            targets, bce_mask, cr_mask = stage2_targets(observed, annotated, pseudo, self.config.variant)
+            weight = 0.0 if official else self.config.lambda_cr
+        bce = F.binary_cross_entropy_with_logits(logits + offset, targets, reduction="none")
+        loss = masked_mean(bce, bce_mask)
+        if weight > 0 and bool(cr_mask.any()):
+            with torch.no_grad():
+                teacher = torch.sigmoid(ctx.teacher(images).float())
+            loss = loss + weight * masked_mean((torch.sigmoid(logits) - teacher) ** 2, cr_mask)
+        return loss
+
+
+@torch.inference_mode()
+def client_pass(model: Classifier, store: ImageStore, client: ClientData, runtime: Runtime, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over a client's images (eval mode, no augmentation): features and sigmoid outputs."""
+    model.eval()
+    features, probabilities = [], []
+    for _, images in iterate_rows(store, client.rows, batch_size, runtime.device):
+        with runtime.autocast():
+            f = model.features(to_float(images))
+            logits = model.head(f)
+        features.append(f.float().cpu())
+        probabilities.append(torch.sigmoid(logits.float()).cpu())
+    return torch.cat(features), torch.cat(probabilities)
+
+
+def _num(value: torch.Tensor | float) -> float | None:
+    value = float(value)
+    return None if np.isnan(value) else value
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "fedmlp": {},
+    "fedmlp-fixed": {"selection": "fixed", "accumulate": True},
+    "fedmlp-official": {"variant": "official-code", "selection": "fixed", "accumulate": True},
+}
+
+
+def make(name: str, settings: dict[str, Any]) -> FedMLP:
+    return FedMLP(name, from_dict(FedMLPConfig, {**settings, **VARIANTS[name]}, "fedmlp"))
+
+
+for _variant in VARIANTS:  # one registry entry per variant, all sharing the warm-up
+    register(_variant)(lambda settings, name=_variant: make(name, settings))

@@ -1,0 +1,181 @@
+"""FedMLP's pieces on hand-made inputs, and the method end to end on the small store."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fedmlp import federated, methods, runtime
+from fedmlp.config import FederationConfig, ModelConfig, SplitConfig, ThresholdConfig, TrainConfig
+from fedmlp.methods import RoundContext
+from fedmlp.methods.fedmlp import (
+    UNLABELLED,
+    adaptive_fraction,
+    aggregate_degrees,
+    aggregate_prototypes,
+    class_prior,
+    detection_scores,
+    learning_degrees,
+    logit_offset,
+    prototypes,
+    select,
+    stage2_targets,
+)
+from fedmlp.partition import partition, partition_artifact, random_split
+from fedmlp.store import ImageStore
+
+TRAIN = TrainConfig(batch_size=8, precision="fp32", device="cpu")
+MODEL = ModelConfig(width=4)
+SHORT = {"warmup_rounds": 2, "rounds": 2, "tau0": {"min": 0.2, "max": 0.6, "fixed": 0.1}, "tau1": {"min": 0.2, "max": 0.6, "fixed": 0.1}}
+
+
+def test_class_prior_and_offset() -> None:
+    observed = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    prior = class_prior(observed, torch.tensor([True, False]))
+    assert prior.tolist() == pytest.approx([(2 + 1) / (4 + 2), 0.5])
+    assert logit_offset(prior).tolist() == pytest.approx([0.0, 0.0])
+    skewed = class_prior(torch.zeros(8, 1), torch.tensor([True]))
+    assert skewed.item() == pytest.approx(1 / 10) and logit_offset(skewed).item() == pytest.approx(math.log(1 / 9))
+
+
+def test_prototypes_are_class_conditional_means() -> None:
+    features = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [0.0, 4.0]])
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    protos, counts = prototypes(features, labels, torch.tensor([True, False]))
+    assert protos[0, 1].tolist() == [2.0, 0.0]  # class 0, label 1: mean of rows 0 and 2
+    assert protos[0, 0].tolist() == [0.0, 3.0]  # class 0, label 0: rows 1 and 3
+    assert counts.tolist() == [[2.0, 2.0], [0.0, 0.0]]  # class 1 is not annotated: undefined
+    assert protos[1].abs().sum() == 0
+
+
+def test_learning_degrees() -> None:
+    probabilities = torch.tensor([[0.1, 0.5, 0.9], [0.9, 0.6, 0.9], [0.5, 0.2, 0.9]])
+    degrees = learning_degrees(probabilities, torch.tensor([True, True, False]), 0.3, 0.7)
+    assert degrees[:2].tolist() == pytest.approx([2 / 3, 1 / 3])
+    assert math.isnan(degrees[2])
+
+
+def test_aggregation_weights_by_client_size_over_defined_entries() -> None:
+    a = (torch.ones(2, 2, 3), torch.tensor([[5.0, 5.0], [0.0, 0.0]]))  # client a: class 1 undefined
+    b = (torch.full((2, 2, 3), 5.0), torch.tensor([[1.0, 1.0], [2.0, 2.0]]))
+    merged, defined = aggregate_prototypes([a, b], sizes=[1, 3])
+    assert merged[0, 0].tolist() == pytest.approx([4.0] * 3)  # (1·1 + 3·5) / 4
+    assert merged[1, 1].tolist() == pytest.approx([5.0] * 3)  # only client b defines class 1
+    assert defined.all()
+    degrees = aggregate_degrees([torch.tensor([0.2, float("nan"), float("nan")]), torch.tensor([0.6, 0.5, float("nan")])], sizes=[3, 1])
+    assert degrees[0].item() == pytest.approx((3 * 0.2 + 0.6) / 4)
+    assert degrees[1].item() == pytest.approx(0.5) and math.isnan(degrees[2])
+
+
+def test_detection_picks_the_right_indices() -> None:
+    # class 0: negative prototype along x, positive along y
+    protos = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    features = torch.tensor([[1.0, 0.1], [0.1, 1.0], [1.0, 0.5], [0.2, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    scores = detection_scores(features, protos)[:, 0]
+    assert (scores[[0, 2, 4]] > 0).all() and (scores[[1, 3, 5]] < 0).all()
+    negatives, positives = select(scores, torch.ones(6, dtype=torch.bool), fraction0=2 / 3, fraction1=1 / 3)
+    assert negatives.tolist() == [0, 4]  # the two most negative-looking of {0, 2, 4}
+    assert positives.tolist() == [5]  # the most positive-looking of {1, 3, 5}
+    eligible = torch.tensor([True, True, True, True, False, False])
+    negatives, positives = select(scores, eligible, fraction0=0.5, fraction1=1.0)
+    assert negatives.tolist() == [0] and positives.tolist() == [1, 3]
+
+
+def test_adaptive_fraction_is_monotone_and_bounded() -> None:
+    bounds = ThresholdConfig(min=0.05, max=0.4, fixed=0.01)
+    grid = np.linspace(0, 1, 11)
+    values = np.array([[adaptive_fraction(a, b, bounds) for b in grid] for a in grid])
+    assert values.min() >= bounds.min and values.max() <= bounds.max
+    assert values[0, 0] == pytest.approx(bounds.min) and values[-1, -1] == pytest.approx(bounds.max)
+    assert (np.diff(values, axis=0) >= -1e-12).all() and (np.diff(values, axis=1) >= -1e-12).all()
+
+
+@pytest.mark.parametrize("variant", ["paper", "official-code"])
+def test_stage2_masks_are_disjoint_and_cover_missing_entries(variant: str) -> None:
+    annotated = torch.tensor([True, False, False, True, False])
+    combos = list(itertools.product([UNLABELLED, 0, 1], repeat=3))
+    pseudo = torch.full((len(combos), 5), UNLABELLED, dtype=torch.int8)
+    pseudo[:, [1, 2, 4]] = torch.tensor(combos, dtype=torch.int8)
+    observed = torch.zeros(len(combos), 5)
+    observed[:, 0] = 1
+    targets, bce, cr = stage2_targets(observed, annotated, pseudo, variant)
+    missing = ~annotated.expand_as(bce)
+    assert bce[:, annotated].all() and not cr[:, annotated].any()  # annotated entries: supervised
+    assert not (bce & cr).any()  # disjoint
+    assert torch.equal(targets[:, annotated], observed[:, annotated])
+    labelled = missing & (pseudo != UNLABELLED)
+    if variant == "paper":
+        assert torch.equal((bce | cr) & missing, missing)  # every missing entry is covered
+        assert torch.equal(bce & missing, labelled) and torch.equal(targets[labelled], pseudo[labelled].float())
+    else:
+        assert not cr.any()
+        assert torch.equal(bce & missing, missing & (pseudo != 0))  # pseudo-negatives are left out
+        assert (targets[missing & (pseudo == 1)] == 1).all() and (targets[missing & (pseudo == UNLABELLED)] == 0).all()
+
+
+@pytest.fixture(scope="module")
+def federation(store: ImageStore) -> dict:
+    split = random_split(store.image_ids, SplitConfig())
+    config = FederationConfig(n_clients=3, annotated_per_client=2)
+    clients = partition(split.train, store.labels[store.rows(split.train)], store.classes, config)
+    return partition_artifact(store.classes, clients, split.test, config)
+
+
+def _weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [v.clone() for v in model.state_dict().values()]
+
+
+@pytest.mark.parametrize("name", ["fedmlp", "fedmlp-official"])
+def test_hidden_labels_do_not_influence_fedmlp(store: ImageStore, federation: dict, name: str) -> None:
+    rt = runtime.resolve("cpu", "fp32", 1)
+    shuffled = store.labels.copy()
+    rng = np.random.default_rng(1)
+    for entry in federation["clients"]:
+        rows = store.rows(entry["images"])
+        for c, cls in enumerate(store.classes):
+            if cls not in entry["annotated_classes"]:
+                shuffled[rows, c] = rng.permutation(1 - shuffled[rows, c])
+    a, _ = federated.run(store, federation, methods.create(name, SHORT), TRAIN, MODEL, 0, rt)
+    b, _ = federated.run(dataclasses.replace(store, labels=shuffled), federation, methods.create(name, SHORT), TRAIN, MODEL, 0, rt)
+    assert all(torch.equal(x, y) for x, y in zip(_weights(a), _weights(b)))
+
+
+def test_staged_run_equals_one_shot_run(store: ImageStore, federation: dict) -> None:
+    """warmup → checkpoint → pseudolabel export → teacher reproduces the uninterrupted run exactly."""
+    rt = runtime.resolve("cpu", "fp32", 1)
+    whole, whole_history = federated.run(store, federation, methods.create("fedmlp", SHORT), TRAIN, MODEL, 3, rt)
+
+    stage1 = methods.create("fedmlp", SHORT)
+    warm, _ = federated.run(store, federation, stage1, TRAIN, MODEL, 3, rt, rounds=range(2))
+    detector = methods.create("fedmlp", SHORT)
+    clients = federated.build_clients(store, federation, detector)
+    states = [detector.init_client_state(c) for c in clients]
+    detector.begin_round(RoundContext(2, warm, clients, states, store, rt, TRAIN))
+    artifact = detector.export(clients, states, store)
+    assert sum(len(v["pseudo_positive"]) + len(v["pseudo_negative"]) for c in artifact["clients"] for v in c["classes"].values()) > 0
+
+    stage2 = methods.create("fedmlp", SHORT)
+    stage2.preload(artifact)
+    final, history = federated.run(store, federation, stage2, TRAIN, MODEL, 3, rt, rounds=range(2, 4), initial_model=warm)
+    assert [r.round for r in history] == [3, 4]
+    assert history[-1].test_mAP == whole_history[-1].test_mAP
+    assert all(torch.equal(x, y) for x, y in zip(_weights(whole), _weights(final)))
+
+
+def test_variants_select_differently(store: ImageStore, federation: dict) -> None:
+    rt = runtime.resolve("cpu", "fp32", 1)
+    counts = {}
+    for name in ("fedmlp", "fedmlp-fixed"):
+        method = methods.create(name, SHORT)
+        model, _ = federated.run(store, federation, method, TRAIN, MODEL, 0, rt, rounds=range(1))
+        clients = federated.build_clients(store, federation, method)
+        states = [method.init_client_state(c) for c in clients]
+        method.begin_round(RoundContext(2, model, clients, states, store, rt, TRAIN))
+        counts[name] = sum(int((s["pseudo"] != UNLABELLED).sum()) for s in states)
+        assert all((s["pseudo"][:, c.annotated] == UNLABELLED).all() for s, c in zip(states, clients))
+    assert counts["fedmlp"] > counts["fedmlp-fixed"] > 0
