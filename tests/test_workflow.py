@@ -14,14 +14,16 @@ import yaml
 from conftest import REPO, bin_dir
 
 TINY = {
-    "methods": ["fedavg-full", "fedavg-partial", "fedavg-masked"],
+    "methods": ["fedavg-full", "fedavg-partial", "fedavg-masked", "fedmlp", "fedmlp-official"],
     "seeds": [0],
     "synthetic": {"n_images": 60, "image_size": 48},
     "preprocess": {"size": 24},
     "federation": {"n_clients": 3, "annotated_per_client": [2, 3]},
     "model": {"width": 4},
     "train": {"rounds": 2, "batch_size": 8},
+    "fedmlp": {"warmup_rounds": 1, "rounds": 1, "tau0": {"fixed": 0.3}, "tau1": {"fixed": 0.3}},
 }
+AFTER_PARTITION = {"train": 6, "warmup": 2, "pseudolabel": 4, "teacher": 4, "evaluate": 10, "report": 1, "all": 1}
 
 
 def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
@@ -56,14 +58,23 @@ def test_end_to_end_outputs(tiny_run: Path) -> None:
     assert set(summary["setting"]) == {"iid-k3-a2", "iid-k3-a3"}
     assert set(summary["method"]) == set(TINY["methods"])
     assert set(summary["metric"]) == {"mAP", "AUROC", "BACC", "F1", "precision", "recall", "hamming_loss"}
-    assert len(summary) == 2 * 3 * 1 * 7 and summary["value"].notna().all()
+    assert len(summary) == 2 * 5 * 1 * 7 and summary["value"].notna().all()
     report = (tiny_run / "results" / "report.md").read_text()
     assert all(m in report for m in TINY["methods"]) and "Per-class test AUROC" in report
-    assert (tiny_run / "results" / "map_per_round.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for rule in ("synthesize", "ingest", "split", "partition", "train", "evaluate", "report"):
+    assert "mAP gap closed" in report and "Pseudo-labels (diagnostics" in report
+    for figure in ("map_per_round.png", "pseudolabels.png"):
+        assert (tiny_run / "results" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for rule in ("synthesize", "ingest", "split", "partition", "train", "warmup", "pseudolabel", "teacher", "evaluate", "report"):
         assert list((tiny_run / "logs" / rule).rglob("*.log")), f"no log for rule {rule}"
     run = tiny_run / "results/synthetic-ich/header24/iid-k3-a2/fedavg-masked/seed0"
     assert {p.name for p in run.iterdir()} >= {"model.pt", "rounds.csv", "metrics.json", "predictions.csv"}
+    staged = tiny_run / "results/synthetic-ich/header24/iid-k3-a2/fedmlp-official/seed0"
+    assert {p.name for p in staged.iterdir()} >= {"pseudolabels.json", "pseudolabels.md", "model.pt", "rounds.csv", "diagnostics.csv"}
+    rounds = pd.read_csv(staged / "rounds.csv")
+    assert rounds["round"].tolist() == [1, 2]  # warm-up round, then the stage-2 round
+    diagnostics = pd.read_csv(staged / "diagnostics.csv")
+    assert set(diagnostics["class"]) == {"epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural"}
+    assert (diagnostics["round"] == 2).all() and diagnostics["precision_negative"].between(0, 1).any()
 
 
 @pytest.mark.slow
@@ -77,9 +88,12 @@ def test_second_run_does_nothing(tiny_run: Path) -> None:
     ("change", "expected"),
     [
         ({"train": {**TINY["train"], "rounds": 3}}, {"train": 6, "evaluate": 6, "report": 1, "all": 1}),
-        ({"federation": {**TINY["federation"], "seed": 5}}, {"partition": 2, "train": 6, "evaluate": 6, "report": 1, "all": 1}),
+        ({"federation": {**TINY["federation"], "seed": 5}}, {"partition": 2, **AFTER_PARTITION}),
         ({"preprocess": {"size": 24, "windowing": "header"}}, {}),  # same values spelled out: nothing
-        ({"seeds": [0, 1]}, {"train": 6, "evaluate": 6, "report": 1, "all": 1}),
+        ({"seeds": [0, 1]}, AFTER_PARTITION),
+        ({"fedmlp": {**TINY["fedmlp"], "lambda_cr": 0.5}}, {"teacher": 4, "evaluate": 4, "report": 1, "all": 1}),
+        ({"fedmlp": {**TINY["fedmlp"], "tau1": {"max": 0.5}}}, {"pseudolabel": 4, "teacher": 4, "evaluate": 4, "report": 1, "all": 1}),
+        ({"fedmlp": {**TINY["fedmlp"], "lambda_dis": 0.5}}, {"warmup": 2, "pseudolabel": 4, "teacher": 4, "evaluate": 4, "report": 1, "all": 1}),
     ],
 )
 def test_config_changes_rerun_only_what_depends_on_them(tiny_run: Path, change: dict, expected: dict) -> None:
@@ -95,7 +109,7 @@ def test_ich_dataset_reads_a_kaggle_download(tiny_run: Path) -> None:
     result = snakemake(tiny_run, {**TINY, "dataset": "ich", "ich": {"root": str(raw)}}, "--dry-run")
     assert result.returncode == 0, result.stderr[-2000:]
     planned = planned_rules(result.stdout)
-    assert "synthesize" not in planned and planned["ingest"] == 1 and planned["train"] == 6
+    assert "synthesize" not in planned and planned["ingest"] == 1 and planned["train"] == 6 and planned["teacher"] == 4
     assert f"--raw {raw}" in result.stdout
     result = snakemake(tiny_run, {**TINY, "dataset": "ich"}, "--dry-run")
     assert result.returncode != 0 and "ich.root" in result.stdout + result.stderr

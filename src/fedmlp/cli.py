@@ -68,36 +68,153 @@ def cmd_partition(args: argparse.Namespace) -> None:
         log.info("client %d: %d images, annotates %s", client["id"], len(client["images"]), ", ".join(client["annotated_classes"]))
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    import csv
-
-    from fedmlp import checkpoint, federated, methods, runtime
-    from fedmlp.atomic import atomic_path
-    from fedmlp.config import ModelConfig, TrainConfig, from_json, to_dict
+def _training_inputs(args: argparse.Namespace):
+    """Store, partition, method, settings and runtime shared by the training commands."""
+    from fedmlp import methods, runtime
+    from fedmlp.config import ModelConfig, TrainConfig, from_json
     from fedmlp.store import ImageStore
 
     train = from_json(TrainConfig, args.train, "train")
     model_config = from_json(ModelConfig, args.model, "model")
-    method = methods.create(args.method, json.loads(args.method_settings))
-    if train.rounds < 1:
-        raise FedmlpError(f"config key 'train.rounds': expected at least 1, got {train.rounds}")
+    try:
+        settings = json.loads(args.method_settings)
+    except json.JSONDecodeError as exc:
+        raise FedmlpError(f"--method-settings is not valid JSON: {exc}") from None
+    method = methods.create(args.method, settings)
     rt = runtime.resolve(train.device, train.precision, train.threads)
-    store = ImageStore.open(args.store)
-    model, history = federated.run(store, _read_json(args.partition), method, train, model_config, args.seed, rt)
-    rows = federated.history_rows(history)
-    with atomic_path(args.out_rounds) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    meta = {
-        "model": to_dict(model_config),
-        "classes": store.classes,
-        "method": args.method,
-        "seed": args.seed,
-        "rounds": train.rounds,
-        "precision": rt.precision,
-    }
-    checkpoint.save(args.out_model, model, meta)
+    return ImageStore.open(args.store), _read_json(args.partition), method, train, model_config, rt
+
+
+def _write_rounds(path: Path, rows: list[dict]) -> None:
+    import pandas as pd
+
+    from fedmlp.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+
+
+def _save_model(path: Path, model, store, args: argparse.Namespace, model_config, precision: str, rounds: int) -> None:
+    from fedmlp import checkpoint
+    from fedmlp.config import to_dict
+
+    meta = {"model": to_dict(model_config), "classes": store.classes, "method": args.method, "seed": args.seed,
+            "rounds": rounds, "precision": precision}
+    checkpoint.save(path, model, meta)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from fedmlp import federated
+
+    store, partition, method, train, model_config, rt = _training_inputs(args)
+    model, history = federated.run(store, partition, method, train, model_config, args.seed, rt)
+    _write_rounds(args.out_rounds, federated.history_rows(history))
+    _save_model(args.out_model, model, store, args, model_config, rt.precision, history[-1].round)
+
+
+def _staged(method):
+    if not hasattr(method, "first_stage2_round"):
+        raise FedmlpError(f"method {method.name!r} is not trained in stages; use 'fedmlp train'")
+    return method
+
+
+def cmd_warmup(args: argparse.Namespace) -> None:
+    from fedmlp import federated
+
+    store, partition, method, train, model_config, rt = _training_inputs(args)
+    warmup_rounds = _staged(method).first_stage2_round
+    if warmup_rounds < 1:
+        raise FedmlpError("config key 'fedmlp.warmup_rounds': expected at least 1")
+    model, history = federated.run(store, partition, method, train, model_config, args.seed, rt, rounds=range(warmup_rounds))
+    _write_rounds(args.out_rounds, federated.history_rows(history))
+    _save_model(args.out_model, model, store, args, model_config, rt.precision, warmup_rounds)
+
+
+def _load_warmup(path: Path, store, model_config, rt):
+    from fedmlp import checkpoint
+    from fedmlp.config import to_dict
+
+    model, meta = checkpoint.load(path)
+    if meta["classes"] != store.classes or meta["model"] != {**to_dict(model_config), "pretrained": meta["model"]["pretrained"]}:
+        raise FedmlpError(f"{path}: was trained for another model or class list than this run's config")
+    return model.to(rt.device)
+
+
+def cmd_pseudolabel(args: argparse.Namespace) -> None:
+    from fedmlp import federated
+    from fedmlp.atomic import write_json, write_text
+    from fedmlp.diagnostics import pseudo_label_quality
+    from fedmlp.methods import RoundContext
+
+    store, partition, method, train, model_config, rt = _training_inputs(args)
+    method = _staged(method)
+    model = _load_warmup(args.warmup_model, store, model_config, rt)
+    clients = federated.build_clients(store, partition, method)
+    states = [method.init_client_state(c) for c in clients]
+    method.begin_round(RoundContext(method.first_stage2_round, model, clients, states, store, rt, train))
+    artifact = method.export(clients, states, store)
+    quality = pseudo_label_quality(method.first_stage2_round + 1, store, clients, states)
+    write_json(args.out_artifact, artifact)
+    write_text(args.out_summary, _pseudolabel_summary(artifact, quality))
+
+
+def _pseudolabel_summary(artifact: dict, quality: list[dict]) -> str:
+    from fedmlp.diagnostics import pooled
+
+    total = pooled(quality)
+    lines = [
+        f"# Pseudo-labels before stage-2 round {artifact['round']} ({artifact['method']})",
+        "",
+        f"Selection: {artifact['config']['selection']}, variant: {artifact['config']['variant']}, "
+        f"accumulate: {artifact['config']['accumulate']}.",
+        "",
+        "Precision and recall are diagnostics against the hidden labels; training never reads them.",
+        "",
+        "| client | class | learning degree | τ0 | τ1 | pseudo-neg | pseudo-pos | precision neg | precision pos | recall pos |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def fmt(value: float) -> str:
+        return "n/a" if value != value else f"{value:.3f}"
+
+    for r in quality:
+        lines.append(f"| {r['client']} | {r['class']} | {fmt(r['learning_degree'])} | {fmt(r['tau0'])} | {fmt(r['tau1'])} | "
+                     f"{r['selected_negative']} | {r['selected_positive']} | {fmt(r['precision_negative'])} | "
+                     f"{fmt(r['precision_positive'])} | {fmt(r['recall_positive'])} |")
+    lines += ["", f"All clients: {total['selected_negative']} pseudo-negatives (precision {fmt(total['precision_negative'])}), "
+              f"{total['selected_positive']} pseudo-positives (precision {fmt(total['precision_positive'])}, "
+              f"recall of hidden positives {fmt(total['recall_positive'])}).", ""]
+    degrees = ", ".join(f"{c} {fmt(v) if v is not None else 'n/a'}" for c, v in artifact["global_learning_degree"].items())
+    lines += [f"Global learning degrees: {degrees}.", ""]
+    return "\n".join(lines)
+
+
+def cmd_teacher(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from fedmlp import federated
+    from fedmlp.diagnostics import pseudo_label_quality
+
+    store, partition, method, train, model_config, rt = _training_inputs(args)
+    method = _staged(method)
+    artifact = _read_json(args.pseudolabels)
+    if artifact.get("method") != method.name:
+        raise FedmlpError(f"{args.pseudolabels}: made for method {artifact.get('method')!r}, not {method.name!r}")
+    method.preload(artifact)
+    model = _load_warmup(args.warmup_model, store, model_config, rt)
+    quality: list[dict] = []
+    run_info = json.loads(args.run)
+
+    def record(round_number, clients, states):
+        quality.extend({**run_info, **row} for row in pseudo_label_quality(round_number, store, clients, states))
+
+    stage2 = range(method.first_stage2_round, method.n_rounds(train))
+    model, history = federated.run(store, partition, method, train, model_config, args.seed, rt, rounds=stage2,
+                                   initial_model=model, on_round_end=record)
+    warmup = pd.read_csv(args.warmup_rounds)
+    _write_rounds(args.out_rounds, warmup.to_dict(orient="records") + federated.history_rows(history))
+    _write_rounds(args.out_diagnostics, quality)
+    _save_model(args.out_model, model, store, args, model_config, rt.precision, method.n_rounds(train))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -130,9 +247,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    import pandas as pd
+
     from fedmlp.report import write_report
 
-    write_report([_read_json(p) for p in args.metrics], args.summary, args.report, args.figure)
+    diagnostics = pd.concat([pd.read_csv(p) for p in args.diagnostics]) if args.diagnostics else None
+    write_report([_read_json(p) for p in args.metrics], args.summary, args.report, args.figure, diagnostics)
 
 
 def cmd_dicom2png(args: argparse.Namespace) -> None:
@@ -177,16 +297,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", default="{}", help="JSON of the 'federation' config section")
     p.add_argument("--out", type=Path, required=True)
 
-    p = add("train", cmd_train, "federated training of one method with one seed")
-    p.add_argument("--store", type=Path, required=True)
-    p.add_argument("--partition", type=Path, required=True)
-    p.add_argument("--method", required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--train", default="{}", help="JSON of the 'train' config section")
-    p.add_argument("--model", default="{}", help="JSON of the 'model' config section")
-    p.add_argument("--method-settings", default="{}", help="JSON of the method's own config section")
+    def training_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--store", type=Path, required=True)
+        p.add_argument("--partition", type=Path, required=True)
+        p.add_argument("--method", required=True)
+        p.add_argument("--seed", type=int, required=True)
+        p.add_argument("--train", default="{}", help="JSON of the 'train' config section")
+        p.add_argument("--model", default="{}", help="JSON of the 'model' config section")
+        p.add_argument("--method-settings", default="{}", help="JSON of the method's own config section")
+
+    p = add("train", cmd_train, "federated training of one method with one seed (all its rounds)")
+    training_args(p)
     p.add_argument("--out-model", type=Path, required=True)
     p.add_argument("--out-rounds", type=Path, required=True)
+
+    p = add("warmup", cmd_warmup, "FedMLP stage 1: the warm-up rounds, ending in the warm-up checkpoint")
+    training_args(p)
+    p.add_argument("--out-model", type=Path, required=True)
+    p.add_argument("--out-rounds", type=Path, required=True)
+
+    p = add("pseudolabel", cmd_pseudolabel, "FedMLP: prototypes, learning degrees and the first missing-label detection")
+    training_args(p)
+    p.add_argument("--warmup-model", type=Path, required=True)
+    p.add_argument("--out-artifact", type=Path, required=True, help="pseudolabels.json (training input; no hidden labels)")
+    p.add_argument("--out-summary", type=Path, required=True, help="human-readable summary with diagnostics")
+
+    p = add("teacher", cmd_teacher, "FedMLP stage 2: pseudo-labels and the global teacher, from the warm-up")
+    training_args(p)
+    p.add_argument("--warmup-model", type=Path, required=True)
+    p.add_argument("--warmup-rounds", type=Path, required=True)
+    p.add_argument("--pseudolabels", type=Path, required=True)
+    p.add_argument("--run", default="{}", help="JSON identifying the run (copied into the diagnostics)")
+    p.add_argument("--out-model", type=Path, required=True)
+    p.add_argument("--out-rounds", type=Path, required=True)
+    p.add_argument("--out-diagnostics", type=Path, required=True)
 
     p = add("evaluate", cmd_evaluate, "score a checkpoint on the fully labelled test set")
     p.add_argument("--store", type=Path, required=True)
@@ -199,8 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-metrics", type=Path, required=True)
     p.add_argument("--out-predictions", type=Path, required=True)
 
-    p = add("report", cmd_report, "summary.csv, report.md and the per-round plot from metrics files")
+    p = add("report", cmd_report, "summary.csv, report.md and the per-round plots from metrics (and diagnostics) files")
     p.add_argument("metrics", type=Path, nargs="+")
+    p.add_argument("--diagnostics", type=Path, nargs="*", default=[],
+                   help="pseudo-label diagnostics CSVs; their plot goes to pseudolabels.png beside --figure")
     p.add_argument("--summary", type=Path, required=True)
     p.add_argument("--report", type=Path, required=True)
     p.add_argument("--figure", type=Path, required=True)

@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from fedmlp.atomic import atomic_path, write_text  # noqa: E402
+from fedmlp.diagnostics import COUNTS, rates  # noqa: E402
 from fedmlp.errors import FedmlpError  # noqa: E402
 from fedmlp.metrics import METRICS  # noqa: E402
 
@@ -70,7 +71,63 @@ def plot_rounds(runs: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def markdown(runs: list[dict[str, Any]], summary: pd.DataFrame, figure: str) -> str:
+def gap_closed(block: pd.DataFrame) -> dict[str, float]:
+    """Share of the fedavg-partial → fedavg-full mAP gap each method closes (empty without both)."""
+    means = block[block["metric"] == "mAP"].groupby("method")["value"].mean()
+    if not {"fedavg-partial", "fedavg-full"} <= set(means.index) or means["fedavg-full"] == means["fedavg-partial"]:
+        return {}
+    low, high = means["fedavg-partial"], means["fedavg-full"]
+    return {method: float((value - low) / (high - low)) for method, value in means.items()}
+
+
+def pooled_diagnostics(diagnostics: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset, setting, method, seed and round: counts summed over clients and classes, then rates."""
+    keys = ["dataset", "setting", "method", "seed", "round"]
+    pooled = diagnostics.groupby(keys, sort=False)[COUNTS].sum().reset_index()
+    return pd.concat([pooled, pd.DataFrame([rates(row) for row in pooled.to_dict("records")])], axis=1)
+
+
+def plot_pseudolabels(pooled: pd.DataFrame, path: Path) -> None:
+    panels = [("precision_positive", "precision of pseudo-positives"), ("precision_negative", "precision of pseudo-negatives"),
+              ("recall_positive", "recall of hidden positives")]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), squeeze=False)
+    for ax, (column, title) in zip(axes[0], panels):
+        for (setting, method), group in pooled.groupby(["setting", "method"], sort=False):
+            curve = group.groupby("round")[column].agg(["mean", "min", "max"])
+            (line,) = ax.plot(curve.index, curve["mean"], marker=".", label=f"{method} · {setting}")
+            ax.fill_between(curve.index, curve["min"], curve["max"], color=line.get_color(), alpha=0.2)
+        ax.set(title=title, xlabel="round", ylim=(0, 1.02))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def diagnostics_markdown(pooled: pd.DataFrame, figure: str) -> list[str]:
+    out = [
+        "## Pseudo-labels (diagnostics against the hidden labels)",
+        "",
+        "Counts are summed over clients and missing classes; precision and recall are pooled the same way; "
+        "mean ± std over seeds, in the first and the last stage-2 round. Training never reads hidden labels; "
+        "this section does.",
+        "",
+    ]
+    header = ["setting", "method", "round", "pseudo-negatives", "precision", "pseudo-positives", "precision", "recall of hidden positives"]
+    rows = []
+    for (setting, method), group in pooled.groupby(["setting", "method"], sort=False):
+        for round_number in sorted({group["round"].min(), group["round"].max()}):
+            at = group[group["round"] == round_number]
+            rows.append([setting, method, str(round_number), _mean_std(at["selected_negative"].astype(float)),
+                         _mean_std(at["precision_negative"]), _mean_std(at["selected_positive"].astype(float)),
+                         _mean_std(at["precision_positive"]), _mean_std(at["recall_positive"])])
+    out += [_table(header, rows), "", f"![pseudo-label quality per round]({figure})", ""]
+    return out
+
+
+def markdown(runs: list[dict[str, Any]], summary: pd.DataFrame, figure: str, extra: list[str] = ()) -> str:
     out = [
         "# fedmlp results",
         "",
@@ -82,12 +139,18 @@ def markdown(runs: list[dict[str, Any]], summary: pd.DataFrame, figure: str) -> 
     for (dataset, setting), block in summary.groupby(["dataset", "setting"], sort=False):
         methods = list(dict.fromkeys(block["method"]))
         out += [f"## {dataset} · {setting}", ""]
+        gap = gap_closed(block)
         rows = []
         for method in methods:
             sub = block[block["method"] == method]
             seeds = sub["seed"].nunique()
-            rows.append([method, str(seeds)] + [_mean_std(sub.loc[sub["metric"] == m, "value"]) for m in METRICS])
-        out += [_table(["method", "seeds", *METRICS], rows), ""]
+            cells = [_mean_std(sub.loc[sub["metric"] == m, "value"]) for m in METRICS]
+            rows.append([method, str(seeds), *cells] + ([f"{gap[method]:.0%}"] if gap else []))
+        header = ["method", "seeds", *METRICS] + (["mAP gap closed"] if gap else [])
+        out += [_table(header, rows), ""]
+        if gap:
+            out += ["*mAP gap closed*: (method − fedavg-partial) / (fedavg-full − fedavg-partial), on mean mAP: "
+                    "0% is the naive baseline, 100% the fully labelled upper bound.", ""]
 
         members = [r for r in runs if (r["run"]["dataset"], r["run"]["setting"]) == (dataset, setting)]
         classes = list(members[0]["per_class"])
@@ -104,13 +167,22 @@ def markdown(runs: list[dict[str, Any]], summary: pd.DataFrame, figure: str) -> 
         if undefined:
             out += [f"Classes with only one label value in the test set (left out of macro averages): {', '.join(undefined)}.", ""]
     out += ["## Test mAP per round", "", f"![test mAP per round]({figure})", ""]
+    out += list(extra)
     return "\n".join(out)
 
 
-def write_report(runs: list[dict[str, Any]], summary_path: Path, report_path: Path, figure_path: Path) -> None:
+def write_report(
+    runs: list[dict[str, Any]], summary_path: Path, report_path: Path, figure_path: Path, diagnostics: pd.DataFrame | None = None
+) -> None:
+    """Write summary.csv, the mAP plot and report.md; with diagnostics also pseudolabels.png beside the plot."""
     summary = summary_frame(runs)
     with atomic_path(summary_path) as tmp:
         summary.to_csv(tmp, index=False, float_format="%.6f")
     plot_rounds(runs, figure_path)
-    relative = os.path.relpath(figure_path, report_path.parent)
-    write_text(report_path, markdown(runs, summary, relative))
+    extra: list[str] = []
+    if diagnostics is not None and not diagnostics.empty:
+        pooled = pooled_diagnostics(diagnostics)
+        pseudo_path = figure_path.with_name("pseudolabels.png")
+        plot_pseudolabels(pooled, pseudo_path)
+        extra = diagnostics_markdown(pooled, os.path.relpath(pseudo_path, report_path.parent))
+    write_text(report_path, markdown(runs, summary, os.path.relpath(figure_path, report_path.parent), extra))

@@ -1,6 +1,7 @@
 # Shared helpers: config validation, path patterns, settings per rule, code fingerprints.
 import hashlib
 import os
+import re
 import json
 import shlex
 import shutil
@@ -24,6 +25,12 @@ SPLIT = "results/{dataset}/{prep}/split.json"
 PARTITION = "results/{dataset}/{prep}/{setting}/partition.json"
 RUN_ID = "{dataset}/{prep}/{setting}/{method}/seed{seed}"
 RUN = f"results/{RUN_ID}"
+WARMUP_ID = "{dataset}/{prep}/{setting}/fedmlp-warmup/seed{seed}"  # shared by every fedmlp* method
+WARMUP = f"results/{WARMUP_ID}"
+
+# Methods trained in stages (warmup → pseudolabel → teacher); all others go through rule train.
+STAGED = r"fedmlp(-fixed|-official)?"
+ONE_STAGE = r"(?!fedmlp)[a-z0-9+-]+"
 
 
 wildcard_constraints:
@@ -50,16 +57,38 @@ def code_fingerprint(*modules):
 
 
 CODE_COMMON = ("__init__.py", "cli.py", "config.py", "errors.py", "atomic.py", "progress.py")
+CODE_TRAINING = ("federated.py", "methods/__init__.py", "methods/base.py", "methods/registry.py", "loader.py", "augment.py",
+                 "models.py", "runtime.py", "seeding.py", "inference.py", "metrics.py", "checkpoint.py", "store.py")
 CODE = {
     "synthesize": CODE_COMMON + ("seeding.py", "sources/*.py"),
     "ingest": CODE_COMMON + ("ingest.py", "dicom.py", "windowing.py", "store.py", "sources/rsna.py"),
     "split": CODE_COMMON + ("partition.py", "store.py", "seeding.py"),
     "partition": CODE_COMMON + ("partition.py", "store.py", "seeding.py"),
-    "train": CODE_COMMON
-    + ("federated.py", "methods/*.py", "loader.py", "augment.py", "models.py", "runtime.py", "seeding.py", "inference.py", "metrics.py", "checkpoint.py", "store.py"),
+    "train": CODE_COMMON + CODE_TRAINING,
+    "fedmlp": CODE_COMMON + CODE_TRAINING + ("methods/fedmlp.py", "diagnostics.py"),
     "evaluate": CODE_COMMON + ("checkpoint.py", "models.py", "inference.py", "metrics.py", "loader.py", "augment.py", "runtime.py", "store.py"),
-    "report": CODE_COMMON + ("report.py", "metrics.py"),
+    "report": CODE_COMMON + ("report.py", "metrics.py", "diagnostics.py"),
 }
+
+
+def fedmlp_stage1():
+    """The FedMLP keys the warm-up depends on (changing a stage-2 key keeps the warm-up)."""
+    return {key: config["fedmlp"][key] for key in ("warmup_rounds", "lambda_dis", "logit_adjust")}
+
+
+def fedmlp_detection():
+    """The FedMLP keys the first detection depends on (not the stage-2 loss weight or length)."""
+    return {key: value for key, value in config["fedmlp"].items() if key not in ("lambda_cr", "rounds")}
+
+
+def train_for_fedmlp():
+    """train settings without train.rounds, which FedMLP does not read (it has its own schedule)."""
+    return {key: value for key, value in config["train"].items() if key != "rounds"}
+
+
+def method_code(wildcards):
+    """Training code of one method: the shared loop plus the method's module (methods/<prefix>.py)."""
+    return code_fingerprint(*CODE["train"], f"methods/{wildcards.method.split('-')[0]}.py")
 
 
 def prep_name():
@@ -127,15 +156,19 @@ def uses_gpu():
 GPU = 1 if uses_gpu() else 0
 
 
-def final_metrics():
+def final_files(name, methods=None):
     return expand(
-        f"{RUN}/metrics.json",
+        f"{RUN}/{name}",
         dataset=config["dataset"],
         prep=prep_name(),
         setting=list(SETTINGS),
-        method=config["methods"],
+        method=config["methods"] if methods is None else methods,
         seed=config["seeds"],
     )
+
+
+def staged_methods():
+    return [m for m in config["methods"] if re.fullmatch(STAGED, m)]
 
 
 def parent_of(name):

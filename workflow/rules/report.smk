@@ -1,11 +1,13 @@
 rule report:
-    """summary.csv (long form), report.md and the per-round test mAP plot."""
+    """summary.csv (long form), report.md, the per-round test mAP plot and, with FedMLP, the pseudo-label plot."""
     input:
-        final_metrics(),
+        metrics=final_files("metrics.json"),
+        diagnostics=final_files("diagnostics.csv", staged_methods()),
     output:
         summary="results/summary.csv",
         report="results/report.md",
         figure="results/map_per_round.png",
+        **({"pseudo_figure": "results/pseudolabels.png"} if staged_methods() else {}),
     params:
         code=code_fingerprint(*CODE["report"]),
     conda:
@@ -13,4 +15,5 @@ rule report:
     log:
         "logs/report/report.log",
     shell:
-        "fedmlp report {input} --summary {output.summary} --report {output.report} --figure {output.figure} > {log} 2>&1"
+        "fedmlp report {input.metrics} --diagnostics {input.diagnostics} --summary {output.summary}"
+        " --report {output.report} --figure {output.figure} > {log} 2>&1"

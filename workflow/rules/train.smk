@@ -1,5 +1,5 @@
 rule train:
-    """Federated training of one method with one seed."""
+    """Federated training of one method with one seed (methods trained in one stage)."""
     input:
         **store_files(),
         partition=PARTITION,
@@ -11,7 +11,9 @@ rule train:
         model=json_arg(config["model"]),
         method=lambda wildcards: json_arg(config.get(wildcards.method, {})),
         store=parent_of("manifest"),
-        code=code_fingerprint(*CODE["train"]),
+        code=method_code,
+    wildcard_constraints:
+        method=ONE_STAGE,
     threads: config["train"]["threads"]
     resources:
         gpu=GPU,

@@ -1,0 +1,100 @@
+# FedMLP as three stages with their own artifacts: a stage-2 setting change reuses the warm-up.
+
+
+rule warmup:
+    """FedMLP stage 1: warm-up rounds (two views, logit-adjusted BCE, distillation), shared by all fedmlp* methods."""
+    input:
+        **store_files(),
+        partition=PARTITION,
+    output:
+        model=f"{WARMUP}/model.pt",
+        rounds=f"{WARMUP}/rounds.csv",
+    params:
+        train=json_arg(train_for_fedmlp()),
+        model=json_arg(config["model"]),
+        fedmlp=json_arg(fedmlp_stage1()),
+        store=parent_of("manifest"),
+        code=code_fingerprint(*CODE["fedmlp"]),
+    threads: config["train"]["threads"]
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    log:
+        f"logs/warmup/{WARMUP_ID}.log",
+    benchmark:
+        f"benchmarks/warmup/{WARMUP_ID}.tsv"
+    shell:
+        "fedmlp warmup --store {params.store} --partition {input.partition} --method fedmlp --seed {wildcards.seed}"
+        " --train {params.train} --model {params.model} --method-settings {params.fedmlp}"
+        " --out-model {output.model} --out-rounds {output.rounds} > {log} 2>&1"
+
+
+rule pseudolabel:
+    """Prototypes, learning degrees, thresholds and the first missing-label detection, from the warm-up model."""
+    input:
+        **store_files(),
+        partition=PARTITION,
+        warmup=f"{WARMUP}/model.pt",
+    output:
+        artifact=f"{RUN}/pseudolabels.json",
+        summary=f"{RUN}/pseudolabels.md",
+    wildcard_constraints:
+        method=STAGED,
+    params:
+        train=json_arg(train_for_fedmlp()),
+        model=json_arg(config["model"]),
+        fedmlp=json_arg(fedmlp_detection()),
+        store=parent_of("manifest"),
+        code=code_fingerprint(*CODE["fedmlp"]),
+    threads: config["train"]["threads"]
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    log:
+        f"logs/pseudolabel/{RUN_ID}.log",
+    shell:
+        "fedmlp pseudolabel --store {params.store} --partition {input.partition} --method {wildcards.method}"
+        " --seed {wildcards.seed} --train {params.train} --model {params.model} --method-settings {params.fedmlp}"
+        " --warmup-model {input.warmup} --out-artifact {output.artifact} --out-summary {output.summary} > {log} 2>&1"
+
+
+rule teacher:
+    """FedMLP stage 2: pseudo-labels plus consistency with the global teacher, from the warm-up."""
+    input:
+        **store_files(),
+        partition=PARTITION,
+        warmup=f"{WARMUP}/model.pt",
+        warmup_rounds=f"{WARMUP}/rounds.csv",
+        pseudolabels=f"{RUN}/pseudolabels.json",
+    output:
+        model=f"{RUN}/model.pt",
+        rounds=f"{RUN}/rounds.csv",
+        diagnostics=f"{RUN}/diagnostics.csv",
+    wildcard_constraints:
+        method=STAGED,
+    params:
+        train=json_arg(train_for_fedmlp()),
+        model=json_arg(config["model"]),
+        fedmlp=json_arg(config["fedmlp"]),
+        run=lambda wildcards: json_arg(
+            {"dataset": wildcards.dataset, "setting": wildcards.setting, "method": wildcards.method, "seed": int(wildcards.seed)}
+        ),
+        store=parent_of("manifest"),
+        code=code_fingerprint(*CODE["fedmlp"]),
+    threads: config["train"]["threads"]
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    log:
+        f"logs/teacher/{RUN_ID}.log",
+    benchmark:
+        f"benchmarks/teacher/{RUN_ID}.tsv"
+    shell:
+        "fedmlp teacher --store {params.store} --partition {input.partition} --method {wildcards.method}"
+        " --seed {wildcards.seed} --train {params.train} --model {params.model} --method-settings {params.fedmlp}"
+        " --warmup-model {input.warmup} --warmup-rounds {input.warmup_rounds} --pseudolabels {input.pseudolabels}"
+        " --run {params.run} --out-model {output.model} --out-rounds {output.rounds}"
+        " --out-diagnostics {output.diagnostics} > {log} 2>&1"
