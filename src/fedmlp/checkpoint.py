@@ -17,8 +17,10 @@ FORMAT = 1
 
 def save(path: Path, model: Classifier, meta: dict[str, Any]) -> None:
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "state_dict": state, "meta": meta}, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        # a file object, not a path: torch would name the archive after the temporary file,
+        # and the same weights would give different bytes
+        torch.save({"format": FORMAT, "state_dict": state, "meta": meta}, handle)
 
 
 def load(path: Path) -> tuple[Classifier, dict[str, Any]]:
