@@ -140,18 +140,18 @@ def test_hidden_labels_do_not_influence_fedmlp(store: ImageStore, federation: di
         for c, cls in enumerate(store.classes):
             if cls not in entry["annotated_classes"]:
                 shuffled[rows, c] = rng.permutation(1 - shuffled[rows, c])
-    a, _ = federated.run(store, federation, methods.create(name, SHORT), TRAIN, MODEL, 0, rt)
-    b, _ = federated.run(dataclasses.replace(store, labels=shuffled), federation, methods.create(name, SHORT), TRAIN, MODEL, 0, rt)
+    a = federated.run(store, federation, methods.create(name, SHORT), TRAIN, MODEL, 0, rt).model
+    b = federated.run(dataclasses.replace(store, labels=shuffled), federation, methods.create(name, SHORT), TRAIN, MODEL, 0, rt).model
     assert all(torch.equal(x, y) for x, y in zip(_weights(a), _weights(b)))
 
 
 def test_staged_run_equals_one_shot_run(store: ImageStore, federation: dict) -> None:
     """warmup → checkpoint → pseudolabel export → teacher reproduces the uninterrupted run exactly."""
     rt = runtime.resolve("cpu", "fp32", 1)
-    whole, whole_history = federated.run(store, federation, methods.create("fedmlp", SHORT), TRAIN, MODEL, 3, rt)
+    whole = federated.run(store, federation, methods.create("fedmlp", SHORT), TRAIN, MODEL, 3, rt)
 
     stage1 = methods.create("fedmlp", SHORT)
-    warm, _ = federated.run(store, federation, stage1, TRAIN, MODEL, 3, rt, rounds=range(2))
+    warm = federated.run(store, federation, stage1, TRAIN, MODEL, 3, rt, rounds=range(2)).model
     detector = methods.create("fedmlp", SHORT)
     clients = federated.build_clients(store, federation, detector)
     states = [detector.init_client_state(c) for c in clients]
@@ -161,10 +161,10 @@ def test_staged_run_equals_one_shot_run(store: ImageStore, federation: dict) -> 
 
     stage2 = methods.create("fedmlp", SHORT)
     stage2.preload(artifact)
-    final, history = federated.run(store, federation, stage2, TRAIN, MODEL, 3, rt, rounds=range(2, 4), initial_model=warm)
-    assert [r.round for r in history] == [3, 4]
-    assert history[-1].test_mAP == whole_history[-1].test_mAP
-    assert all(torch.equal(x, y) for x, y in zip(_weights(whole), _weights(final)))
+    final = federated.run(store, federation, stage2, TRAIN, MODEL, 3, rt, rounds=range(2, 4), initial_model=warm)
+    assert [r.round for r in final.history] == [3, 4]
+    assert final.history[-1].test_mAP == whole.history[-1].test_mAP
+    assert all(torch.equal(x, y) for x, y in zip(_weights(whole.model), _weights(final.model)))
 
 
 def test_variants_select_differently(store: ImageStore, federation: dict) -> None:
@@ -172,7 +172,7 @@ def test_variants_select_differently(store: ImageStore, federation: dict) -> Non
     counts = {}
     for name in ("fedmlp", "fedmlp-fixed"):
         method = methods.create(name, SHORT)
-        model, _ = federated.run(store, federation, method, TRAIN, MODEL, 0, rt, rounds=range(1))
+        model = federated.run(store, federation, method, TRAIN, MODEL, 0, rt, rounds=range(1)).model
         clients = federated.build_clients(store, federation, method)
         states = [method.init_client_state(c) for c in clients]
         method.begin_round(RoundContext(2, model, clients, states, store, rt, TRAIN))

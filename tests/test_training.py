@@ -32,7 +32,8 @@ def federation(store: ImageStore) -> dict:
 
 def _train(store: ImageStore, federation: dict, method: str, seed: int = 0) -> tuple[torch.nn.Module, list]:
     rt = runtime.resolve("cpu", "fp32", 1)
-    return federated.run(store, federation, methods.create(method), TINY_TRAIN, TINY_MODEL, seed, rt)
+    result = federated.run(store, federation, methods.create(method), TINY_TRAIN, TINY_MODEL, seed, rt)
+    return result.model, result.history
 
 
 def test_clients_never_see_missing_labels(store: ImageStore, federation: dict) -> None:

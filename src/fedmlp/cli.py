@@ -103,13 +103,28 @@ def _save_model(path: Path, model, store, args: argparse.Namespace, model_config
     checkpoint.save(path, model, meta)
 
 
+def _resume_point(args: argparse.Namespace, *files: Path):
+    """Where this run saves its state between rounds, keyed by everything the run depends on."""
+    from fedmlp.resume import ResumePoint, fingerprint
+    from fedmlp.store import MANIFEST
+
+    if args.resume_state is None:
+        return None
+    key = fingerprint(args.command, args.method, args.seed, args.train, args.model, args.method_settings,
+                      files=(args.store / MANIFEST, args.partition, *files))
+    return ResumePoint(args.resume_state, key, every=args.resume_every)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from fedmlp import federated
 
     store, partition, method, train, model_config, rt = _training_inputs(args)
-    model, history = federated.run(store, partition, method, train, model_config, args.seed, rt)
-    _write_rounds(args.out_rounds, federated.history_rows(history))
-    _save_model(args.out_model, model, store, args, model_config, rt.precision, history[-1].round)
+    resume = _resume_point(args)
+    result = federated.run(store, partition, method, train, model_config, args.seed, rt, resume=resume)
+    _write_rounds(args.out_rounds, federated.history_rows(result.history))
+    _save_model(args.out_model, result.model, store, args, model_config, rt.precision, result.history[-1].round)
+    if resume:
+        resume.clear()
 
 
 def _staged(method):
@@ -125,9 +140,12 @@ def cmd_warmup(args: argparse.Namespace) -> None:
     warmup_rounds = _staged(method).first_stage2_round
     if warmup_rounds < 1:
         raise FedmlpError("config key 'fedmlp.warmup_rounds': expected at least 1")
-    model, history = federated.run(store, partition, method, train, model_config, args.seed, rt, rounds=range(warmup_rounds))
-    _write_rounds(args.out_rounds, federated.history_rows(history))
-    _save_model(args.out_model, model, store, args, model_config, rt.precision, warmup_rounds)
+    resume = _resume_point(args)
+    result = federated.run(store, partition, method, train, model_config, args.seed, rt, rounds=range(warmup_rounds), resume=resume)
+    _write_rounds(args.out_rounds, federated.history_rows(result.history))
+    _save_model(args.out_model, result.model, store, args, model_config, rt.precision, warmup_rounds)
+    if resume:
+        resume.clear()
 
 
 def _load_warmup(path: Path, store, model_config, rt):
@@ -202,19 +220,21 @@ def cmd_teacher(args: argparse.Namespace) -> None:
         raise FedmlpError(f"{args.pseudolabels}: made for method {artifact.get('method')!r}, not {method.name!r}")
     method.preload(artifact)
     model = _load_warmup(args.warmup_model, store, model_config, rt)
-    quality: list[dict] = []
     run_info = json.loads(args.run)
 
     def record(round_number, clients, states):
-        quality.extend({**run_info, **row} for row in pseudo_label_quality(round_number, store, clients, states))
+        return [{**run_info, **row} for row in pseudo_label_quality(round_number, store, clients, states)]
 
     stage2 = range(method.first_stage2_round, method.n_rounds(train))
-    model, history = federated.run(store, partition, method, train, model_config, args.seed, rt, rounds=stage2,
-                                   initial_model=model, on_round_end=record)
+    resume = _resume_point(args, args.warmup_model, args.pseudolabels)
+    result = federated.run(store, partition, method, train, model_config, args.seed, rt, rounds=stage2,
+                           initial_model=model, on_round_end=record, resume=resume)
     warmup = pd.read_csv(args.warmup_rounds)
-    _write_rounds(args.out_rounds, warmup.to_dict(orient="records") + federated.history_rows(history))
-    _write_rounds(args.out_diagnostics, quality)
-    _save_model(args.out_model, model, store, args, model_config, rt.precision, method.n_rounds(train))
+    _write_rounds(args.out_rounds, warmup.to_dict(orient="records") + federated.history_rows(result.history))
+    _write_rounds(args.out_diagnostics, result.round_rows)
+    _save_model(args.out_model, result.model, store, args, model_config, rt.precision, method.n_rounds(train))
+    if resume:
+        resume.clear()
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -306,13 +326,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", default="{}", help="JSON of the 'model' config section")
         p.add_argument("--method-settings", default="{}", help="JSON of the method's own config section")
 
+    def resume_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--resume-state", type=Path, default=None,
+                       help="file for the state between rounds: saved as training goes, continued if present, removed at the end")
+        p.add_argument("--resume-every", type=int, default=1, help="save the state every N rounds")
+
     p = add("train", cmd_train, "federated training of one method with one seed (all its rounds)")
     training_args(p)
+    resume_args(p)
     p.add_argument("--out-model", type=Path, required=True)
     p.add_argument("--out-rounds", type=Path, required=True)
 
     p = add("warmup", cmd_warmup, "FedMLP stage 1: the warm-up rounds, ending in the warm-up checkpoint")
     training_args(p)
+    resume_args(p)
     p.add_argument("--out-model", type=Path, required=True)
     p.add_argument("--out-rounds", type=Path, required=True)
 
@@ -324,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("teacher", cmd_teacher, "FedMLP stage 2: pseudo-labels and the global teacher, from the warm-up")
     training_args(p)
+    resume_args(p)
     p.add_argument("--warmup-model", type=Path, required=True)
     p.add_argument("--warmup-rounds", type=Path, required=True)
     p.add_argument("--pseudolabels", type=Path, required=True)

@@ -27,6 +27,7 @@ from fedmlp.methods import LocalContext, Method, RoundContext
 from fedmlp.metrics import ranking_metrics
 from fedmlp.models import Classifier, build_model
 from fedmlp.progress import bar
+from fedmlp.resume import ResumePoint
 from fedmlp.runtime import Runtime
 from fedmlp.seeding import int_seed, torch_generator
 from fedmlp.store import ImageStore
@@ -59,7 +60,14 @@ def init_model(model_config: ModelConfig, n_classes: int, seed: int, runtime: Ru
     return build_model(model_config, n_classes).to(runtime.device, memory_format=torch.channels_last)
 
 
-RoundCallback = Callable[[int, list[ClientData], list[dict[str, Any]]], None]
+RoundCallback = Callable[[int, list[ClientData], list[dict[str, Any]]], list[dict[str, Any]]]
+
+
+@dataclass
+class RunResult:
+    model: Classifier
+    history: list[RoundRecord]
+    round_rows: list[dict[str, Any]]  # whatever ``on_round_end`` returned, in round order
 
 
 def run(
@@ -73,15 +81,27 @@ def run(
     rounds: range | None = None,
     initial_model: Classifier | None = None,
     on_round_end: RoundCallback | None = None,
-) -> tuple[Classifier, list[RoundRecord]]:
+    resume: ResumePoint | None = None,
+) -> RunResult:
     """Train ``rounds`` (default: all of the method's rounds) from ``initial_model`` (default: the
     seed's initialisation). Round indices are absolute, so a run split into stages (FedMLP's warm-up,
-    then stage 2) draws the same random streams as one uninterrupted run."""
+    then stage 2) draws the same random streams as one uninterrupted run. With ``resume``, the state
+    after every ``resume.every`` rounds is saved, and a saved state of the same run is continued."""
     rounds = rounds if rounds is not None else range(method.n_rounds(train))
     clients = build_clients(store, partition, method)
     states = [method.init_client_state(client) for client in clients]
     global_model = initial_model if initial_model is not None else init_model(model_config, len(store.classes), seed, runtime)
     global_model = global_model.to(runtime.device, memory_format=torch.channels_last)
+    history: list[RoundRecord] = []
+    round_rows: list[dict[str, Any]] = []
+    saved = resume.load() if resume is not None else None
+    if saved is not None:
+        global_model.load_state_dict(saved["global"])
+        states = saved["clients"]
+        method.load_state_dict(saved["method"])
+        history = [RoundRecord(**record) for record in saved["history"]]
+        round_rows = saved["round_rows"]
+        rounds = range(saved["round"], rounds.stop)
     local_model = copy.deepcopy(global_model)
     teacher = copy.deepcopy(global_model).eval().requires_grad_(False)
     test_rows = store.rows(partition["test"])
@@ -89,7 +109,6 @@ def run(
     steps = sum(n_batches(len(c), train.batch_size) for c in clients) * train.local_epochs
     total = method.n_rounds(train)
 
-    history: list[RoundRecord] = []
     for round_index in rounds:
         start = time.perf_counter()
         method.begin_round(RoundContext(round_index, global_model, clients, states, store, runtime, train))
@@ -122,8 +141,17 @@ def run(
         log.info("%s round %d/%d: train loss %.4f, test mAP %.4f, AUROC %.4f (%.1f s)",
                  method.name, record.round, total, loss, record.test_mAP, record.test_AUROC, record.seconds)
         if on_round_end is not None:
-            on_round_end(record.round, clients, states)
-    return global_model, history
+            round_rows.extend(on_round_end(record.round, clients, states))
+        if resume is not None and resume.due(record.round, last):
+            resume.save({
+                "round": record.round,
+                "global": {k: v.detach().cpu() for k, v in global_model.state_dict().items()},
+                "clients": states,
+                "method": method.state_dict(),
+                "history": history_rows(history),
+                "round_rows": round_rows,
+            })
+    return RunResult(global_model, history, round_rows)
 
 
 def history_rows(history: list[RoundRecord]) -> list[dict[str, Any]]:

@@ -171,6 +171,16 @@ def staged_methods():
     return [m for m in config["methods"] if re.fullmatch(STAGED, m)]
 
 
+def resume_file(rule, pattern):
+    """Where a training job keeps its between-rounds state: outside its declared outputs, so that
+    Snakemake's cleanup of incomplete outputs keeps it and a rerun continues (see fedmlp.resume)."""
+
+    def path(wildcards):
+        return f"resume/{rule}/" + pattern.format(**dict(wildcards.items())) + ".pt"
+
+    return path
+
+
 def parent_of(name):
     """A param giving the directory of input or output ``name`` (a store, the raw dataset)."""
 

@@ -14,6 +14,7 @@ rule warmup:
         model=json_arg(config["model"]),
         fedmlp=json_arg(fedmlp_stage1()),
         store=parent_of("manifest"),
+        resume=resume_file("warmup", WARMUP_ID),
         code=code_fingerprint(*CODE["fedmlp"]),
     threads: config["train"]["threads"]
     resources:
@@ -27,7 +28,7 @@ rule warmup:
     shell:
         "fedmlp warmup --store {params.store} --partition {input.partition} --method fedmlp --seed {wildcards.seed}"
         " --train {params.train} --model {params.model} --method-settings {params.fedmlp}"
-        " --out-model {output.model} --out-rounds {output.rounds} > {log} 2>&1"
+        " --out-model {output.model} --out-rounds {output.rounds} --resume-state {params.resume} > {log} 2>&1"
 
 
 rule pseudolabel:
@@ -82,6 +83,7 @@ rule teacher:
             {"dataset": wildcards.dataset, "setting": wildcards.setting, "method": wildcards.method, "seed": int(wildcards.seed)}
         ),
         store=parent_of("manifest"),
+        resume=resume_file("teacher", RUN_ID),
         code=code_fingerprint(*CODE["fedmlp"]),
     threads: config["train"]["threads"]
     resources:
@@ -97,4 +99,4 @@ rule teacher:
         " --seed {wildcards.seed} --train {params.train} --model {params.model} --method-settings {params.fedmlp}"
         " --warmup-model {input.warmup} --warmup-rounds {input.warmup_rounds} --pseudolabels {input.pseudolabels}"
         " --run {params.run} --out-model {output.model} --out-rounds {output.rounds}"
-        " --out-diagnostics {output.diagnostics} > {log} 2>&1"
+        " --out-diagnostics {output.diagnostics} --resume-state {params.resume} > {log} 2>&1"

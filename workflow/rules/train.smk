@@ -11,6 +11,7 @@ rule train:
         model=json_arg(config["model"]),
         method=lambda wildcards: json_arg(config.get(wildcards.method, {})),
         store=parent_of("manifest"),
+        resume=resume_file("train", RUN_ID),
         code=method_code,
     wildcard_constraints:
         method=ONE_STAGE,
@@ -26,4 +27,4 @@ rule train:
     shell:
         "fedmlp train --store {params.store} --partition {input.partition} --method {wildcards.method}"
         " --seed {wildcards.seed} --train {params.train} --model {params.model} --method-settings {params.method}"
-        " --out-model {output.model} --out-rounds {output.rounds} > {log} 2>&1"
+        " --out-model {output.model} --out-rounds {output.rounds} --resume-state {params.resume} > {log} 2>&1"

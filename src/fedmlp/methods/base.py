@@ -85,6 +85,13 @@ class Method(ABC):
     def begin_round(self, ctx: RoundContext) -> None:
         """Called once per round before local training, e.g. to refresh server-side payloads."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """Server-side state kept across rounds (saved for resuming); tensors and plain values only."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
     @abstractmethod
     def loss(self, ctx: LocalContext, batch: Batch) -> torch.Tensor:
         """Scalar training loss for one batch (called under autocast)."""

@@ -212,6 +212,12 @@ class FedMLP(Method):
             state["thresholds"][c] = (tau0, tau1)
         state["pseudo"] = pseudo
 
+    def state_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.server)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.server = ServerState(**state)
+
     # --- pseudo-label artifacts (the pseudolabel stage) ----------------------------------------
 
     def export(self, clients: list[ClientData], states: list[dict[str, Any]], store: ImageStore) -> dict[str, Any]:
