@@ -81,7 +81,7 @@ def _training_inputs(args: argparse.Namespace):
     except json.JSONDecodeError as exc:
         raise FedmlpError(f"--method-settings is not valid JSON: {exc}") from None
     method = methods.create(args.method, settings)
-    rt = runtime.resolve(train.device, train.precision, train.threads)
+    rt = runtime.resolve(train.device, train.precision, train.threads, train.deterministic)
     return ImageStore.open(args.store), _read_json(args.partition), method, train, model_config, rt
 
 

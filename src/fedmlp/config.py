@@ -94,6 +94,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 1
     eval_every: int = 1
+    deterministic: bool = False
 
 
 @dataclass(frozen=True)

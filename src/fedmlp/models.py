@@ -42,6 +42,14 @@ class Classifier(nn.Module):
         return self.head(self.features(images))
 
 
+class GlobalMeanPool(nn.Module):
+    """Mean over the spatial axes. Same value as AdaptiveAvgPool2d(1), but its CUDA backward is
+    deterministic (adaptive pooling's is not), so ``train.deterministic`` can hold on a GPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3), keepdim=True)
+
+
 def _conv(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
@@ -54,7 +62,7 @@ def compact_cnn(width: int) -> tuple[nn.Module, int]:
         c_out = width * 2**stage
         layers += _conv(c_in, c_out, stride=2) + _conv(c_out, c_out)
         c_in = c_out
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    layers += [GlobalMeanPool(), nn.Flatten()]
     return nn.Sequential(*layers), c_in
 
 
@@ -97,5 +105,6 @@ def build_model(config: ModelConfig, n_classes: int) -> Classifier:
         net = resnet18(config)
         dim = net.fc.in_features
         net.fc = nn.Identity()
+        net.avgpool = GlobalMeanPool()
         return Classifier(net, dim, n_classes, IMAGENET_MEAN, IMAGENET_STD)
     raise FedmlpError(f"config key 'model.arch': {config.arch!r} is not one of compact-cnn, resnet18")

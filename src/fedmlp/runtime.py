@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -36,9 +37,20 @@ class Runtime:
         return contextlib.nullcontext()
 
 
-def resolve(device: str = "auto", precision: str = "auto", threads: int | None = None) -> Runtime:
+def use_deterministic_algorithms() -> None:
+    """Ask CUDA for deterministic kernels (cuBLAS workspace, no cuDNN autotuning). On the CPU our
+    runs are deterministic anyway; on a GPU this costs some speed."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)  # warn, not fail, on an op without one
+
+
+def resolve(device: str = "auto", precision: str = "auto", threads: int | None = None, deterministic: bool = False) -> Runtime:
     if threads:
         torch.set_num_threads(threads)
+    if deterministic:
+        use_deterministic_algorithms()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
