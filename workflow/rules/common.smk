@@ -21,12 +21,12 @@ ENV = "../envs/fedmlp.yaml"  # relative to workflow/rules/
 # Path patterns: each level names what the files below it depend on.
 RAW_SYNTHETIC = "resources/synthetic-ich/raw"
 STORE = "resources/{dataset}/store/{prep}"
-SPLIT = "results/{dataset}/{prep}/split.json"
-PARTITION = "results/{dataset}/{prep}/{setting}/partition.json"
+SPLIT = "results/runs/{dataset}/{prep}/split.json"
+PARTITION = "results/runs/{dataset}/{prep}/{setting}/partition.json"
 RUN_ID = "{dataset}/{prep}/{setting}/{method}/seed{seed}"
-RUN = f"results/{RUN_ID}"
+RUN = f"results/runs/{RUN_ID}"
 WARMUP_ID = "{dataset}/{prep}/{setting}/fedmlp-warmup/seed{seed}"  # shared by every fedmlp* method
-WARMUP = f"results/{WARMUP_ID}"
+WARMUP = f"results/runs/{WARMUP_ID}"
 
 # Methods trained in stages (warmup → pseudolabel → teacher); all others go through rule train.
 STAGED = r"fedmlp(-fixed|-official)?"
@@ -176,7 +176,7 @@ def resume_file(rule, pattern):
     Snakemake's cleanup of incomplete outputs keeps it and a rerun continues (see fedmlp.resume)."""
 
     def path(wildcards):
-        return f"resume/{rule}/" + pattern.format(**dict(wildcards.items())) + ".pt"
+        return f"resume/{rule}/{pattern.format(**dict(wildcards.items()))}.pt"
 
     return path
 

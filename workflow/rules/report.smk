@@ -6,8 +6,8 @@ rule report:
     output:
         summary="results/summary.csv",
         report="results/report.md",
-        figure="results/map_per_round.png",
-        **({"pseudo_figure": "results/pseudolabels.png"} if staged_methods() else {}),
+        figure="results/figures/map_per_round.png",
+        **({"pseudo_figure": "results/figures/pseudolabels.png"} if staged_methods() else {}),
     params:
         code=code_fingerprint(*CODE["report"]),
     conda:
