@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fedmlp.config import PreprocessConfig, SyntheticConfig
+from fedmlp.config import FederationConfig, PreprocessConfig, SplitConfig, SyntheticConfig
 from fedmlp.ingest import ingest_ich
+from fedmlp.partition import partition, partition_artifact, random_split
 from fedmlp.sources import synthetic
 from fedmlp.store import ImageStore
 
@@ -39,3 +40,12 @@ def store(tmp_path_factory: pytest.TempPathFactory, raw_dataset: Path) -> ImageS
     out = tmp_path_factory.mktemp("stores") / "header32"
     ingest_ich(raw_dataset, out, PreprocessConfig(windowing="header", size=32), "synthetic-ich")
     return ImageStore.open(out)
+
+
+@pytest.fixture(scope="session")
+def federation(store: ImageStore) -> dict:
+    """A partition of the small store: 3 clients, 2 annotated classes each."""
+    split = random_split(store.image_ids, SplitConfig())
+    config = FederationConfig(n_clients=3, annotated_per_client=2)
+    clients = partition(split.train, store.labels[store.rows(split.train)], store.classes, config)
+    return partition_artifact(store.classes, clients, split.test, config)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fedmlp import federated, methods, runtime
-from fedmlp.config import FederationConfig, ModelConfig, SplitConfig, ThresholdConfig, TrainConfig
+from fedmlp.config import ModelConfig, ThresholdConfig, TrainConfig
 from fedmlp.methods import RoundContext
 from fedmlp.methods.fedmlp import (
     UNLABELLED,
@@ -26,7 +26,6 @@ from fedmlp.methods.fedmlp import (
     select,
     stage2_targets,
 )
-from fedmlp.partition import partition, partition_artifact, random_split
 from fedmlp.store import ImageStore
 
 TRAIN = TrainConfig(batch_size=8, precision="fp32", device="cpu")
@@ -116,14 +115,6 @@ def test_stage2_masks_are_disjoint_and_cover_missing_entries(variant: str) -> No
         assert not cr.any()
         assert torch.equal(bce & missing, missing & (pseudo != 0))  # pseudo-negatives are left out
         assert (targets[missing & (pseudo == 1)] == 1).all() and (targets[missing & (pseudo == UNLABELLED)] == 0).all()
-
-
-@pytest.fixture(scope="module")
-def federation(store: ImageStore) -> dict:
-    split = random_split(store.image_ids, SplitConfig())
-    config = FederationConfig(n_clients=3, annotated_per_client=2)
-    clients = partition(split.train, store.labels[store.rows(split.train)], store.classes, config)
-    return partition_artifact(store.classes, clients, split.test, config)
 
 
 def _weights(model: torch.nn.Module) -> list[torch.Tensor]:

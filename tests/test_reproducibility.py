@@ -14,8 +14,6 @@ import pytest
 
 from conftest import bin_dir
 from fedmlp.atomic import write_json
-from fedmlp.config import FederationConfig, SplitConfig
-from fedmlp.partition import partition, partition_artifact, random_split
 from fedmlp.store import ImageStore
 
 TRAIN = json.dumps({"rounds": 8, "batch_size": 8, "precision": "fp32", "device": "cpu"})
@@ -27,12 +25,9 @@ def sha256(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def partition_file(store: ImageStore, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    split = random_split(store.image_ids, SplitConfig())
-    config = FederationConfig(n_clients=3, annotated_per_client=2)
-    clients = partition(split.train, store.labels[store.rows(split.train)], store.classes, config)
+def partition_file(federation: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("partition") / "partition.json"
-    write_json(path, partition_artifact(store.classes, clients, split.test, config))
+    write_json(path, federation)
     return path
 
 

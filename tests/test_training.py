@@ -11,23 +11,14 @@ import torch
 
 from fedmlp import checkpoint, federated, methods, runtime
 from fedmlp.augment import random_affine
-from fedmlp.config import AugmentConfig, FederationConfig, ModelConfig, SplitConfig, TrainConfig
+from fedmlp.config import AugmentConfig, ModelConfig, TrainConfig
 from fedmlp.errors import FedmlpError
 from fedmlp.loader import make_client
 from fedmlp.methods import ClientUpdate, weighted_average
-from fedmlp.partition import partition, partition_artifact, random_split
 from fedmlp.store import ImageStore
 
 TINY_TRAIN = TrainConfig(rounds=2, batch_size=8, precision="fp32", device="cpu")
 TINY_MODEL = ModelConfig(width=4)
-
-
-@pytest.fixture(scope="module")
-def federation(store: ImageStore) -> dict:
-    split = random_split(store.image_ids, SplitConfig())
-    config = FederationConfig(n_clients=3, annotated_per_client=2)
-    clients = partition(split.train, store.labels[store.rows(split.train)], store.classes, config)
-    return partition_artifact(store.classes, clients, split.test, config)
 
 
 def _train(store: ImageStore, federation: dict, method: str, seed: int = 0) -> tuple[torch.nn.Module, list]:

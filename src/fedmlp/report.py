@@ -33,13 +33,13 @@ def summary_frame(runs: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*RUN_KEYS, "metric", "value"])
 
 
-def _mean_std(values: pd.Series) -> str:
+def _mean_std(values: pd.Series, digits: int = 3) -> str:
     values = values.dropna()
     if values.empty:
         return "n/a"
     if len(values) == 1:
-        return f"{values.iloc[0]:.3f}"
-    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+        return f"{values.iloc[0]:.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -120,8 +120,8 @@ def diagnostics_markdown(pooled: pd.DataFrame, figure: str) -> list[str]:
     for (setting, method), group in pooled.groupby(["setting", "method"], sort=False):
         for round_number in sorted({group["round"].min(), group["round"].max()}):
             at = group[group["round"] == round_number]
-            rows.append([setting, method, str(round_number), _mean_std(at["selected_negative"].astype(float)),
-                         _mean_std(at["precision_negative"]), _mean_std(at["selected_positive"].astype(float)),
+            rows.append([setting, method, str(round_number), _mean_std(at["selected_negative"].astype(float), 0),
+                         _mean_std(at["precision_negative"]), _mean_std(at["selected_positive"].astype(float), 0),
                          _mean_std(at["precision_positive"]), _mean_std(at["recall_positive"])])
     out += [_table(header, rows), "", f"![pseudo-label quality per round]({figure})", ""]
     return out

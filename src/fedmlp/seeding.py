@@ -8,8 +8,12 @@ purpose never shifts the stream of another.
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _key(parts: tuple[object, ...]) -> list[int]:
@@ -29,7 +33,7 @@ def int_seed(root: int, *path: object) -> int:
     return int(seed_sequence(root, *path).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def torch_generator(root: int, *path: object, device: str = "cpu") -> "torch.Generator":
+def torch_generator(root: int, *path: object, device: str = "cpu") -> torch.Generator:
     import torch  # here, so that the workflow can import seeding without loading torch
 
     generator = torch.Generator(device=device)
