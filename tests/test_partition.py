@@ -9,7 +9,7 @@ import pytest
 
 from fedmlp.config import FederationConfig, SplitConfig
 from fedmlp.errors import FedmlpError
-from fedmlp.partition import assign_classes, partition, random_split
+from fedmlp.partition import assign_classes, partition, partition_artifact, random_split
 
 CLASSES = ["a", "b", "c", "d", "e"]
 
@@ -92,3 +92,34 @@ def test_impossible_settings_name_the_key(config: FederationConfig, key: str) ->
     ids, labels = _data()
     with pytest.raises(FedmlpError, match=f"config key '{key}'"):
         partition(ids, labels, CLASSES, config)
+
+
+def test_paper_sampler_is_the_papers_code() -> None:
+    """The DESIGN §4.2 procedure written literally, with numpy's and Python's global seeds."""
+    import random
+
+    from fedmlp.partition import paper_clients
+
+    n_train, k = 1_000, 5
+    np.random.seed(1037)
+    pool = list(range(n_train))
+    literal = []
+    for _ in range(k):
+        chosen = set(np.random.choice(pool, n_train // k, replace=False))
+        pool = list(set(pool) - chosen)
+        literal.append(list(chosen))
+    assert paper_clients(n_train, k, 1037, None) == [[int(i) for i in c] for c in literal]
+    random.seed(1037)
+    sampled = [random.sample(c, 50) for c in literal]
+    assert paper_clients(n_train, k, 1037, 50) == [[int(i) for i in c] for c in sampled]
+    with pytest.raises(FedmlpError, match="federation.images_per_client"):
+        paper_clients(n_train, k, 1037, 201)
+
+
+def test_unreadable_images_leave_the_partition_recorded() -> None:
+    from fedmlp.partition import keep_stored
+
+    artifact = partition_artifact(CLASSES, [{"id": 0, "images": ["a", "b", "c"], "annotated_classes": ["a"]}], ["d", "e"], FederationConfig())
+    kept = keep_stored(artifact, {"a", "c", "e"})
+    assert kept["clients"][0]["images"] == ["a", "c"] and kept["test"] == ["e"]
+    assert kept["meta"]["dropped_unreadable"] == {"test": 1, "client 0": 1}

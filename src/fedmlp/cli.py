@@ -33,39 +33,92 @@ def cmd_synth(args: argparse.Namespace) -> None:
     synthetic.generate(from_json(SyntheticConfig, args.settings, "synthetic"), args.out)
 
 
-def cmd_ingest(args: argparse.Namespace) -> None:
-    from fedmlp.config import PreprocessConfig, from_json
-    from fedmlp.ingest import ingest_ich
+def cmd_download(args: argparse.Namespace) -> None:
+    from fedmlp.atomic import write_text
+    from fedmlp.config import ChestXray14Config, IchConfig, from_json
 
-    ingest_ich(args.raw, args.out, from_json(PreprocessConfig, args.settings, "preprocess"), args.dataset, workers=args.workers)
+    if args.dataset == "ich":
+        from fedmlp.sources import kaggle
+
+        kaggle.download(args.out, from_json(IchConfig, args.settings, "ich"))
+    else:
+        from fedmlp.sources import nih
+
+        nih.download(args.out, from_json(ChestXray14Config, args.settings, "chestxray14"))
+    if args.done is not None:
+        write_text(args.done, f"{args.dataset} downloaded into {args.out}\n")
+
+
+def cmd_ingest(args: argparse.Namespace) -> None:
+    from fedmlp.config import ChestXray14Config, PreprocessConfig, from_json
+    from fedmlp.ingest import ingest_chestxray14, ingest_ich
+
+    preprocess = from_json(PreprocessConfig, args.settings, "preprocess")
+    if args.dataset == "chestxray14":
+        source = from_json(ChestXray14Config, args.source_settings, "chestxray14")
+        ingest_chestxray14(args.raw, args.out, preprocess, source.classes, workers=args.workers)
+    else:
+        ingest_ich(args.raw, args.out, preprocess, args.dataset, workers=args.workers)
 
 
 def cmd_split(args: argparse.Namespace) -> None:
     from fedmlp.atomic import write_json
     from fedmlp.config import SplitConfig, from_json, to_dict
-    from fedmlp.partition import random_split
+    from fedmlp.partition import official_split, random_split
+    from fedmlp.sources import nih
     from fedmlp.store import ImageStore
 
     config = from_json(SplitConfig, args.settings, "split")
-    split = random_split(ImageStore.open(args.store).image_ids, config)
+    candidates = ImageStore.open(args.store).candidates()  # source order, unreadable images included
+    if config.method == "official":
+        if args.raw is None:
+            raise FedmlpError("config key 'split.method': 'official' needs the split lists (--raw DIR; ChestX-ray14 only)")
+        lists = [nih.read_list(args.raw / name) for name in nih.SPLIT_FILES]
+        split = official_split(candidates, *lists)
+    else:
+        split = random_split(candidates, config)
     write_json(args.out, {**split.to_json(), "meta": {"split": to_dict(config)}})
-    log.info("split: %d train, %d test images", len(split.train), len(split.test))
+    log.info("split (%s): %d train, %d test images", config.method, len(split.train), len(split.test))
 
 
 def cmd_partition(args: argparse.Namespace) -> None:
     from fedmlp.atomic import write_json
     from fedmlp.config import FederationConfig, from_json
-    from fedmlp.partition import partition, partition_artifact
+    from fedmlp.partition import keep_stored, partition, partition_artifact
     from fedmlp.store import ImageStore
 
     config = from_json(FederationConfig, args.settings, "federation")
     store = ImageStore.open(args.store)
     split = _read_json(args.split)
-    labels = store.labels[store.rows(split["train"])]
-    clients = partition(split["train"], labels, store.classes, config)
-    write_json(args.out, partition_artifact(store.classes, clients, split["test"], config))
-    for client in clients:
+    stored = set(store.image_ids)
+    # The paper's sampler works on positions in the split's training list, unreadable images included.
+    train = split["train"] if config.partition == "paper" else [i for i in split["train"] if i in stored]
+    labels = store.labels[store.rows(train)] if config.partition == "dirichlet" else None
+    clients = partition(train, labels, store.classes, config)
+    artifact = keep_stored(partition_artifact(store.classes, clients, split["test"], config), stored)
+    write_json(args.out, artifact)
+    for client in artifact["clients"]:
         log.info("client %d: %d images, annotates %s", client["id"], len(client["images"]), ", ".join(client["annotated_classes"]))
+
+
+def cmd_paper_split(args: argparse.Namespace) -> None:
+    """The paper's ChestX-ray14 split and partition from the label file alone."""
+    from fedmlp.atomic import write_json
+    from fedmlp.config import FederationConfig, SplitConfig
+    from fedmlp.partition import partition, partition_artifact, random_split
+    from fedmlp.sources import nih
+
+    classes = args.classes.split(",") if args.classes else list(nih.CHESTXRAY8)
+    if len(classes) > args.clients:
+        raise FedmlpError(f"--classes: {len(classes)} classes for {args.clients} clients; each client annotates one")
+    ids = nih.pa_rows(nih.read_data_entry(args.data_entry))["Image Index"].tolist()
+    split = random_split(ids, SplitConfig(method="paper", train_fraction=0.7, seed=2023))
+    config = FederationConfig(n_clients=args.clients, partition="paper", seed=1037,
+                              annotated_classes=[[classes[k % len(classes)]] for k in range(args.clients)])
+    clients = partition(split.train, None, classes, config)
+    write_json(args.out / "partition.json", partition_artifact(classes, clients, split.test, config))
+    log.info("paper split: %d train, %d test; %d clients × %d images -> %s", len(split.train), len(split.test),
+             len(clients), len(clients[0]["images"]), args.out / "partition.json")
 
 
 def _training_inputs(args: argparse.Namespace):
@@ -299,16 +352,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", default="{}", help="JSON of the 'synthetic' config section")
     p.add_argument("--out", type=Path, required=True, help="directory to write stage_2_train/ and stage_2_train.csv into")
 
+    p = add("download", cmd_download, "download a real dataset (ich: Kaggle; chestxray14: the NIH archives), resumably")
+    p.add_argument("dataset", choices=["ich", "chestxray14"])
+    p.add_argument("--out", type=Path, required=True, help="raw directory to fill")
+    p.add_argument("--settings", default="{}", help="JSON of the dataset's config section ('ich' or 'chestxray14')")
+    p.add_argument("--done", type=Path, default=None, help="marker file to write once everything is downloaded and verified")
+
     p = add("ingest", cmd_ingest, "decode, window and resize a raw dataset into an image store")
-    p.add_argument("--raw", type=Path, required=True, help="directory in the Kaggle RSNA layout")
+    p.add_argument("--raw", type=Path, required=True, help="the raw directory (Kaggle RSNA layout, or ChestX-ray14's)")
     p.add_argument("--out", type=Path, required=True, help="store directory to create")
-    p.add_argument("--dataset", default="synthetic-ich")
+    p.add_argument("--dataset", default="synthetic-ich", choices=["synthetic-ich", "ich", "chestxray14"])
     p.add_argument("--settings", default="{}", help="JSON of the 'preprocess' config section")
+    p.add_argument("--source-settings", default="{}", help="JSON of the 'chestxray14' config section (its classes)")
     p.add_argument("--workers", type=int, default=1, help="decoding processes")
 
-    p = add("split", cmd_split, "seeded image-level train/test split of a store")
+    p = add("split", cmd_split, "train/test split of a store: the paper's random one, or ChestX-ray14's official lists")
     p.add_argument("--store", type=Path, required=True)
     p.add_argument("--settings", default="{}", help="JSON of the 'split' config section")
+    p.add_argument("--raw", type=Path, default=None, help="raw directory holding the official split lists")
     p.add_argument("--out", type=Path, required=True)
 
     p = add("partition", cmd_partition, "divide the training images among clients and assign annotated classes")
@@ -316,6 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", type=Path, required=True)
     p.add_argument("--settings", default="{}", help="JSON of the 'federation' config section")
     p.add_argument("--out", type=Path, required=True)
+
+    p = add("paper-split", cmd_paper_split, "the paper's exact split and client partition, from the label file alone")
+    p.add_argument("dataset", choices=["chestxray14"])
+    p.add_argument("--data-entry", type=Path, required=True, help="Data_Entry_2017_v2020.csv (or .csv.gz)")
+    p.add_argument("--out", type=Path, required=True, help="directory for partition.json")
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--classes", default=None, help="comma-separated classes, client k annotating class k (default: the ChestX-ray8 eight)")
 
     def training_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--store", type=Path, required=True)

@@ -42,6 +42,28 @@ class SyntheticConfig:
 
 
 @dataclass(frozen=True)
+class IchConfig:
+    """RSNA ICH from Kaggle; ``root`` points at an existing download instead."""
+
+    root: str | None = None
+    competition: str = "rsna-intracranial-hemorrhage-detection"
+    keep_archives: bool = False
+
+
+@dataclass(frozen=True)
+class ChestXray14Config:
+    """NIH ChestX-ray14; ``root`` points at an existing download instead."""
+
+    root: str | None = None
+    classes: list[str] = field(
+        default_factory=lambda: ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax"]
+    )
+    archive_base_url: str = "https://nihcc.box.com/shared/static"
+    metadata_base_url: str | None = None
+    keep_archives: bool = False
+
+
+@dataclass(frozen=True)
 class PreprocessConfig:
     windowing: Literal["header", "bsb"] = "header"
     size: int = 64
@@ -49,8 +71,10 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """Image-level random split; the test set is ``ceil((1 - train_fraction) * N)`` images, as in the paper's code."""
+    """``paper``: image-level random split, the test set being the first ``ceil((1 - train_fraction) * N)``
+    positions of one permutation (the paper's code). ``official``: ChestX-ray14's patient-level lists."""
 
+    method: Literal["paper", "official"] = "paper"
     train_fraction: float = 0.7
     seed: int = 2023
 
@@ -58,10 +82,11 @@ class SplitConfig:
 @dataclass(frozen=True)
 class FederationConfig:
     n_clients: int = 5
-    partition: Literal["iid", "dirichlet"] = "iid"
+    partition: Literal["iid", "dirichlet", "paper"] = "iid"
     dirichlet_alpha: float = 0.5
     annotated_per_client: int = 1
     annotated_classes: list[list[str]] | None = None
+    images_per_client: int | None = None
     seed: int = 1037
 
 
@@ -71,6 +96,7 @@ class ModelConfig:
     width: int = 16
     pretrained: bool = False
     weights_path: str | None = None
+    weights_sha256: str | None = None
 
 
 @dataclass(frozen=True)

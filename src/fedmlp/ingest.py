@@ -1,4 +1,4 @@
-"""Raw dataset → image store: decode, window, resize, write (DESIGN §4.1, §6).
+"""Raw dataset → image store: decode, window, resize, write (DESIGN §4.1, §4.2, §6).
 
 Files that cannot be used are skipped and listed (log and manifest), never silently dropped.
 The store is built in a temporary directory and renamed into place only when complete.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+from PIL import Image
 
 from fedmlp import store as store_files
 from fedmlp.atomic import atomic_dir, write_json
@@ -23,7 +25,7 @@ from fedmlp.config import PreprocessConfig
 from fedmlp.dicom import read_ct
 from fedmlp.errors import FedmlpError
 from fedmlp.progress import bar
-from fedmlp.sources import rsna
+from fedmlp.sources import nih, rsna
 from fedmlp.windowing import channels, resize, to_uint8, window
 
 log = logging.getLogger(__name__)
@@ -45,8 +47,7 @@ def decode_dicom(path: Path, preprocess: PreprocessConfig) -> Decoded:
     return Decoded(image, repaired=ct.repaired)
 
 
-def _decode_all(paths: list[Path], preprocess: PreprocessConfig, workers: int) -> Iterator[Decoded]:
-    decode = partial(decode_dicom, preprocess=preprocess)
+def _decode_all(paths: list[Path], decode: Callable[[Path], Decoded], workers: int) -> Iterator[Decoded]:
     if workers <= 1:
         yield from map(decode, paths)
         return
@@ -83,37 +84,36 @@ def _prepare_target(out_dir: Path) -> None:
         raise FedmlpError(f"{out_dir}: exists and is not an image store; refusing to overwrite it")
 
 
-def ingest_ich(raw_dir: Path, out_dir: Path, preprocess: PreprocessConfig, dataset: str, workers: int = 1) -> dict[str, Any]:
-    """Build a store from the Kaggle RSNA layout (also what the synthetic source writes)."""
-    label_path = raw_dir / rsna.LABEL_FILE
-    image_dir = raw_dir / rsna.IMAGE_DIR
-    if not label_path.exists():
-        raise FedmlpError(f"{label_path}: label file not found (expected the Kaggle layout: {rsna.LABEL_FILE} + {rsna.IMAGE_DIR}/)")
-    if not image_dir.is_dir():
-        raise FedmlpError(f"{image_dir}: image directory not found")
-    _prepare_target(out_dir)
-    parsed = rsna.read_labels(label_path)
-    if parsed.duplicate_rows:
-        log.info("%s: %d duplicate rows (%d images listed more than once); identical duplicates are merged",
-                 label_path, parsed.duplicate_rows, len(parsed.duplicated_images))
-    on_disk = {name[:-4] for name in os.listdir(image_dir) if name.endswith(".dcm")}
-    labelled = parsed.table.index
-    ids = sorted(set(labelled) & on_disk)
-    labels_without_image = sorted(set(labelled) - on_disk)
-    images_without_labels = sorted(on_disk - set(labelled))
-    skipped = [{"image_id": i, "reason": "no rows in the label file"} for i in images_without_labels]
-    if labels_without_image:
-        log.warning("%d labelled images have no file in %s (first: %s)", len(labels_without_image), image_dir, labels_without_image[0])
-    if not ids:
-        raise FedmlpError(f"{raw_dir}: no image has both a file in {rsna.IMAGE_DIR}/ and rows in {rsna.LABEL_FILE}")
+@dataclass(frozen=True)
+class Candidates:
+    """What a source hands the store writer: images to decode, in source order, with their labels."""
 
-    n_channels, size = channels(preprocess.windowing), preprocess.size
+    ids: list[str]
+    paths: list[Path]
+    labels: pd.DataFrame  # index image_id, one 0/1 column per class
+    skipped: list[dict[str, str]]  # problems found before decoding (e.g. an image without labels)
+    facts: dict[str, Any]  # source-specific counts for the manifest
+
+
+def write_store(
+    out_dir: Path, candidates: Candidates, decode: Callable[[Path], Decoded], n_channels: int, size: int,
+    manifest: dict[str, Any], workers: int = 1,
+) -> dict[str, Any]:
+    """Decode every candidate into a new store at ``out_dir`` (built aside, renamed into place).
+
+    Unreadable images are skipped and listed; the image array is shrunk in place to the readable
+    ones. ``candidates.txt`` keeps every candidate ID in source order, so that a split defined on
+    the source (the paper's) stays exact even when an image cannot be read."""
+    _prepare_target(out_dir)
+    ids = candidates.ids
+    if not ids:
+        raise FedmlpError(f"no image has both a file and labels (first problem: {(candidates.skipped or [{'reason': 'none'}])[0]['reason']})")
+    skipped = list(candidates.skipped)
     kept: list[str] = []
     repaired = 0
     with atomic_dir(out_dir) as tmp:
         images = np.lib.format.open_memmap(tmp / store_files.IMAGES, mode="w+", dtype=np.uint8, shape=(len(ids), n_channels, size, size))
-        paths = [rsna.image_path(raw_dir, i) for i in ids]
-        results = _decode_all(paths, preprocess, workers)
+        results = _decode_all(candidates.paths, decode, workers)
         for image_id, decoded in zip(ids, bar(results, total=len(ids), desc="ingest", unit="img")):
             if decoded.image is None:
                 skipped.append({"image_id": image_id, "reason": decoded.reason})
@@ -125,30 +125,114 @@ def ingest_ich(raw_dir: Path, out_dir: Path, preprocess: PreprocessConfig, datas
         images.flush()
         del images
         if not kept:
-            raise FedmlpError(f"{raw_dir}: none of the {len(ids)} images could be read (first problem: {skipped[-1]['reason']})")
+            raise FedmlpError(f"none of the {len(ids)} images could be read (first problem: {skipped[-1]['reason']})")
         if len(kept) < len(ids):
             _shrink_npy(tmp / store_files.IMAGES, len(kept))
-        classes = list(rsna.CLASSES)
-        table = parsed.table.loc[kept, classes].reset_index()
+        classes = list(candidates.labels.columns)
+        table = candidates.labels.loc[kept, classes].rename_axis("image_id").reset_index()
         table.to_csv(tmp / store_files.LABELS, index=False)
+        (tmp / store_files.CANDIDATES).write_text("\n".join(ids) + "\n")
         manifest = {
             "format": 1,
-            "dataset": dataset,
-            "windowing": preprocess.windowing,
+            **manifest,
             "size": size,
             "channels": n_channels,
             "classes": classes,
             "n_images": len(kept),
             "positives": {c: int(table[c].sum()) for c in classes},
             "skipped": skipped,
-            "labelled_without_image": len(labels_without_image),
-            "duplicate_label_rows": parsed.duplicate_rows,
-            "duplicated_images": parsed.duplicated_images,
             "repaired_signed_as_unsigned": repaired,
-            "sha256": {name: store_files.sha256(tmp / name) for name in (store_files.IMAGES, store_files.LABELS)},
+            **candidates.facts,
+            "sha256": {name: store_files.sha256(tmp / name) for name in (store_files.IMAGES, store_files.LABELS, store_files.CANDIDATES)},
         }
         write_json(tmp / store_files.MANIFEST, manifest)
     log.info("store %s: %d images (%d skipped, %d repaired signed-as-unsigned), positives %s",
              out_dir, len(kept), len(skipped), repaired, manifest["positives"])
     return manifest
 
+
+def ich_candidates(raw_dir: Path) -> Candidates:
+    """The Kaggle RSNA layout (also what the synthetic source writes): labels parsed by ID."""
+    label_path = raw_dir / rsna.LABEL_FILE
+    image_dir = raw_dir / rsna.IMAGE_DIR
+    if not label_path.exists():
+        raise FedmlpError(f"{label_path}: label file not found (expected the Kaggle layout: {rsna.LABEL_FILE} + {rsna.IMAGE_DIR}/)")
+    if not image_dir.is_dir():
+        raise FedmlpError(f"{image_dir}: image directory not found")
+    parsed = rsna.read_labels(label_path)
+    if parsed.duplicate_rows:
+        log.info("%s: %d duplicate rows (%d images listed more than once); identical duplicates are merged",
+                 label_path, parsed.duplicate_rows, len(parsed.duplicated_images))
+    on_disk = {name[:-4] for name in os.listdir(image_dir) if name.endswith(".dcm")}
+    labelled = set(parsed.table.index)
+    ids = sorted(labelled & on_disk)
+    labels_without_image = sorted(labelled - on_disk)
+    if labels_without_image:
+        log.warning("%d labelled images have no file in %s (first: %s)", len(labels_without_image), image_dir, labels_without_image[0])
+    return Candidates(
+        ids=ids,
+        paths=[rsna.image_path(raw_dir, i) for i in ids],
+        labels=parsed.table[list(rsna.CLASSES)],
+        skipped=[{"image_id": i, "reason": "no rows in the label file"} for i in sorted(on_disk - labelled)],
+        facts={
+            "labelled_without_image": len(labels_without_image),
+            "duplicate_label_rows": parsed.duplicate_rows,
+            "duplicated_images": parsed.duplicated_images,
+        },
+    )
+
+
+def ingest_ich(raw_dir: Path, out_dir: Path, preprocess: PreprocessConfig, dataset: str, workers: int = 1) -> dict[str, Any]:
+    return write_store(
+        out_dir, ich_candidates(raw_dir), partial(decode_dicom, preprocess=preprocess), channels(preprocess.windowing),
+        preprocess.size, {"dataset": dataset, "windowing": preprocess.windowing}, workers,
+    )
+
+
+def decode_png(path: Path, size: int) -> Decoded:
+    """A radiograph as one uint8 channel: RGBA/RGB/LA converted to grayscale, 16-bit scaled to 8."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                array = np.asarray(image, dtype=np.float32)
+                array = array / 257.0 if array.max() > 255 else array
+            else:
+                array = np.asarray(image.convert("L"), dtype=np.float32)
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL raises these for truncated or corrupt files
+        return Decoded(None, f"{path}: unreadable image ({type(exc).__name__}: {exc})")
+    return Decoded(to_uint8(resize(array[None], size)))
+
+
+def chestxray14_candidates(raw_dir: Path, classes: list[str]) -> Candidates:
+    """PA views of the label file, in file order, with their images under ``images/``."""
+    label_path = raw_dir / nih.LABEL_FILE
+    image_dir = raw_dir / nih.IMAGE_DIR
+    if not label_path.exists():
+        raise FedmlpError(f"{label_path}: label file not found (download it from {nih.HOMEPAGE})")
+    if not image_dir.is_dir():
+        raise FedmlpError(f"{image_dir}: image directory not found (the 12 archives extract into it)")
+    frame = nih.read_data_entry(label_path)
+    if frame["Image Index"].duplicated().any():
+        raise FedmlpError(f"{label_path}: image {frame.loc[frame['Image Index'].duplicated(), 'Image Index'].iloc[0]} is listed twice")
+    pa = nih.pa_rows(frame)
+    labels = nih.multi_hot(pa, classes, label_path).set_index("image_id")
+    on_disk = set(os.listdir(image_dir))
+    present = [i for i in labels.index if i in on_disk]
+    missing = len(labels) - len(present)
+    if missing:
+        log.warning("%d of %d PA images listed in %s have no file in %s", missing, len(labels), label_path, image_dir)
+    return Candidates(
+        ids=present,
+        paths=[image_dir / i for i in present],
+        labels=labels,
+        skipped=[],
+        facts={"pa_rows": len(pa), "labelled_without_image": missing, "views_left_out": int(len(frame) - len(pa))},
+    )
+
+
+def ingest_chestxray14(raw_dir: Path, out_dir: Path, preprocess: PreprocessConfig, classes: list[str], workers: int = 1) -> dict[str, Any]:
+    return write_store(
+        out_dir, chestxray14_candidates(raw_dir, classes), partial(decode_png, size=preprocess.size), 1, preprocess.size,
+        {"dataset": "chestxray14", "windowing": "none (PNG grayscale)"}, workers,
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -71,6 +72,12 @@ def resnet18(config: ModelConfig) -> nn.Module:
         path = Path(config.weights_path)
         if not path.exists():
             raise FedmlpError(f"config key 'model.weights_path': {path} does not exist")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        # torchvision names its files resnet18-<first hex digits of the SHA-256>.pth; check that too
+        named = re.search(r"-([0-9a-f]{8,64})\.pth?$", path.name)
+        expected = config.weights_sha256 or (named.group(1) if named else None)
+        if expected and not digest.startswith(expected.lower()):
+            raise FedmlpError(f"config key 'model.weights_path': {path} has SHA-256 {digest[:16]}…, expected {expected}…")
         net = torchvision.models.resnet18()
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -80,8 +87,7 @@ def resnet18(config: ModelConfig) -> nn.Module:
         missing, unexpected = net.load_state_dict(state, strict=False)
         if [k for k in missing if not k.startswith("fc.")] or unexpected:
             raise FedmlpError(f"config key 'model.weights_path': {path} is not a torchvision ResNet-18 state dict")
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-        log.info("loaded ResNet-18 weights from %s (sha256 %s…)", path, digest)
+        log.info("loaded ResNet-18 weights from %s (sha256 %s, checked)", path, digest[:12])
         return net
     if config.pretrained:
         weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
@@ -90,7 +96,7 @@ def resnet18(config: ModelConfig) -> nn.Module:
         except Exception as exc:  # offline: urllib raises URLError, hub may raise RuntimeError
             raise FedmlpError(
                 f"config key 'model.pretrained': could not download ImageNet weights ({type(exc).__name__}); "
-                f"download {weights.url} elsewhere and set model.weights_path to the file"
+                f"download {weights.url} on a machine with internet access and set model.weights_path to the file"
             ) from None
     return torchvision.models.resnet18()
 

@@ -15,6 +15,7 @@ through :func:`fedmlp.loader.observed_labels`, which keeps the annotated columns
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,37 @@ def random_split(image_ids: list[str], config: SplitConfig) -> Split:
         raise FedmlpError(f"config key 'split.train_fraction': {config.train_fraction} leaves an empty train or test set for {n} images")
     perm = np.random.RandomState(config.seed).permutation(n)
     return Split(train=[image_ids[i] for i in perm[n_test:]], test=[image_ids[i] for i in perm[:n_test]])
+
+
+def official_split(image_ids: list[str], train_list: list[str], test_list: list[str]) -> Split:
+    """ChestX-ray14's patient-level split (``train_val_list.txt`` / ``test_list.txt``), kept to the given images."""
+    train, test = set(train_list), set(test_list)
+    if train & test:
+        raise FedmlpError(f"the official split lists share {len(train & test)} images (first: {sorted(train & test)[0]})")
+    return Split(train=[i for i in image_ids if i in train], test=[i for i in image_ids if i in test])
+
+
+def paper_clients(n_train: int, n_clients: int, seed: int, images_per_client: int | None) -> list[list[int]]:
+    """The paper code's client sampler, operation for operation (DESIGN §4.2).
+
+    ``numpy.random.seed(seed)``; each client draws ``n_train // n_clients`` positions of the pool without
+    replacement, keeps them as a set, and the pool becomes ``list(set(pool) - chosen)``; the client's
+    list is ``list(chosen)``. With ``images_per_client`` (ICH: 5,000), ``random.seed(seed)`` and one
+    ``random.sample`` per client, in order. Returns positions in the training list."""
+    state = np.random.RandomState(seed)  # the same stream as numpy.random.seed(seed) + numpy.random.choice
+    pool: list[int] = list(range(n_train))
+    size = n_train // n_clients
+    clients = []
+    for _ in range(n_clients):
+        chosen = set(state.choice(pool, size, replace=False))
+        pool = list(set(pool) - chosen)
+        clients.append(list(chosen))
+    if images_per_client is not None:
+        if images_per_client > size:
+            raise FedmlpError(f"config key 'federation.images_per_client': {images_per_client} is more than the {size} images each client draws")
+        sampler = random.Random(seed)  # the same stream as random.seed(seed) + random.sample
+        clients = [sampler.sample(client, images_per_client) for client in clients]
+    return [[int(i) for i in client] for client in clients]
 
 
 def assign_classes(classes: list[str], config: FederationConfig) -> list[list[str]]:
@@ -96,23 +128,28 @@ def _dirichlet_groups(labels: np.ndarray, k: int, alpha: float, rng: np.random.G
     raise FedmlpError(f"config key 'federation.dirichlet_alpha': {alpha} leaves a client without images after 100 draws; use a larger alpha")
 
 
-def partition(train_ids: list[str], train_labels: np.ndarray, classes: list[str], config: FederationConfig) -> list[dict[str, Any]]:
-    """Divide the training images among clients and give each its annotated classes."""
+def partition(train_ids: list[str], train_labels: np.ndarray | None, classes: list[str], config: FederationConfig) -> list[dict[str, Any]]:
+    """Divide the training images among clients and give each its annotated classes.
+    ``train_labels`` is needed by ``dirichlet`` only."""
     n, k = len(train_ids), config.n_clients
     if k < 1:
         raise FedmlpError(f"config key 'federation.n_clients': expected at least 1, got {k}")
     if n < k * MIN_CLIENT_IMAGES:
         raise FedmlpError(f"config key 'federation.n_clients': {k} clients need at least {k * MIN_CLIENT_IMAGES} training images, have {n}")
     annotated = assign_classes(classes, config)
+    if config.images_per_client is not None and config.partition != "paper":
+        raise FedmlpError("config key 'federation.images_per_client': only used by partition 'paper'; set it to null")
     rng = numpy_rng(config.seed, "partition", config.partition)
-    if config.partition == "iid":
+    if config.partition == "paper":
+        parts = paper_clients(n, k, config.seed, config.images_per_client)
+    elif config.partition == "iid":
         parts = [np.sort(p) for p in np.array_split(rng.permutation(n), k)]
     elif config.partition == "dirichlet":
         if config.dirichlet_alpha <= 0:
             raise FedmlpError(f"config key 'federation.dirichlet_alpha': expected a positive number, got {config.dirichlet_alpha}")
         parts = _dirichlet_groups(train_labels, k, config.dirichlet_alpha, rng)
     else:
-        raise FedmlpError(f"config key 'federation.partition': {config.partition!r} is not one of iid, dirichlet")
+        raise FedmlpError(f"config key 'federation.partition': {config.partition!r} is not one of iid, dirichlet, paper")
     return [
         {"id": client, "images": [train_ids[i] for i in part], "annotated_classes": annotated[client]}
         for client, part in enumerate(parts)
@@ -121,3 +158,15 @@ def partition(train_ids: list[str], train_labels: np.ndarray, classes: list[str]
 
 def partition_artifact(classes: list[str], clients: list[dict[str, Any]], test: list[str], config: FederationConfig) -> dict[str, Any]:
     return {"classes": classes, "clients": clients, "test": test, "meta": {"federation": to_dict(config)}}
+
+
+def keep_stored(artifact: dict[str, Any], stored: set[str]) -> dict[str, Any]:
+    """Drop images the store does not hold (unreadable at ingest) from a partition defined on the
+    source, and record how many went: the partition stays the paper's for everything else."""
+    dropped = {"test": sum(i not in stored for i in artifact["test"])}
+    for client in artifact["clients"]:
+        dropped[f"client {client['id']}"] = sum(i not in stored for i in client["images"])
+        client["images"] = [i for i in client["images"] if i in stored]
+    artifact["test"] = [i for i in artifact["test"] if i in stored]
+    artifact["meta"]["dropped_unreadable"] = dropped
+    return artifact

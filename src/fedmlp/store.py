@@ -5,7 +5,8 @@ A store is a directory with three files:
 - ``images.npy``: uint8 array of shape (N, C, H, W), opened memory-mapped so that resident memory
   does not grow with N;
 - ``labels.csv``: ``image_id`` plus one 0/1 column per class, row i describing image i;
-- ``manifest.json``: dataset, windowing, size, classes, counts, skipped files and SHA-256 checksums.
+- ``manifest.json``: dataset, windowing, size, classes, counts, skipped files and SHA-256 checksums;
+- ``candidates.txt``: every image ingest tried, in source order (also those it had to skip).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fedmlp.errors import FedmlpError
 IMAGES = "images.npy"
 LABELS = "labels.csv"
 MANIFEST = "manifest.json"
+CANDIDATES = "candidates.txt"
 
 
 def sha256(path: Path, chunk: int = 1 << 22) -> str:
@@ -74,6 +76,11 @@ class ImageStore:
             missing = image_ids[int(np.argmax(rows < 0))]
             raise FedmlpError(f"image {missing} is not in the store {self.root}")
         return rows
+
+    def candidates(self) -> list[str]:
+        """Every image ingest tried, in source order; the store's own IDs for stores without the file."""
+        path = self.root / CANDIDATES
+        return path.read_text().split() if path.exists() else list(self.image_ids)
 
     @property
     def channels(self) -> int:

@@ -1,0 +1,139 @@
+"""NIH ChestX-ray14: the 12 image archives, the label file, the official split lists (DESIGN §4.2).
+
+Layout after download and extraction (``raw`` directory)::
+
+    images/00000001_000.png ...          from images_001.tar.gz … images_012.tar.gz
+    Data_Entry_2017_v2020.csv            the label file
+    train_val_list.txt  test_list.txt    the official patient-level split
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from fedmlp.archives import extract_tar
+from fedmlp.config import ChestXray14Config
+from fedmlp.download import fetch
+from fedmlp.errors import FedmlpError
+
+log = logging.getLogger(__name__)
+
+IMAGE_DIR = "images"
+LABEL_FILE = "Data_Entry_2017_v2020.csv"
+SPLIT_FILES = ("train_val_list.txt", "test_list.txt")
+NO_FINDING = "No Finding"
+FINDINGS = (
+    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis", "Hernia",
+    "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax",
+)
+# The paper used 8 of the 14 classes without saying which; the default is the original ChestX-ray8 eight.
+CHESTXRAY8 = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax")
+HOMEPAGE = "https://nihcc.app.box.com/v/ChestXray-NIHCC"
+ARCHIVE_BASE_URL = "https://nihcc.box.com/shared/static"
+
+
+@dataclass(frozen=True)
+class Archive:
+    name: str
+    remote: str  # file name under the archive base URL (NIH's static links, batch_download_zips.py)
+    md5: str  # NIH FAQ, Q07
+
+
+ARCHIVES = tuple(
+    Archive(f"images_{i:03d}.tar.gz", f"{token}.gz", md5)
+    for i, (token, md5) in enumerate(
+        [
+            ("vfk49d74nhbxq3nqjg0900w5nvkorp5c", "fe8ed0a6961412fddcbb3603c11b3698"),
+            ("i28rlmbvmfjbl8p2n3ril0pptcmcu9d1", "ab07a2d7cbe6f65ddd97b4ed7bde10bf"),
+            ("f1t00wrtdk94satdfb9olcolqx20z2jp", "2301d03bde4c246388bad3876965d574"),
+            ("0aowwzs5lhjrceb3qp67ahp0rd1l1etg", "9f1b7f5aae01b13f4bc8e2c44a4b8ef6"),
+            ("v5e3goj22zr6h8tzualxfsqlqaygfbsn", "1861f3cd0ef7734df8104f2b0309023b"),
+            ("asi7ikud9jwnkrnkj99jnpfkjdes7l6l", "456b53a8b351afd92a35bc41444c58c8"),
+            ("jn1b4mw4n6lnh74ovmcjb8y48h8xj07n", "1075121ea20a137b87f290d6a4a5965e"),
+            ("tvpxmn7qyrgl0w8wfh9kqfjskv6nmm1j", "b61f34cec3aa69f295fbb593cbd9d443"),
+            ("upyy3ml7qdumlgk2rfcvlb9k6gvqq2pj", "442a3caa61ae9b64e61c561294d1e183"),
+            ("l6nilvfa9cg3s28tqv1qc1olm3gnz54p", "09ec81c4c31e32858ad8cf965c494b74"),
+            ("hhq8fkdgvcari67vfhs7ppg2w6ni4jze", "499aefc67207a5a97692424cf5dbeed5"),
+            ("ioqwiy20ihqwyr8pf4c24eazhh281pbu", "dc9fda1757c2de0032b63347a7d2895c"),
+        ],
+        start=1,
+    )
+)
+
+
+def read_data_entry(path: Path) -> pd.DataFrame:
+    """The label file (``.csv`` or ``.csv.gz``), with ``Patient Gender`` renamed ``Patient Sex``.
+
+    The bracketed headers (``OriginalImage[Width,Height]``) hold unquoted commas; they split into two
+    columns, as the data rows do, and are not used here."""
+    try:
+        frame = pd.read_csv(path, dtype={"Image Index": str, "Finding Labels": str, "View Position": str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise FedmlpError(f"{path}: cannot read the label file ({exc})") from None
+    frame = frame.rename(columns={"Patient Gender": "Patient Sex"})
+    missing = [c for c in ("Image Index", "Finding Labels", "View Position", "Patient ID") if c not in frame.columns]
+    if missing:
+        raise FedmlpError(f"{path}: missing column(s) {', '.join(missing)} (is it Data_Entry_2017_v2020.csv?)")
+    return frame
+
+
+def multi_hot(frame: pd.DataFrame, classes: list[str], path: Path | str = "label file") -> pd.DataFrame:
+    """``image_id`` plus one 0/1 column per class from the ``|``-separated ``Finding Labels``."""
+    unknown = [c for c in classes if c not in FINDINGS]
+    if unknown:
+        raise FedmlpError(f"config key 'chestxray14.classes': unknown class {unknown[0]!r} (one of {', '.join(FINDINGS)})")
+    findings = frame["Finding Labels"].fillna("").str.split("|")
+    seen = set(findings.explode()) - {NO_FINDING, ""}
+    strange = sorted(seen - set(FINDINGS))
+    if strange:
+        line = int(findings.map(lambda f: strange[0] in f).to_numpy().argmax()) + 2
+        raise FedmlpError(f"{path}:{line}: unknown finding {strange[0]!r}")
+    table = pd.DataFrame({"image_id": frame["Image Index"].to_numpy()})
+    for name in classes:
+        table[name] = findings.map(lambda f, n=name: int(n in f)).astype("int8").to_numpy()
+    return table
+
+
+def pa_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Posterior-anterior views, in file order (the paper's split depends on that order)."""
+    return frame[frame["View Position"] == "PA"].reset_index(drop=True)
+
+
+def read_list(path: Path) -> list[str]:
+    try:
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise FedmlpError(f"{path}: cannot read the split list ({exc})") from None
+
+
+def download(raw_dir: Path, config: ChestXray14Config) -> None:
+    """Fetch, verify and extract the 12 archives, then fetch the label file and split lists.
+
+    Each archive is checked against NIH's MD5 before extraction; an extracted archive is remembered
+    (``.extracted/NAME``) and not fetched again, and is deleted unless ``keep_archives``. The label file
+    and lists have no static links: they come from ``metadata_base_url`` when set, else they must
+    be placed in ``raw_dir`` by hand (the error says so)."""
+    done_dir = raw_dir / ".extracted"
+    for archive in ARCHIVES:
+        if (done_dir / archive.name).exists():
+            continue
+        path = fetch(f"{config.archive_base_url.rstrip('/')}/{archive.remote}", raw_dir / "archives" / archive.name, archive.md5)
+        count = extract_tar(path, raw_dir)
+        done_dir.mkdir(parents=True, exist_ok=True)
+        (done_dir / archive.name).write_text(f"{count}\n")
+        log.info("%s: extracted %d files", archive.name, count)
+        if not config.keep_archives:
+            path.unlink()
+    for name in (LABEL_FILE, *SPLIT_FILES):
+        if (raw_dir / name).exists():
+            continue
+        if config.metadata_base_url is None:
+            raise FedmlpError(
+                f"{raw_dir / name}: not found; download {name} from {HOMEPAGE} into {raw_dir}, "
+                "or set config key 'chestxray14.metadata_base_url' to a server that has it"
+            )
+        fetch(f"{config.metadata_base_url.rstrip('/')}/{name}", raw_dir / name)
