@@ -107,15 +107,30 @@ def test_config_changes_rerun_only_what_depends_on_them(tiny_run: Path, change: 
 
 @pytest.mark.slow
 def test_ich_dataset_reads_a_kaggle_download(tiny_run: Path) -> None:
-    """dataset: ich plans ingest from ich.root (here the synthetic files, which are in the same layout)."""
+    """dataset: ich plans ingest from ich.root (here the synthetic files, which are in the same layout),
+    or a download when there is no root; a root without the label file fails before any work."""
     raw = tiny_run / "resources" / "synthetic-ich" / "raw"
     result = snakemake(tiny_run, {**TINY, "dataset": "ich", "ich": {"root": str(raw)}}, "--dry-run")
     assert result.returncode == 0, result.stderr[-2000:]
     planned = planned_rules(result.stdout)
     assert "synthesize" not in planned and planned["ingest"] == 1 and planned["train"] == 6 and planned["teacher"] == 4
     assert f"--raw {raw}" in result.stdout
-    result = snakemake(tiny_run, {**TINY, "dataset": "ich"}, "--dry-run")
-    assert result.returncode != 0 and "ich.root" in result.stdout + result.stderr
+    result = snakemake(tiny_run, {**TINY, "dataset": "ich"}, "--dry-run")  # no root: download first
+    assert result.returncode == 0 and planned_rules(result.stdout)["download"] == 1
+    result = snakemake(tiny_run, {**TINY, "dataset": "ich", "ich": {"root": str(tiny_run / "nowhere")}}, "--dry-run")
+    assert result.returncode != 0 and "config key 'ich.root'" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("paper_config", ["ich", "chestxray14"])
+def test_paper_setups_plan_from_download_to_report(tmp_path: Path, paper_config: str) -> None:
+    """Without credentials or data, the paper's setups plan the whole DAG and say nothing alarming."""
+    config = yaml.safe_load((REPO / "config" / f"{paper_config}.yaml").read_text())
+    result = snakemake(tmp_path, config, "--dry-run")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    planned = planned_rules(result.stdout)
+    assert planned == {"download": 1, "ingest": 1, "split": 1, "partition": 1, "train": 3, "warmup": 1,
+                       "pseudolabel": 3, "teacher": 3, "evaluate": 6, "report": 1, "all": 1}
+    assert not re.search(r"warn|error|exception|deprecat", result.stdout + result.stderr, re.I)
 
 
 @pytest.mark.slow

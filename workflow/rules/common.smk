@@ -20,6 +20,7 @@ ENV = "../envs/fedmlp.yaml"  # relative to workflow/rules/
 
 # Path patterns: each level names what the files below it depend on.
 RAW_SYNTHETIC = "resources/synthetic-ich/raw"
+DOWNLOADED = "resources/{dataset}/raw/download.done"  # marker of a finished download (ich, chestxray14)
 STORE = "resources/{dataset}/store/{prep}"
 SPLIT = "results/runs/{dataset}/{prep}/split.json"
 PARTITION = "results/runs/{dataset}/{prep}/{setting}/partition.json"
@@ -35,7 +36,7 @@ ONE_STAGE = r"(?!fedmlp)[a-z0-9+-]+"
 
 wildcard_constraints:
     dataset=r"[a-z0-9-]+",
-    prep=r"(header|bsb)\d+",
+    prep=r"(header|bsb|png)\d+",
     setting=r"[a-z0-9.-]+",
     method=r"[a-z0-9+-]+",
     seed=r"\d+",
@@ -60,9 +61,10 @@ CODE_COMMON = ("__init__.py", "cli.py", "config.py", "errors.py", "atomic.py", "
 CODE_TRAINING = ("federated.py", "methods/__init__.py", "methods/base.py", "methods/registry.py", "loader.py", "augment.py",
                  "models.py", "runtime.py", "seeding.py", "inference.py", "metrics.py", "checkpoint.py", "store.py")
 CODE = {
-    "synthesize": CODE_COMMON + ("seeding.py", "sources/*.py"),
-    "ingest": CODE_COMMON + ("ingest.py", "dicom.py", "windowing.py", "store.py", "sources/rsna.py"),
-    "split": CODE_COMMON + ("partition.py", "store.py", "seeding.py"),
+    "synthesize": CODE_COMMON + ("seeding.py", "sources/synthetic.py", "sources/rsna.py"),
+    "download": CODE_COMMON + ("download.py", "archives.py", "sources/kaggle.py", "sources/nih.py", "sources/rsna.py"),
+    "ingest": CODE_COMMON + ("ingest.py", "dicom.py", "windowing.py", "store.py", "sources/rsna.py", "sources/nih.py"),
+    "split": CODE_COMMON + ("partition.py", "store.py", "seeding.py", "sources/nih.py"),
     "partition": CODE_COMMON + ("partition.py", "store.py", "seeding.py"),
     "train": CODE_COMMON + CODE_TRAINING,
     "fedmlp": CODE_COMMON + CODE_TRAINING + ("methods/fedmlp.py", "diagnostics.py"),
@@ -92,7 +94,8 @@ def method_code(wildcards):
 
 
 def prep_name():
-    return f"{config['preprocess']['windowing']}{config['preprocess']['size']}"
+    size = config["preprocess"]["size"]
+    return f"png{size}" if config["dataset"] == "chestxray14" else f"{config['preprocess']['windowing']}{size}"
 
 
 def settings():
@@ -120,28 +123,47 @@ def check_config():
     from fedmlp.config import FederationConfig, from_dict
     from fedmlp.errors import FedmlpError
     from fedmlp.partition import assign_classes
-    from fedmlp.sources.rsna import CLASSES, IMAGE_DIR, LABEL_FILE
 
-    if config["dataset"] == "ich":
-        root = config["ich"]["root"]
-        if not root:
-            raise FedmlpError(f"config key 'ich.root': dataset ich needs the directory holding {IMAGE_DIR}/ and {LABEL_FILE}")
-        if not (Path(root) / LABEL_FILE).is_file():
-            raise FedmlpError(f"config key 'ich.root': {Path(root) / LABEL_FILE} not found (expected the Kaggle RSNA layout)")
+    dataset = config["dataset"]
+    if dataset in USER_ROOT and config[dataset]["root"]:
+        label_file = Path(config[dataset]["root"]) / RAW_FILES[dataset][0]
+        if not label_file.is_file():
+            raise FedmlpError(f"config key '{dataset}.root': {label_file} not found (set it to an existing download, or null to download)")
+    if config["split"]["method"] == "official" and dataset != "chestxray14":
+        raise FedmlpError(f"config key 'split.method': 'official' exists for chestxray14 only, not {dataset}")
     for fed in SETTINGS.values():
-        assign_classes(list(CLASSES), from_dict(FederationConfig, fed, "federation"))
+        assign_classes(classes(), from_dict(FederationConfig, fed, "federation"))
 
 
-check_config()
+
+USER_ROOT = ("ich", "chestxray14")  # datasets a user may point at an existing download (<dataset>.root)
+RAW_FILES = {  # label file and image directory of each raw layout
+    "synthetic-ich": ("stage_2_train.csv", "stage_2_train"),
+    "ich": ("stage_2_train.csv", "stage_2_train"),
+    "chestxray14": ("Data_Entry_2017_v2020.csv", "images"),
+}
 
 
 def raw_root(dataset):
-    return RAW_SYNTHETIC if dataset == "synthetic-ich" else config["ich"]["root"]
+    if dataset in USER_ROOT and config[dataset]["root"]:
+        return config[dataset]["root"]
+    return f"resources/{dataset}/raw"
 
 
 def raw_inputs(wildcards):
-    root = raw_root(wildcards.dataset)
-    return {"raw_labels": f"{root}/stage_2_train.csv", "raw_images": f"{root}/stage_2_train"}
+    """The raw data an ingest needs: generated files, a finished download, or the user's own copy."""
+    dataset = wildcards.dataset
+    if dataset in USER_ROOT and not config[dataset]["root"]:
+        return {"raw": DOWNLOADED.format(dataset=dataset)}
+    labels, images = RAW_FILES[dataset]
+    root = raw_root(dataset)
+    return {"raw_labels": f"{root}/{labels}", "raw_images": f"{root}/{images}"}
+
+
+def classes():
+    from fedmlp.sources.rsna import CLASSES
+
+    return list(config["chestxray14"]["classes"]) if config["dataset"] == "chestxray14" else list(CLASSES)
 
 
 def store_files(pattern=STORE):
@@ -189,3 +211,6 @@ def parent_of(name):
         return os.path.dirname(files[name])
 
     return parent
+
+
+check_config()  # last: it uses the helpers above

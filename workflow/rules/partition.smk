@@ -1,11 +1,13 @@
 rule split:
-    """Seeded image-level train/test split."""
+    """The paper's seeded image-level split, or ChestX-ray14's official patient-level lists."""
     input:
+        unpack(lambda wildcards: raw_inputs(wildcards) if config["split"]["method"] == "official" else {}),
         **store_files(),
     output:
         SPLIT,
     params:
         settings=json_arg(config["split"]),
+        raw=lambda wildcards: raw_root(wildcards.dataset),
         store=parent_of("manifest"),
         code=code_fingerprint(*CODE["split"]),
     conda:
@@ -13,7 +15,7 @@ rule split:
     log:
         "logs/split/{dataset}/{prep}.log",
     shell:
-        "fedmlp split --store {params.store} --settings {params.settings} --out {output} > {log} 2>&1"
+        "fedmlp split --store {params.store} --raw {params.raw} --settings {params.settings} --out {output} > {log} 2>&1"
 
 
 rule partition:

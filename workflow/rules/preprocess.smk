@@ -6,7 +6,8 @@ rule ingest:
         **store_files(),
     params:
         settings=json_arg(config["preprocess"]),
-        raw=parent_of("raw_labels"),
+        source=json_arg(config["chestxray14"]) if config["dataset"] == "chestxray14" else "'{}'",
+        raw=lambda wildcards: raw_root(wildcards.dataset),
         out=parent_of("manifest"),
         code=code_fingerprint(*CODE["ingest"]),
     threads: 2
@@ -16,4 +17,4 @@ rule ingest:
         "logs/ingest/{dataset}/{prep}.log",
     shell:
         "fedmlp ingest --dataset {wildcards.dataset} --raw {params.raw} --out {params.out}"
-        " --settings {params.settings} --workers {threads} > {log} 2>&1"
+        " --settings {params.settings} --source-settings {params.source} --workers {threads} > {log} 2>&1"

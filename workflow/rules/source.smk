@@ -13,3 +13,22 @@ rule synthesize:
         "logs/synthesize/synthetic-ich.log",
     shell:
         "fedmlp synth --settings {params.settings} --out {params.root} > {log} 2>&1"
+
+
+rule download:
+    """Download a real dataset into resources/<dataset>/raw (resumable; see fedmlp.download).
+    Only a marker is declared: Snakemake never deletes what took hours to download."""
+    output:
+        DOWNLOADED,
+    wildcard_constraints:
+        dataset="ich|chestxray14",
+    params:
+        settings=lambda wildcards: json_arg(config[wildcards.dataset]),
+        root=lambda wildcards: raw_root(wildcards.dataset),
+        code=code_fingerprint(*CODE["download"]),
+    conda:
+        ENV
+    log:
+        "logs/download/{dataset}.log",
+    shell:
+        "fedmlp download {wildcards.dataset} --out {params.root} --settings {params.settings} --done {output} > {log} 2>&1"
