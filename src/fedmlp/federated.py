@@ -37,11 +37,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RoundRecord:
+    """One round's results. No wall-clock time here: records are artifacts and must be reproducible
+    (the time per round is in the log, and per job in Snakemake's benchmark files)."""
+
     round: int
     train_loss: float
     test_mAP: float
     test_AUROC: float
-    seconds: float
 
 
 def build_clients(store: ImageStore, partition: dict[str, Any], method: Method) -> list[ClientData]:
@@ -136,10 +138,10 @@ def run(
         if last or (round_index + 1) % train.eval_every == 0:
             scores = ranking_metrics(test_labels, predict_proba(global_model, store, test_rows, runtime))
         loss = sum(u.loss * u.n_samples for u in updates) / sum(u.n_samples for u in updates)
-        record = RoundRecord(round_index + 1, loss, scores["mAP"], scores["AUROC"], time.perf_counter() - start)
+        record = RoundRecord(round_index + 1, loss, scores["mAP"], scores["AUROC"])
         history.append(record)
         log.info("%s round %d/%d: train loss %.4f, test mAP %.4f, AUROC %.4f (%.1f s)",
-                 method.name, record.round, total, loss, record.test_mAP, record.test_AUROC, record.seconds)
+                 method.name, record.round, total, loss, record.test_mAP, record.test_AUROC, time.perf_counter() - start)
         if on_round_end is not None:
             round_rows.extend(on_round_end(record.round, clients, states))
         if resume is not None and resume.due(record.round, last):
