@@ -14,10 +14,6 @@ import torch
 from fedmlp.loader import ClientData
 from fedmlp.store import ImageStore
 
-COLUMNS = ["round", "client", "class", "learning_degree", "tau0", "tau1", "selected_negative", "selected_positive",
-           "correct_negative", "correct_positive", "hidden_positives", "precision_negative", "precision_positive", "recall_positive"]
-
-
 def _ratio(numerator: int, denominator: int) -> float:
     return numerator / denominator if denominator else float("nan")
 

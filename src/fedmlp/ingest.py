@@ -151,14 +151,19 @@ def write_store(
     return manifest
 
 
+def _require_layout(raw_dir: Path, label_file: str, image_dir: str, hint: str) -> tuple[Path, Path]:
+    """The label file and image directory of a raw layout, or an error naming the missing one."""
+    labels, images = raw_dir / label_file, raw_dir / image_dir
+    if not labels.is_file():
+        raise FedmlpError(f"{labels}: label file not found ({hint}: {label_file} + {image_dir}/)")
+    if not images.is_dir():
+        raise FedmlpError(f"{images}: image directory not found ({hint}: {label_file} + {image_dir}/)")
+    return labels, images
+
+
 def ich_candidates(raw_dir: Path) -> Candidates:
     """The Kaggle RSNA layout (also what the synthetic source writes): labels parsed by ID."""
-    label_path = raw_dir / rsna.LABEL_FILE
-    image_dir = raw_dir / rsna.IMAGE_DIR
-    if not label_path.exists():
-        raise FedmlpError(f"{label_path}: label file not found (expected the Kaggle layout: {rsna.LABEL_FILE} + {rsna.IMAGE_DIR}/)")
-    if not image_dir.is_dir():
-        raise FedmlpError(f"{image_dir}: image directory not found")
+    label_path, image_dir = _require_layout(raw_dir, rsna.LABEL_FILE, rsna.IMAGE_DIR, "expected the Kaggle layout")
     parsed = rsna.read_labels(label_path)
     if parsed.duplicate_rows:
         log.info("%s: %d duplicate rows (%d images listed more than once); identical duplicates are merged",
@@ -206,12 +211,7 @@ def decode_png(path: Path, size: int) -> Decoded:
 
 def chestxray14_candidates(raw_dir: Path, classes: list[str]) -> Candidates:
     """PA views of the label file, in file order, with their images under ``images/``."""
-    label_path = raw_dir / nih.LABEL_FILE
-    image_dir = raw_dir / nih.IMAGE_DIR
-    if not label_path.exists():
-        raise FedmlpError(f"{label_path}: label file not found (download it from {nih.HOMEPAGE})")
-    if not image_dir.is_dir():
-        raise FedmlpError(f"{image_dir}: image directory not found (the 12 archives extract into it)")
+    label_path, image_dir = _require_layout(raw_dir, nih.LABEL_FILE, nih.IMAGE_DIR, f"see {nih.HOMEPAGE}")
     frame = nih.read_data_entry(label_path)
     if frame["Image Index"].duplicated().any():
         raise FedmlpError(f"{label_path}: image {frame.loc[frame['Image Index'].duplicated(), 'Image Index'].iloc[0]} is listed twice")

@@ -18,7 +18,6 @@ from sklearn.metrics import (
 )
 
 METRICS = ("mAP", "AUROC", "BACC", "F1", "precision", "recall", "hamming_loss")
-PER_CLASS = ("AP", "AUROC", "BACC", "F1", "precision", "recall")
 MACRO_OF = {"mAP": "AP", "AUROC": "AUROC", "BACC": "BACC", "F1": "F1", "precision": "precision", "recall": "recall"}
 
 

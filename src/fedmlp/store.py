@@ -81,7 +81,3 @@ class ImageStore:
         """Every image ingest tried, in source order; the store's own IDs for stores without the file."""
         path = self.root / CANDIDATES
         return path.read_text().split() if path.exists() else list(self.image_ids)
-
-    @property
-    def channels(self) -> int:
-        return int(self.images.shape[1])

@@ -33,7 +33,6 @@ FINDINGS = (
 # The paper used 8 of the 14 classes without saying which; the default is the original ChestX-ray8 eight.
 CHESTXRAY8 = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax")
 HOMEPAGE = "https://nihcc.app.box.com/v/ChestXray-NIHCC"
-ARCHIVE_BASE_URL = "https://nihcc.box.com/shared/static"
 
 
 @dataclass(frozen=True)
