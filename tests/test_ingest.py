@@ -87,6 +87,16 @@ def test_disagreeing_duplicates_are_refused(raw_dataset: Path, tmp_path: Path) -
         rsna.read_labels(label_file)
 
 
+def test_rebuilds_over_what_is_left_of_a_store(raw_dataset: Path, tmp_path: Path) -> None:
+    """Snakemake removes a rule's declared outputs before rerunning it; whatever is left is ours."""
+    out = tmp_path / "store"
+    ingest_ich(raw_dataset, out, PreprocessConfig(size=16), "synthetic-ich")
+    for name in ("images.npy", "labels.csv", "manifest.json"):
+        (out / name).unlink()
+    ingest_ich(raw_dataset, out, PreprocessConfig(size=16), "synthetic-ich")
+    assert ImageStore.open(out).images.shape == (80, 1, 16, 16)
+
+
 def test_refuses_to_overwrite_a_foreign_directory(raw_dataset: Path, tmp_path: Path) -> None:
     precious = tmp_path / "mine"
     precious.mkdir()

@@ -84,6 +84,17 @@ def test_second_run_does_nothing(tiny_run: Path) -> None:
 
 
 @pytest.mark.slow
+def test_rerunning_ingest_rebuilds_the_store(tmp_path: Path) -> None:
+    """A real rerun (not a dry run) of a stage whose outputs exist, as after a code change."""
+    assert snakemake(tmp_path, TINY, "--until", "ingest").returncode == 0
+    store = tmp_path / "resources/synthetic-ich/store/header24"
+    before = (store / "images.npy").read_bytes()
+    result = snakemake(tmp_path, TINY, "--forcerun", "ingest", "--until", "ingest")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert (store / "images.npy").read_bytes() == before and (store / "candidates.txt").exists()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("change", "expected"),
     [

@@ -80,8 +80,12 @@ def _shrink_npy(path: Path, n_rows: int) -> None:
 
 
 def _prepare_target(out_dir: Path) -> None:
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / store_files.MANIFEST).exists():
-        raise FedmlpError(f"{out_dir}: exists and is not an image store; refusing to overwrite it")
+    """Refuse to replace a directory holding anything but a store's own files (a whole store, or
+    what is left of one after Snakemake removed some of them for a rerun)."""
+    if out_dir.exists():
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in store_files.FILES)
+        if foreign:
+            raise FedmlpError(f"{out_dir}: exists and holds {foreign[0]!r}, which is not part of an image store; refusing to overwrite it")
 
 
 @dataclass(frozen=True)

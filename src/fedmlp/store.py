@@ -26,6 +26,7 @@ IMAGES = "images.npy"
 LABELS = "labels.csv"
 MANIFEST = "manifest.json"
 CANDIDATES = "candidates.txt"
+FILES = (IMAGES, LABELS, MANIFEST, CANDIDATES)
 
 
 def sha256(path: Path, chunk: int = 1 << 22) -> str:

@@ -167,7 +167,12 @@ def classes():
 
 
 def store_files(pattern=STORE):
-    return {"images": f"{pattern}/images.npy", "labels": f"{pattern}/labels.csv", "manifest": f"{pattern}/manifest.json"}
+    return {
+        "images": f"{pattern}/images.npy",
+        "labels": f"{pattern}/labels.csv",
+        "manifest": f"{pattern}/manifest.json",
+        "candidates": f"{pattern}/candidates.txt",
+    }
 
 
 def uses_gpu():
