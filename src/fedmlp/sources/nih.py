@@ -68,15 +68,26 @@ def read_data_entry(path: Path) -> pd.DataFrame:
     """The label file (``.csv`` or ``.csv.gz``), with ``Patient Gender`` renamed ``Patient Sex``.
 
     The bracketed headers (``OriginalImage[Width,Height]``) hold unquoted commas; they split into two
-    columns, as the data rows do, and are not used here."""
+    columns, as the data rows do, and are not used here. The index is the line number in the file,
+    so that later checks can name the line."""
     try:
         frame = pd.read_csv(path, dtype={"Image Index": str, "Finding Labels": str, "View Position": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise FedmlpError(f"{path}: cannot read the label file ({exc})") from None
+    except pd.errors.EmptyDataError:
+        raise FedmlpError(f"{path}: empty file (expected the header of Data_Entry_2017_v2020.csv and one row per image)") from None
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise FedmlpError(f"{path}: cannot read the label file ({' '.join(str(exc).split())})") from None
     frame = frame.rename(columns={"Patient Gender": "Patient Sex"})
     missing = [c for c in ("Image Index", "Finding Labels", "View Position", "Patient ID") if c not in frame.columns]
     if missing:
-        raise FedmlpError(f"{path}: missing column(s) {', '.join(missing)} (is it Data_Entry_2017_v2020.csv?)")
+        raise FedmlpError(f"{path}:1: missing column(s) {', '.join(missing)} (is it Data_Entry_2017_v2020.csv?)")
+    if frame.empty:
+        raise FedmlpError(f"{path}: no rows after the header")
+    frame.index = pd.RangeIndex(2, len(frame) + 2, name="line")
+    repeated = frame["Image Index"].duplicated()
+    if repeated.any():
+        name = frame.loc[repeated, "Image Index"].iloc[0]
+        lines = frame.index[frame["Image Index"] == name].tolist()
+        raise FedmlpError(f"{path}:{lines[1]}: image {name!r} is listed again (first on line {lines[0]})")
     return frame
 
 
@@ -85,12 +96,18 @@ def multi_hot(frame: pd.DataFrame, classes: list[str], path: Path | str = "label
     unknown = [c for c in classes if c not in FINDINGS]
     if unknown:
         raise FedmlpError(f"config key 'chestxray14.classes': unknown class {unknown[0]!r} (one of {', '.join(FINDINGS)})")
-    findings = frame["Finding Labels"].fillna("").str.split("|")
-    seen = set(findings.explode()) - {NO_FINDING, ""}
+    def line(position: int) -> int:
+        return int(frame.index[position]) if frame.index.name == "line" else position + 2
+
+    empty = frame["Finding Labels"].fillna("").str.strip() == ""
+    if empty.any():
+        raise FedmlpError(f"{path}:{line(int(empty.to_numpy().argmax()))}: empty 'Finding Labels' (expected findings joined by '|', or '{NO_FINDING}')")
+    findings = frame["Finding Labels"].str.split("|")
+    seen = set(findings.explode()) - {NO_FINDING}
     strange = sorted(seen - set(FINDINGS))
     if strange:
-        line = int(findings.map(lambda f: strange[0] in f).to_numpy().argmax()) + 2
-        raise FedmlpError(f"{path}:{line}: unknown finding {strange[0]!r}")
+        position = int(findings.map(lambda f: strange[0] in f).to_numpy().argmax())
+        raise FedmlpError(f"{path}:{line(position)}: unknown finding {strange[0]!r} (expected one of {', '.join(FINDINGS)}, or '{NO_FINDING}')")
     table = pd.DataFrame({"image_id": frame["Image Index"].to_numpy()})
     for name in classes:
         table[name] = findings.map(lambda f, n=name: int(n in f)).astype("int8").to_numpy()
@@ -99,7 +116,7 @@ def multi_hot(frame: pd.DataFrame, classes: list[str], path: Path | str = "label
 
 def pa_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """Posterior-anterior views, in file order (the paper's split depends on that order)."""
-    return frame[frame["View Position"] == "PA"].reset_index(drop=True)
+    return frame[frame["View Position"] == "PA"]
 
 
 def read_list(path: Path) -> list[str]:

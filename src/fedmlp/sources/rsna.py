@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedmlp.atomic import atomic_path
 from fedmlp.errors import FedmlpError
 
 log = logging.getLogger(__name__)
@@ -32,13 +33,18 @@ class IchLabels:
 
 
 def read_labels(path: Path) -> IchLabels:
+    """Parse and check the label file; every error names the file, and the line where there is one."""
     try:
         raw = pd.read_csv(path, dtype="string", keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise FedmlpError(f"{path}: cannot read label file ({exc})") from None
+    except pd.errors.EmptyDataError:
+        raise FedmlpError(f"{path}: empty file (expected the header 'ID,Label' and one row per image and subtype)") from None
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise FedmlpError(f"{path}: cannot read label file ({' '.join(str(exc).split())})") from None
     missing = {"ID", "Label"} - set(raw.columns)
     if missing:
-        raise FedmlpError(f"{path}: missing column(s) {', '.join(sorted(missing))}; expected header 'ID,Label'")
+        raise FedmlpError(f"{path}:1: missing column(s) {', '.join(sorted(missing))}; expected header 'ID,Label', found {','.join(raw.columns)!r}")
+    if raw.empty:
+        raise FedmlpError(f"{path}: no label rows after the header")
     parts = raw["ID"].str.rsplit("_", n=1, expand=True)
     if parts.shape[1] != 2 or parts.isna().any().any():
         line = int(parts.isna().any(axis=1).idxmax()) + 2 if parts.shape[1] == 2 else 2
@@ -60,15 +66,19 @@ def read_labels(path: Path) -> IchLabels:
         disagree = frame[keyed].groupby(["image_id", "subtype"])["label"].nunique() > 1
         if disagree.any():
             image_id, subtype = disagree[disagree].index[0]
-            raise FedmlpError(f"{path}: duplicate rows for {image_id}_{subtype} disagree on the label")
+            rows = frame[(frame["image_id"] == image_id) & (frame["subtype"] == subtype)]
+            lines = ", ".join(str(i + 2) for i in rows.index)
+            values = " vs ".join(str(v) for v in rows["label"])
+            raise FedmlpError(f"{path}:{lines}: duplicate rows for {image_id}_{subtype} disagree on the label ({values})")
     duplicated_images = sorted(frame.loc[keyed, "image_id"].unique())
     frame = frame.drop_duplicates(["image_id", "subtype"])
     table = frame.pivot(index="image_id", columns="subtype", values="label")
     incomplete = table.isna().any(axis=1)
     if incomplete.any():
         image_id = table.index[incomplete.to_numpy().argmax()]
-        lacking = [s for s in SUBTYPES if pd.isna(table.loc[image_id, s])] if set(SUBTYPES) <= set(table.columns) else []
-        raise FedmlpError(f"{path}: image {image_id} has no row for subtype(s) {', '.join(lacking) or '?'}")
+        lacking = [s for s in SUBTYPES if s not in table.columns or pd.isna(table.loc[image_id, s])]
+        line = int(frame.index[(frame["image_id"] == image_id).to_numpy().argmax()]) + 2
+        raise FedmlpError(f"{path}:{line}: image {image_id} has no row for subtype(s) {', '.join(lacking)}")
     table = table.reindex(columns=list(SUBTYPES)).astype("int8")
     table.columns.name = None
     return IchLabels(table=table, duplicate_rows=duplicate_rows, duplicated_images=duplicated_images)
@@ -80,7 +90,8 @@ def write_labels(table: pd.DataFrame, path: Path, repeat: list[str] = ()) -> Non
     for image_id, labels in table.iterrows():
         block = [(f"{image_id}_{subtype}", int(labels[subtype])) for subtype in SUBTYPES]
         rows.extend(block * (2 if image_id in repeat else 1))
-    pd.DataFrame(rows, columns=["ID", "Label"]).to_csv(path, index=False)
+    with atomic_path(path) as tmp:  # written last: its presence means the dataset is complete
+        pd.DataFrame(rows, columns=["ID", "Label"]).to_csv(tmp, index=False)
 
 
 def image_path(root: Path, image_id: str) -> Path:
