@@ -31,10 +31,19 @@ def load(path: Path) -> tuple[Classifier, dict[str, Any]]:
         raise FedmlpError(f"{path}: not a fedmlp checkpoint or not loadable safely ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "meta" not in payload:
         raise FedmlpError(f"{path}: not a fedmlp checkpoint (format {FORMAT} expected)")
-    meta = payload["meta"]
-    model = build_model(from_dict(ModelConfig, {**meta["model"], "pretrained": False, "weights_path": None}, "model"), len(meta["classes"]))
+    meta, state = payload["meta"], payload.get("state_dict")
+    if not (isinstance(meta, dict) and isinstance(meta.get("model"), dict) and isinstance(meta.get("classes"), list)
+            and meta["classes"] and isinstance(state, dict)):
+        raise FedmlpError(f"{path}: not a fedmlp checkpoint (no model description, class list or weights)")
     try:
-        model.load_state_dict(payload["state_dict"])
+        config = from_dict(ModelConfig, {**meta["model"], "pretrained": False, "weights_path": None}, "model")
+    except FedmlpError as exc:
+        raise FedmlpError(f"{path}: describes a model this version cannot build ({exc})") from None
+    model = build_model(config, len(meta["classes"]))
+    try:
+        model.load_state_dict(state)
     except RuntimeError as exc:
-        raise FedmlpError(f"{path}: weights do not fit the architecture it names ({str(exc).splitlines()[0]})") from None
+        detail = " ".join(str(exc).split())
+        detail = detail if len(detail) <= 300 else detail[:300] + " ..."
+        raise FedmlpError(f"{path}: weights do not fit the architecture it names ({detail})") from None
     return model, meta
