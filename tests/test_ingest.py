@@ -122,7 +122,8 @@ def test_ich_ingest_on_real_head_ct_in_the_kaggle_layout(tmp_path: Path) -> None
     rows = ["ID,Label"] + [f"{i}_{s},{int(s in ('subdural', 'any') and i.endswith('2'))}" for i in ids for s in rsna.SUBTYPES]
     (root / rsna.LABEL_FILE).write_text("\n".join(rows) + "\n")
 
-    manifest = ingest_ich(root, tmp_path / "store", PreprocessConfig(windowing="header", size=64), "ich")
+    lenient = PreprocessConfig(windowing="header", size=64, max_skipped_fraction=0.5)  # 1 of 3 files has no window
+    manifest = ingest_ich(root, tmp_path / "store", lenient, "ich")
     assert [s["image_id"] for s in manifest["skipped"]] == ["ID_0000000b1"]
     assert "WindowCenter" in manifest["skipped"][0]["reason"]
     store = ImageStore.open(tmp_path / "store")

@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from fedmlp.errors import FedmlpError
+from fedmlp.errors import FedmlpError, describe_os_error, one_line
 
 log = logging.getLogger("fedmlp")
 
@@ -56,9 +57,9 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     preprocess = from_json(PreprocessConfig, args.settings, "preprocess")
     if args.dataset == "chestxray14":
         source = from_json(ChestXray14Config, args.source_settings, "chestxray14")
-        ingest_chestxray14(args.raw, args.out, preprocess, source.classes, workers=args.workers)
+        ingest_chestxray14(args.raw, args.out, preprocess, source.classes, workers=args.workers, report=args.report)
     else:
-        ingest_ich(args.raw, args.out, preprocess, args.dataset, workers=args.workers)
+        ingest_ich(args.raw, args.out, preprocess, args.dataset, workers=args.workers, report=args.report)
 
 
 def cmd_split(args: argparse.Namespace) -> None:
@@ -365,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", default="{}", help="JSON of the 'preprocess' config section")
     p.add_argument("--source-settings", default="{}", help="JSON of the 'chestxray14' config section (its classes)")
     p.add_argument("--workers", type=int, default=1, help="decoding processes")
+    p.add_argument("--report", type=Path, default=None,
+                   help="CSV of the images left out and why (default: beside the store, OUT.skipped.csv); written even when ingest fails")
 
     p = add("split", cmd_split, "train/test split of a store: the paper's random one, or ChestX-ray14's official lists")
     p.add_argument("--store", type=Path, required=True)
@@ -455,13 +458,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # on SIGTERM too, so that temporary files are removed on the way out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         args.func(args)
     except FedmlpError as exc:
-        print(f"fedmlp {args.command}: error: {exc}", file=sys.stderr)
+        print(f"fedmlp {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a read-only or missing directory: where and what, not a traceback
+        log.debug("OSError", exc_info=True)
+        output = next((v for k, v in vars(args).items() if k.startswith("out") and v is not None), None)
+        print(f"fedmlp {args.command}: error: {describe_os_error(exc, output)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"fedmlp {args.command}: interrupted", file=sys.stderr)

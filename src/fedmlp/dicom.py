@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
+from pydicom.pixels import get_decoder
 
 from fedmlp.errors import FedmlpError
 
@@ -19,6 +21,7 @@ class CtSlice:
     window_width: float | None
     monochrome1: bool  # display is inverted: high values dark
     repaired: bool  # the signed-as-unsigned fix was applied
+    modality: str | None = None  # the header's Modality ("CT" for head CT); ingest decides what it accepts
 
 
 def _first(value: object) -> float | None:
@@ -45,15 +48,40 @@ def repair_signed_as_unsigned(raw: np.ndarray) -> tuple[np.ndarray, float]:
     return shifted, -1000.0
 
 
-def read_ct(path: Path) -> CtSlice:
-    """Decode ``path`` to HU. Raises FedmlpError with the file named if it cannot be used."""
+GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
+DECODER_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, or python-gdcm"
+
+
+def _decode(path: Path) -> tuple[pydicom.Dataset, np.ndarray]:
+    """Header and pixels, with one clear reason when a file cannot give a grayscale slice."""
     try:
         ds = pydicom.dcmread(path)
-        raw = ds.pixel_array
+    except InvalidDicomError:
+        raise FedmlpError(f"{path}: not a DICOM file (no DICM prefix or file meta header)") from None
     except Exception as exc:  # pydicom raises many types for broken files
         raise FedmlpError(f"{path}: unreadable DICOM ({type(exc).__name__}: {exc})") from None
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    if photometric not in GRAYSCALE:
+        raise FedmlpError(f"{path}: PhotometricInterpretation {photometric or '(missing)'!r} is not grayscale ({' or '.join(GRAYSCALE)})")
+    syntax = getattr(ds, "file_meta", pydicom.Dataset()).get("TransferSyntaxUID")
+    if syntax is not None and syntax.is_compressed and not get_decoder(syntax).is_available:
+        raise FedmlpError(f"{path}: pixel data is compressed ({syntax.name}) and no installed decoder reads it ({DECODER_HINT})")
+    try:
+        return ds, ds.pixel_array
+    except Exception as exc:
+        reason = " ".join(str(exc).split())  # some pydicom messages span lines
+        raise FedmlpError(f"{path}: unreadable pixel data ({type(exc).__name__}: {reason})") from None
+
+
+def read_ct(path: Path) -> CtSlice:
+    """Decode ``path`` to HU. Raises FedmlpError with the file named if it cannot be used."""
+    ds, raw = _decode(path)
     if raw.ndim != 2:
         raise FedmlpError(f"{path}: expected a single 2-D slice, pixel array has shape {raw.shape}")
+    modality = str(ds["Modality"].value) if "Modality" in ds else None
+    if modality == "CT" and not ("RescaleSlope" in ds and "RescaleIntercept" in ds):
+        # required in CT images (DICOM PS3.3 C.8.2.1): without them the values are not Hounsfield units
+        raise FedmlpError(f"{path}: CT without RescaleSlope/RescaleIntercept; its pixel values cannot be converted to Hounsfield units")
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
     repaired = needs_signed_fix(ds)
@@ -67,4 +95,5 @@ def read_ct(path: Path) -> CtSlice:
         window_width=_first(ds.get("WindowWidth")),
         monochrome1=str(ds.get("PhotometricInterpretation", "MONOCHROME2")) == "MONOCHROME1",
         repaired=repaired,
+        modality=modality,
     )

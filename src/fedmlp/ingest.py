@@ -1,15 +1,20 @@
 """Raw dataset → image store: decode, window, resize, write (DESIGN §4.1, §4.2, §6).
 
-Files that cannot be used are skipped and listed (log and manifest), never silently dropped.
-The store is built in a temporary directory and renamed into place only when complete.
+Files that cannot be used are skipped and listed (log, manifest and a report CSV), never silently
+dropped; when they are more than ``preprocess.max_skipped_fraction`` of all image files, the stage
+fails instead (a missing decoder or a wrong directory, not a few corrupt files). The store is built
+in a temporary directory and renamed into place only when complete.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import signal
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -20,7 +25,7 @@ import pandas as pd
 from PIL import Image
 
 from fedmlp import store as store_files
-from fedmlp.atomic import atomic_dir, write_json
+from fedmlp.atomic import atomic_dir, atomic_path, write_json
 from fedmlp.config import PreprocessConfig
 from fedmlp.dicom import read_ct
 from fedmlp.errors import FedmlpError
@@ -39,20 +44,33 @@ class Decoded:
 
 
 def decode_dicom(path: Path, preprocess: PreprocessConfig) -> Decoded:
+    """One head-CT slice, or the reason it cannot be used (another modality, a blank slice, ...)."""
     try:
         ct = read_ct(path)
+        if ct.modality not in (None, "CT"):
+            raise FedmlpError(f"{path}: Modality {ct.modality!r}, expected CT")
+        low, high = float(ct.hu.min()), float(ct.hu.max())
+        if low == high:
+            raise FedmlpError(f"{path}: constant image (every pixel is {low:g} HU): a blank slice, nothing to learn from")
         image = to_uint8(resize(window(ct, preprocess.windowing, str(path)), preprocess.size))
     except FedmlpError as exc:
         return Decoded(None, str(exc))
     return Decoded(image, repaired=ct.repaired)
 
 
+def _ignore_interrupts() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent handles it
+
+
 def _decode_all(paths: list[Path], decode: Callable[[Path], Decoded], workers: int) -> Iterator[Decoded]:
     if workers <= 1:
         yield from map(decode, paths)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(decode, paths, chunksize=32)
+    with ProcessPoolExecutor(max_workers=workers, initializer=_ignore_interrupts) as pool:
+        try:
+            yield from pool.map(decode, paths, chunksize=32)
+        finally:  # interrupted or failed: do not decode the rest before stopping
+            pool.shutdown(cancel_futures=True)
 
 
 def _shrink_npy(path: Path, n_rows: int) -> None:
@@ -79,6 +97,31 @@ def _shrink_npy(path: Path, n_rows: int) -> None:
         handle.truncate(data_offset + n_rows * row_bytes)
 
 
+def _reserve(path: Path, store: Path) -> None:
+    """Allocate the image array's blocks now, so that a full disk is a clear error before any
+    decoding instead of a crash (SIGBUS) while writing through the memory map."""
+    with open(path, "r+b") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        try:
+            os.posix_fallocate(handle.fileno(), 0, size)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise FedmlpError(f"{store}: no space left on device (the image array needs {size / 2**20:.1f} MiB)") from None
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # file systems without fallocate
+                raise
+
+
+def write_report(path: Path, entries: list[dict[str, str]]) -> None:
+    """What ingest left out and why, one row per image: ``image_id,reason``."""
+    with atomic_path(path) as tmp:
+        pd.DataFrame(entries, columns=["image_id", "reason"]).to_csv(tmp, index=False)
+
+
+def default_report(out_dir: Path) -> Path:
+    """Beside the store, not in it: the report must survive a failed ingest, which leaves no store."""
+    return out_dir.with_name(out_dir.name + ".skipped.csv")
+
+
 def _prepare_target(out_dir: Path) -> None:
     """Refuse to replace a directory holding anything but a store's own files (a whole store, or
     what is left of one after Snakemake removed some of them for a rerun)."""
@@ -97,26 +140,32 @@ class Candidates:
     labels: pd.DataFrame  # index image_id, one 0/1 column per class
     skipped: list[dict[str, str]]  # problems found before decoding (e.g. an image without labels)
     facts: dict[str, Any]  # source-specific counts for the manifest
+    unmatched: list[dict[str, str]] = dataclasses.field(default_factory=list)  # labels without an image: reported, not counted
 
 
 def write_store(
     out_dir: Path, candidates: Candidates, decode: Callable[[Path], Decoded], n_channels: int, size: int,
-    manifest: dict[str, Any], workers: int = 1,
+    manifest: dict[str, Any], workers: int = 1, max_skipped_fraction: float = 1.0, report: Path | None = None,
 ) -> dict[str, Any]:
     """Decode every candidate into a new store at ``out_dir`` (built aside, renamed into place).
 
-    Unreadable images are skipped and listed; the image array is shrunk in place to the readable
-    ones. ``candidates.txt`` keeps every candidate ID in source order, so that a split defined on
-    the source (the paper's) stays exact even when an image cannot be read."""
+    Unreadable images are skipped and listed (``report``, default :func:`default_report`); the image
+    array is shrunk in place to the readable ones. ``candidates.txt`` keeps every candidate ID in
+    source order, so that a split defined on the source (the paper's) stays exact even when an image
+    cannot be read."""
     _prepare_target(out_dir)
+    report = default_report(out_dir) if report is None else report
     ids = candidates.ids
     if not ids:
-        raise FedmlpError(f"no image has both a file and labels (first problem: {(candidates.skipped or [{'reason': 'none'}])[0]['reason']})")
+        write_report(report, candidates.skipped + candidates.unmatched)
+        first = (candidates.skipped + candidates.unmatched or [{"reason": "no images and no labels"}])[0]["reason"]
+        raise FedmlpError(f"no image has both a file and labels (first problem: {first}; all in {report})")
     skipped = list(candidates.skipped)
     kept: list[str] = []
     repaired = 0
     with atomic_dir(out_dir) as tmp:
         images = np.lib.format.open_memmap(tmp / store_files.IMAGES, mode="w+", dtype=np.uint8, shape=(len(ids), n_channels, size, size))
+        _reserve(tmp / store_files.IMAGES, out_dir)
         results = _decode_all(candidates.paths, decode, workers)
         for image_id, decoded in zip(ids, bar(results, total=len(ids), desc="ingest", unit="img")):
             if decoded.image is None:
@@ -128,8 +177,15 @@ def write_store(
             repaired += decoded.repaired
         images.flush()
         del images
+        write_report(report, skipped + candidates.unmatched)
         if not kept:
-            raise FedmlpError(f"none of the {len(ids)} images could be read (first problem: {skipped[-1]['reason']})")
+            raise FedmlpError(f"none of the {len(ids)} images could be read (first problem: {skipped[-1]['reason']}; all in {report})")
+        files = len(ids) + len(candidates.skipped)
+        if len(skipped) > max_skipped_fraction * files:
+            raise FedmlpError(
+                f"{len(skipped)} of {files} image files ({len(skipped) / files:.1%}) cannot be used, more than config key "
+                f"'preprocess.max_skipped_fraction' allows ({max_skipped_fraction:g}); reasons in {report} (first: {skipped[0]['reason']})"
+            )
         if len(kept) < len(ids):
             _shrink_npy(tmp / store_files.IMAGES, len(kept))
         classes = list(candidates.labels.columns)
@@ -182,19 +238,21 @@ def ich_candidates(raw_dir: Path) -> Candidates:
         ids=ids,
         paths=[rsna.image_path(raw_dir, i) for i in ids],
         labels=parsed.table[list(rsna.CLASSES)],
-        skipped=[{"image_id": i, "reason": "no rows in the label file"} for i in sorted(on_disk - labelled)],
+        skipped=[{"image_id": i, "reason": f"{rsna.image_path(raw_dir, i)}: no rows in the label file {label_path}"} for i in sorted(on_disk - labelled)],
         facts={
             "labelled_without_image": len(labels_without_image),
             "duplicate_label_rows": parsed.duplicate_rows,
             "duplicated_images": parsed.duplicated_images,
         },
+        unmatched=[{"image_id": i, "reason": f"listed in {label_path} but no file in {image_dir}"} for i in labels_without_image],
     )
 
 
-def ingest_ich(raw_dir: Path, out_dir: Path, preprocess: PreprocessConfig, dataset: str, workers: int = 1) -> dict[str, Any]:
+def ingest_ich(raw_dir: Path, out_dir: Path, preprocess: PreprocessConfig, dataset: str, workers: int = 1,
+               report: Path | None = None) -> dict[str, Any]:
     return write_store(
         out_dir, ich_candidates(raw_dir), partial(decode_dicom, preprocess=preprocess), channels(preprocess.windowing),
-        preprocess.size, {"dataset": dataset, "windowing": preprocess.windowing}, workers,
+        preprocess.size, {"dataset": dataset, "windowing": preprocess.windowing}, workers, preprocess.max_skipped_fraction, report,
     )
 
 
@@ -208,7 +266,7 @@ def decode_png(path: Path, size: int) -> Decoded:
                 array = array / 257.0 if array.max() > 255 else array
             else:
                 array = np.asarray(image.convert("L"), dtype=np.float32)
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL raises these for truncated or corrupt files
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:  # truncated, corrupt or hostile files
         return Decoded(None, f"{path}: unreadable image ({type(exc).__name__}: {exc})")
     return Decoded(to_uint8(resize(array[None], size)))
 
@@ -217,26 +275,27 @@ def chestxray14_candidates(raw_dir: Path, classes: list[str]) -> Candidates:
     """PA views of the label file, in file order, with their images under ``images/``."""
     label_path, image_dir = _require_layout(raw_dir, nih.LABEL_FILE, nih.IMAGE_DIR, f"see {nih.HOMEPAGE}")
     frame = nih.read_data_entry(label_path)
-    if frame["Image Index"].duplicated().any():
-        raise FedmlpError(f"{label_path}: image {frame.loc[frame['Image Index'].duplicated(), 'Image Index'].iloc[0]} is listed twice")
     pa = nih.pa_rows(frame)
     labels = nih.multi_hot(pa, classes, label_path).set_index("image_id")
     on_disk = set(os.listdir(image_dir))
     present = [i for i in labels.index if i in on_disk]
-    missing = len(labels) - len(present)
-    if missing:
-        log.warning("%d of %d PA images listed in %s have no file in %s", missing, len(labels), label_path, image_dir)
+    absent = [i for i in labels.index if i not in on_disk]
+    if absent:
+        log.warning("%d of %d PA images listed in %s have no file in %s", len(absent), len(labels), label_path, image_dir)
+    unlabelled = sorted({name for name in on_disk if name.endswith(".png")} - set(frame["Image Index"]))
     return Candidates(
         ids=present,
         paths=[image_dir / i for i in present],
         labels=labels,
-        skipped=[],
-        facts={"pa_rows": len(pa), "labelled_without_image": missing, "views_left_out": int(len(frame) - len(pa))},
+        skipped=[{"image_id": i, "reason": f"{image_dir / i}: no row in the label file {label_path}"} for i in unlabelled],
+        facts={"pa_rows": len(pa), "labelled_without_image": len(absent), "views_left_out": int(len(frame) - len(pa))},
+        unmatched=[{"image_id": i, "reason": f"listed in {label_path} but no file in {image_dir}"} for i in absent],
     )
 
 
-def ingest_chestxray14(raw_dir: Path, out_dir: Path, preprocess: PreprocessConfig, classes: list[str], workers: int = 1) -> dict[str, Any]:
+def ingest_chestxray14(raw_dir: Path, out_dir: Path, preprocess: PreprocessConfig, classes: list[str], workers: int = 1,
+                       report: Path | None = None) -> dict[str, Any]:
     return write_store(
         out_dir, chestxray14_candidates(raw_dir, classes), partial(decode_png, size=preprocess.size), 1, preprocess.size,
-        {"dataset": "chestxray14", "windowing": "none (PNG grayscale)"}, workers,
+        {"dataset": "chestxray14", "windowing": "none (PNG grayscale)"}, workers, preprocess.max_skipped_fraction, report,
     )

@@ -13,6 +13,14 @@ from snakemake.utils import validate
 configfile: "config/config.yaml"
 
 
+def _check_schema():
+    """One line naming the key and the allowed values, then Snakemake's validation (which fills in defaults)."""
+    from fedmlp.config import check_schema
+
+    check_schema(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
+
+
+_check_schema()
 validate(config, "../schemas/config.schema.yaml")
 
 SRC = Path(workflow.basedir) / "src" / "fedmlp"
@@ -120,7 +128,7 @@ SETTINGS = settings()
 
 def check_config():
     """Fail before any work on settings the schema cannot express (the key is named)."""
-    from fedmlp.config import FederationConfig, from_dict
+    from fedmlp.config import FederationConfig, check_combinations, from_dict
     from fedmlp.errors import FedmlpError
     from fedmlp.partition import assign_classes
 
@@ -131,6 +139,7 @@ def check_config():
             raise FedmlpError(f"config key '{dataset}.root': {label_file} not found (set it to an existing download, or null to download)")
     if config["split"]["method"] == "official" and dataset != "chestxray14":
         raise FedmlpError(f"config key 'split.method': 'official' exists for chestxray14 only, not {dataset}")
+    check_combinations(config)
     for fed in SETTINGS.values():
         assign_classes(classes(), from_dict(FederationConfig, fed, "federation"))
 

@@ -14,7 +14,8 @@ rule ingest:
     conda:
         ENV
     log:
-        "logs/ingest/{dataset}/{prep}.log",
+        ingest="logs/ingest/{dataset}/{prep}.log",
+        skipped="logs/ingest/{dataset}/{prep}.skipped.csv",  # the images left out and why; kept when ingest fails
     shell:
-        "fedmlp ingest --dataset {wildcards.dataset} --raw {params.raw} --out {params.out}"
-        " --settings {params.settings} --source-settings {params.source} --workers {threads} > {log} 2>&1"
+        "fedmlp ingest --dataset {wildcards.dataset} --raw {params.raw} --out {params.out} --report {log.skipped}"
+        " --settings {params.settings} --source-settings {params.source} --workers {threads} > {log.ingest} 2>&1"
