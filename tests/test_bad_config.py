@@ -1,0 +1,95 @@
+"""Config problems fail before any work, in one line naming the key and what is allowed: schema
+violations and combinations the schema cannot express (checked when Snakemake parses the workflow)."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from conftest import REPO
+from fedmlp.config import check_combinations, check_schema
+from fedmlp.errors import FedmlpError
+from test_workflow import TINY, snakemake
+
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"methods": ["fedavgg"]}, "config key 'methods[0]': 'fedavgg' is not one of fedavg-full, fedavg-partial, fedavg-masked, fedmlp,"),
+        ({"dataset": "mnist"}, "config key 'dataset': 'mnist' is not one of synthetic-ich, ich, chestxray14"),
+        ({"train": {"rounds": 0}}, "config key 'train.rounds': 0 is less than the minimum of 1"),
+        ({"fedmlp": {"warmup_rounds": 0}}, "config key 'fedmlp.warmup_rounds': 0 is less than the minimum of 1"),
+        ({"train": {"lr": -0.1}}, "config key 'train.lr': -0.1 is less than or equal to the minimum of 0"),
+        ({"train": {"weight_decay": -1}}, "config key 'train.weight_decay': -1 is less than the minimum of 0"),
+        ({"fedmlp": {"tau1": {"max": 1.5}}}, "config key 'fedmlp.tau1.max': 1.5 is greater than the maximum of 1"),
+        ({"federation": {"n_clients": "five"}}, "config key 'federation.n_clients': 'five' is not of type 'integer'"),
+        ({"preprocess": {"max_skipped_fraction": 2}}, "config key 'preprocess.max_skipped_fraction': 2 is greater than the maximum of 1"),
+        ({"preprocess": {"window": "bsb"}}, "config key 'preprocess.window': unknown key (allowed: windowing, size, max_skipped_fraction)"),
+        ({"round": 3}, "config key 'round': unknown key (allowed: dataset, methods,"),
+        ({"seeds": []}, "config key 'seeds': [] should be non-empty"),
+    ],
+)
+def test_schema_violation_is_one_line_naming_the_key(config: dict, message: str) -> None:
+    with pytest.raises(FedmlpError) as caught:
+        check_schema(config, SCHEMA)
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+def _defaults(**sections: dict) -> dict:
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for name, values in sections.items():
+        config[name] = {**config[name], **values} if isinstance(config[name], dict) else values
+    validate(config, str(SCHEMA))
+    return config
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"fedmlp": {"tau0": {"min": 0.2, "max": 0.1, "fixed": 0.005}}}, "config key 'fedmlp.tau0.min': 0.2 is more than 'fedmlp.tau0.max' (0.1)"),
+        ({"fedmlp": {"confidence_low": 0.8}}, "config key 'fedmlp.confidence_low': 0.8 is more than 'fedmlp.confidence_high' (0.7)"),
+        ({"train": {"augment": {"scale_min": 1.2}}}, "config key 'train.augment.scale_min': 1.2 is more than"),
+        ({"federation": {"images_per_client": 50}}, "config key 'federation.images_per_client': only used by partition 'paper', not 'iid'"),
+        ({"federation": {"n_clients": 400}, "synthetic": {"n_images": 100}}, "config key 'federation.n_clients': 400 clients need at least 800 training images"),
+        ({"federation": {"partition": "paper", "images_per_client": 500}, "synthetic": {"n_images": 100}},
+         "config key 'federation.images_per_client': 500 is more than the 13 training images"),
+    ],
+)
+def test_impossible_combination_names_the_key(sections: dict, message: str) -> None:
+    config = _defaults(**copy.deepcopy(sections))
+    with pytest.raises(FedmlpError, match=re.escape(message)):
+        check_combinations(config)
+
+
+def test_default_and_paper_configs_pass() -> None:
+    for name in ("config.yaml", "ich.yaml", "chestxray14.yaml"):
+        config = yaml.safe_load((REPO / "config" / name).read_text())
+        check_schema(config, SCHEMA)
+        validate(config, str(SCHEMA))
+        check_combinations(config)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"train": {"rounds": 0}}, "config key 'train.rounds': 0 is less than the minimum of 1"),
+        ({"federation": {"n_clients": 3, "annotated_per_client": 6}}, "config key 'federation.annotated_per_client': expected 1..5"),
+        ({"federation": {"n_clients": 2, "annotated_classes": [["epidural"], ["subdural"]]}},
+         "config key 'federation.annotated_classes': no client annotates 'intraparenchymal'"),
+        ({"federation": {"n_clients": 40}}, "config key 'federation.n_clients': 40 clients need at least 80 training images"),
+    ],
+    ids=["zero rounds", "more annotated classes than classes", "class nobody annotates", "more clients than images"],
+)
+def test_workflow_refuses_before_any_work(tmp_path: Path, change: dict, message: str) -> None:
+    """A dry run (Snakemake parses the workflow, nothing runs): the one-line error, and no files."""
+    result = snakemake(tmp_path, {**TINY, **change}, "--dry-run")
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()

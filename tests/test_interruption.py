@@ -1,0 +1,173 @@
+"""Ctrl-C, kill, a full disk, a read-only or impossible output path: a clear line, never a half-written
+output that a rerun would trust, and temporary files that the next run removes."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_testdata_file
+
+from conftest import bin_dir
+from fedmlp.atomic import atomic_path
+from fedmlp.cli import main
+from fedmlp.sources import rsna
+from fedmlp.store import ImageStore
+
+HEAD_CT = Path(get_testdata_file("693_UNCR.dcm"))
+N_SLOW = 600  # about 3 s of decoding: long enough to interrupt in the middle
+
+
+def start(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "FEDMLP_PROGRESS": "0"}
+    return subprocess.Popen([f"{bin_dir()}/fedmlp", "--log-level", "ERROR", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"ended before it could be interrupted: {process.communicate()}"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def temporaries(directory: Path) -> list[Path]:
+    return [p for p in directory.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.fixture(scope="module")
+def slow_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Many links to one real head CT in the Kaggle layout: an ingest that takes a few seconds."""
+    root = tmp_path_factory.mktemp("slow")
+    (root / rsna.IMAGE_DIR).mkdir()
+    ids = [f"ID_{i:09x}" for i in range(N_SLOW)]
+    for image_id in ids:
+        os.link(HEAD_CT, rsna.image_path(root, image_id))
+    rows = [f"{i}_{s},0" for i in ids for s in rsna.SUBTYPES]
+    (root / rsna.LABEL_FILE).write_text("\n".join(["ID,Label", *rows]) + "\n")
+    return root
+
+
+def ingest(raw: Path, out: Path) -> subprocess.Popen:
+    return start("ingest", "--dataset", "ich", "--raw", str(raw), "--out", str(out), "--settings", '{"size": 32}')
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "terminate"])
+def test_interrupted_ingest_leaves_nothing(slow_raw: Path, tmp_path: Path, signum: int) -> None:
+    out = tmp_path / "stores" / "header32"
+    process = ingest(slow_raw, out)
+    wait_for(lambda: out.parent.is_dir() and temporaries(out.parent), process)
+    time.sleep(0.3)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err.strip() == "fedmlp ingest: interrupted"
+    assert not out.exists() and temporaries(out.parent) == []
+    assert not out.with_name("header32.skipped.csv").exists()
+
+
+def test_killed_ingest_leaves_only_temporaries_the_rerun_removes(slow_raw: Path, tmp_path: Path) -> None:
+    out = tmp_path / "stores" / "header32"
+    process = ingest(slow_raw, out)
+    wait_for(lambda: out.parent.is_dir() and temporaries(out.parent), process)
+    time.sleep(0.3)
+    process.kill()
+    process.communicate(timeout=60)
+    assert not out.exists(), "no store a rerun would trust"
+    (stale,) = temporaries(out.parent)
+    rerun = ingest(slow_raw, out)
+    _, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, err
+    assert not stale.exists() and temporaries(out.parent) == []
+    assert ImageStore.open(out).images.shape == (N_SLOW, 1, 32, 32)
+
+
+def test_interrupted_synth_leaves_no_label_file(tmp_path: Path) -> None:
+    """The label file is written last and atomically: without it the raw dataset is visibly incomplete."""
+    process = start("synth", "--out", str(tmp_path), "--settings", json.dumps({"n_images": 400, "image_size": 128}))
+    wait_for(lambda: (tmp_path / rsna.IMAGE_DIR).is_dir() and len(os.listdir(tmp_path / rsna.IMAGE_DIR)) > 20, process)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err.strip() == "fedmlp synth: interrupted"
+    assert not (tmp_path / rsna.LABEL_FILE).exists() and temporaries(tmp_path) == []
+
+
+def test_atomic_write_interrupted_keeps_the_old_file(tmp_path: Path) -> None:
+    """What every stage's outputs go through: an interruption mid-write leaves the earlier result."""
+    target = tmp_path / "metrics.json"
+    target.write_text("earlier result")
+    with pytest.raises(KeyboardInterrupt), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+    assert target.read_text() == "earlier result" and temporaries(tmp_path) == []
+
+
+# --- full disk, read-only, impossible paths ---------------------------------------------------------
+
+def in_private_mount(script: str, options: str) -> subprocess.CompletedProcess:
+    """Run ``script`` with a small tmpfs mounted at $MNT, in private user and mount namespaces (no
+    root needed, nothing visible outside). Skips where the system does not allow it."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed")
+    mnt = Path(os.environ.get("TMPDIR", "/tmp")) / f"fedmlp-mnt-{os.getpid()}"
+    mnt.mkdir(exist_ok=True)
+    try:
+        probe = subprocess.run(["unshare", "-rm", "mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True)
+        if probe.returncode != 0:
+            pytest.skip(f"cannot mount a private tmpfs here: {probe.stderr.decode().strip()}")
+        env = {**os.environ, "FEDMLP_PROGRESS": "0", "MNT": str(mnt), "PATH": f"{bin_dir()}{os.pathsep}{os.environ['PATH']}"}
+        return subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o {options} tmpfs \"$MNT\" && {script}"],
+                              capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        mnt.rmdir()
+
+
+def test_full_disk_during_ingest(raw_dataset: Path) -> None:
+    """The image array is allocated up front: a full disk stops ingest before decoding, with the path."""
+    result = in_private_mount(f"fedmlp --log-level ERROR ingest --raw {raw_dataset} --out \"$MNT/store\" --settings '{{\"size\": 64}}'"
+                              " ; code=$?; ls -A \"$MNT\"; exit $code", "size=128k")
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("/store: no space left on device (the image array needs 0.3 MiB)")
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stdout.strip() == "", "nothing left in the full directory"
+
+
+def test_full_disk_while_writing_files() -> None:
+    result = in_private_mount("fedmlp --log-level ERROR synth --out \"$MNT/raw\" --settings '{\"n_images\": 40}'", "size=64k")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("fedmlp synth: error: ") and "/raw: no space left on device; free some space" in line
+
+
+def test_read_only_results(store: ImageStore) -> None:
+    result = in_private_mount(f"fedmlp split --store {store.root} --out \"$MNT/results/split.json\"", "ro,size=64k")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("fedmlp split: error: ") and "/results: read-only file system; the output must go to a writable file system" in line
+
+
+def test_output_under_a_file(store: ImageStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "results").write_text("a file where a directory should be")
+    assert main(["split", "--store", str(store.root), "--out", str(tmp_path / "results" / "split.json")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("fedmlp split: error: ") and str(tmp_path / "results") in line
+    assert (tmp_path / "results").read_text() == "a file where a directory should be"
+
+
+def test_full_disk_simulated_at_the_allocation(raw_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The same seam as test_full_disk_during_ingest, for systems where a private tmpfs is not allowed."""
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    assert main(["ingest", "--raw", str(raw_dataset), "--out", str(tmp_path / "store")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"fedmlp ingest: error: {tmp_path / 'store'}: no space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
