@@ -355,7 +355,7 @@ def test_checkpoint_with_code_is_refused_and_never_run(store: ImageStore, tmp_pa
     result = fedmlp("evaluate", "--model", str(tmp_path / "evil.pt"), *eval_inputs)
     assert result.returncode == 2
     line = one_error_line(result)
-    assert f"{tmp_path / 'evil.pt'}: not a fedmlp checkpoint or not loadable safely" in line
+    assert f"{tmp_path / 'evil.pt'}: not loadable safely: it holds pickled objects other than tensors" in line
     assert not marker.exists() and not (tmp_path / "out").exists()
 
 
@@ -367,7 +367,7 @@ def test_checkpoint_with_code_is_refused_and_never_run(store: ImageStore, tmp_pa
         (lambda p, c: _write_checkpoint(p, c, meta={"model": {**to_dict(TINY), "arch": "vgg"}, "classes": c}), "describes a model this version cannot build"),
         (lambda p, c: _write_checkpoint(p, c, meta={"classes": c}), "no model description"),
         (lambda p, c: torch.save(torchvision.models.resnet18().state_dict(), p), "not a fedmlp checkpoint (format 1 expected)"),
-        (lambda p, c: (_write_checkpoint(p, c), p.write_bytes(p.read_bytes()[:5000])), "not a fedmlp checkpoint or not loadable safely"),
+        (lambda p, c: (_write_checkpoint(p, c), p.write_bytes(p.read_bytes()[:5000])), "not a fedmlp checkpoint, or truncated or corrupt"),
     ],
     ids=["wrong class count", "wrong architecture", "unknown architecture", "tampered metadata", "foreign state dict", "truncated"],
 )
@@ -382,7 +382,7 @@ def test_foreign_or_tampered_checkpoint(store: ImageStore, tmp_path: Path, eval_
 
 
 def test_checkpoint_load_names_the_file() -> None:
-    with pytest.raises(FedmlpError, match="nowhere.pt"):
+    with pytest.raises(FedmlpError, match="nowhere.pt: checkpoint not found"):
         checkpoint.load(Path("/nonexistent/nowhere.pt"))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,13 @@ def load(path: Path) -> tuple[Classifier, dict[str, Any]]:
     """Rebuild the model a checkpoint describes. Refuses pickled code and foreign architectures."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise FedmlpError(f"{path}: not loadable safely: it holds pickled objects other than tensors and plain data, "
+                          "which could run code (refused, not a fedmlp checkpoint)") from None
+    except FileNotFoundError:
+        raise FedmlpError(f"{path}: checkpoint not found") from None
     except Exception as exc:
-        raise FedmlpError(f"{path}: not a fedmlp checkpoint or not loadable safely ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        raise FedmlpError(f"{path}: not a fedmlp checkpoint, or truncated or corrupt ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "meta" not in payload:
         raise FedmlpError(f"{path}: not a fedmlp checkpoint (format {FORMAT} expected)")
     meta, state = payload["meta"], payload.get("state_dict")
