@@ -1,18 +1,23 @@
 """Client datasets and batches, gathered from the memory-mapped store.
 
-A batch is one fancy-indexing read of sorted rows from the store (no per-sample Python), moved to the
-training device as uint8; augmentation then runs on the whole batch (:mod:`fedmlp.augment`).
+A batch is one read of sorted rows from the store (no per-sample Python), moved to the training
+device as uint8; augmentation then runs on the whole batch (:mod:`fedmlp.augment`). The next batch is
+read in a background thread while the current one trains (:func:`prefetched`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from fedmlp.store import ImageStore
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -57,24 +62,46 @@ def make_client(store: ImageStore, client_id: int, image_ids: list[str], annotat
 
 
 def read_images(store: ImageStore, rows: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 images of sorted ``rows`` (one read from the memory map)."""
-    return torch.from_numpy(np.ascontiguousarray(store.images[rows])).to(device, non_blocking=True)
+    """uint8 images of ``rows``, on ``device`` (through pinned memory for a GPU)."""
+    images = torch.from_numpy(store.read(rows))
+    if device.type == "cuda":
+        images = images.pin_memory()
+    return images.to(device, non_blocking=True)
+
+
+def prefetched(items: Iterator[T]) -> Iterator[T]:
+    """``items``, each produced in a background thread while the caller works on the previous one.
+
+    Reading a batch (a system call, and a host-to-device copy on a GPU) releases the GIL, so it
+    overlaps with the training step. Items are still produced one at a time, in order."""
+    done = object()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedmlp-prefetch") as pool:
+        pending = pool.submit(next, items, done)
+        while (item := pending.result()) is not done:
+            pending = pool.submit(next, items, done)
+            yield item
 
 
 def batches(store: ImageStore, client: ClientData, batch_size: int, generator: torch.Generator, device: torch.device) -> Iterator[Batch]:
-    """One shuffled epoch. A trailing batch of a single image is dropped (BatchNorm needs two)."""
+    """One shuffled epoch, prefetched. A trailing batch of a single image is dropped (BatchNorm
+    needs two). The order is drawn here, before the first batch, so the random stream does not
+    depend on when the prefetching thread runs."""
     order = torch.randperm(len(client), generator=generator)
     annotated = client.annotated.to(device)
-    for start in range(0, len(order), batch_size):
-        positions = order[start : start + batch_size].sort().values
-        if len(positions) < 2:
-            break
-        yield Batch(
-            positions=positions,
-            images=read_images(store, client.rows[positions.numpy()], device),
-            observed=client.observed[positions].to(device),
-            annotated=annotated,
-        )
+
+    def produce() -> Iterator[Batch]:
+        for start in range(0, len(order), batch_size):
+            positions = order[start : start + batch_size].sort().values
+            if len(positions) < 2:
+                break
+            yield Batch(
+                positions=positions,
+                images=read_images(store, client.rows[positions.numpy()], device),
+                observed=client.observed[positions].to(device),
+                annotated=annotated,
+            )
+
+    return prefetched(produce())
 
 
 def n_batches(n_images: int, batch_size: int) -> int:
@@ -83,7 +110,6 @@ def n_batches(n_images: int, batch_size: int) -> int:
 
 
 def iterate_rows(store: ImageStore, rows: np.ndarray, batch_size: int, device: torch.device) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Sequential batches over ``rows`` (sorted), for evaluation and feature passes."""
-    for start in range(0, len(rows), batch_size):
-        chunk = slice(start, min(start + batch_size, len(rows)))
-        yield chunk, read_images(store, rows[chunk], device)
+    """Sequential batches over ``rows``, prefetched, for evaluation and feature passes."""
+    chunks = (slice(start, min(start + batch_size, len(rows))) for start in range(0, len(rows), batch_size))
+    return prefetched((chunk, read_images(store, rows[chunk], device)) for chunk in chunks)

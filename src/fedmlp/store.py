@@ -2,8 +2,9 @@
 
 A store is a directory with three files:
 
-- ``images.npy``: uint8 array of shape (N, C, H, W), opened memory-mapped so that resident memory
-  does not grow with N;
+- ``images.npy``: uint8 array of shape (N, C, H, W), opened memory-mapped (for its shape) and read
+  batch by batch with positioned reads (:meth:`ImageStore.read`), so that resident memory does not
+  grow with N;
 - ``labels.csv``: ``image_id`` plus one 0/1 column per class, row i describing image i;
 - ``manifest.json``: dataset, windowing, size, classes, counts, skipped files and SHA-256 checksums;
 - ``candidates.txt``: every image ingest tried, in source order (also those it had to skip).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,7 +57,10 @@ class ImageStore:
             if not (root / name).exists():
                 raise FedmlpError(f"{root / name}: missing; is {root} an image store written by 'fedmlp ingest'?")
         manifest = json.loads((root / MANIFEST).read_text())
-        images = np.load(root / IMAGES, mmap_mode="r")
+        try:
+            images = np.load(root / IMAGES, mmap_mode="r")
+        except (OSError, ValueError) as exc:  # truncated or not an .npy array
+            raise FedmlpError(f"{root / IMAGES}: not a readable image array ({exc}); rerun 'fedmlp ingest'") from None
         table = pd.read_csv(root / LABELS, dtype={"image_id": str})
         classes = list(manifest["classes"])
         if list(table.columns) != ["image_id", *classes] or len(table) != images.shape[0]:
@@ -82,3 +87,24 @@ class ImageStore:
         """Every image ingest tried, in source order; the store's own IDs for stores without the file."""
         path = self.root / CANDIDATES
         return path.read_text().split() if path.exists() else list(self.image_ids)
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """The images of ``rows`` (any order), one positioned read per run of consecutive rows.
+
+        Reading through the memory map would leave every page touched so far in this process's
+        resident memory, which then grows with the store; reads go through the page cache instead,
+        which caches just as well and is shared by every job reading the store."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), *self.images.shape[1:]), dtype=np.uint8)
+        if len(rows) == 0:
+            return out
+        row_bytes = out[0].nbytes
+        starts = np.flatnonzero(np.diff(rows, prepend=rows[0] - 2) != 1)  # first position of each run
+        flat = out.reshape(len(rows), -1)
+        with open(self.root / IMAGES, "rb", buffering=0) as handle:
+            for begin, end in zip(starts, [*starts[1:], len(rows)]):
+                view = memoryview(flat[begin:end]).cast("B")
+                offset = self.images.offset + int(rows[begin]) * row_bytes
+                if os.preadv(handle.fileno(), [view], offset) != len(view):
+                    raise FedmlpError(f"{self.root / IMAGES}: shorter than its header says (row {rows[begin]}); rerun 'fedmlp ingest'")
+        return out

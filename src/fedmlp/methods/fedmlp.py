@@ -182,15 +182,21 @@ class FedMLP(Method):
         if ctx.round == self.preloaded_round:
             self._restore(ctx)
             return
-        features, probabilities = zip(*(client_pass(ctx.global_model, ctx.store, c, ctx.runtime) for c in ctx.clients))
+        passes = [self.client_statistics(ctx.global_model, ctx.store, c, s, ctx.runtime) for c, s in zip(ctx.clients, ctx.states)]
         sizes = [len(c) for c in ctx.clients]
-        local_protos = [prototypes(f, c.observed, c.annotated) for f, c in zip(features, ctx.clients)]
-        for state, p, c in zip(ctx.states, probabilities, ctx.clients):
-            state["degree"] = learning_degrees(p, c.missing, self.config.confidence_low, self.config.confidence_high)
-        self.server.prototypes, self.server.defined = aggregate_prototypes(local_protos, sizes)
+        self.server.prototypes, self.server.defined = aggregate_prototypes([local for _, local in passes], sizes)
         self.server.degrees = aggregate_degrees([s["degree"] for s in ctx.states], sizes)
-        for client, state, f in zip(ctx.clients, ctx.states, features):
-            self._detect(client, state, f)
+        for client, state, (features, _) in zip(ctx.clients, ctx.states, passes):
+            self.detect(client, state, features)
+
+    def client_statistics(
+        self, model: Classifier, store: ImageStore, client: ClientData, state: dict[str, Any], runtime: Runtime
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """A client's share of a stage-2 round start, from one pass over its images: its learning
+        degrees (into ``state``), its local prototypes (uploaded) and its features (kept for detection)."""
+        features, probabilities = client_pass(model, store, client, runtime)
+        state["degree"] = learning_degrees(probabilities, client.missing, self.config.confidence_low, self.config.confidence_high)
+        return features, prototypes(features, client.observed, client.annotated)
 
     def _fractions(self, state: dict[str, Any], c: int) -> tuple[float, float]:
         if self.config.selection == "fixed":
@@ -198,7 +204,8 @@ class FedMLP(Method):
         d_local, d_global = float(state["degree"][c]), float(self.server.degrees[c])
         return adaptive_fraction(d_local, d_global, self.config.tau0), adaptive_fraction(d_local, d_global, self.config.tau1)
 
-    def _detect(self, client: ClientData, state: dict[str, Any], features: torch.Tensor) -> None:
+    def detect(self, client: ClientData, state: dict[str, Any], features: torch.Tensor) -> None:
+        """Extend the client's pseudo-labels on its missing classes, by the global prototypes."""
         scores = detection_scores(features, self.server.prototypes)
         pseudo = state["pseudo"] if self.config.accumulate else torch.full_like(state["pseudo"], UNLABELLED)
         state["thresholds"] = {}
@@ -300,7 +307,7 @@ class FedMLP(Method):
         bce = F.binary_cross_entropy_with_logits(logits + offset, targets, reduction="none")
         loss = masked_mean(bce, bce_mask)
         if weight > 0 and bool(cr_mask.any()):
-            with torch.no_grad():
+            with torch.inference_mode():  # the teacher is a constant target: no autograd bookkeeping
                 teacher = torch.sigmoid(ctx.teacher(images).float())
             loss = loss + weight * masked_mean((torch.sigmoid(logits) - teacher) ** 2, cr_mask)
         return loss
