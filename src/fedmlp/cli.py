@@ -339,6 +339,19 @@ def cmd_dicom2png(args: argparse.Namespace) -> None:
         to_pil(image).save(tmp, format="PNG")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from fedmlp import bench
+
+    settings = bench.BenchSettings(
+        stage=args.stage, size=args.size, images=args.images, model=args.model, precision=args.precision,
+        device=args.device, batch_size=args.batch_size, channels=args.channels, threads=args.threads, store=args.store,
+    )
+    result = bench.run(settings)
+    print(result.summary())
+    if args.json is not None:
+        bench.write_json(result, args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedmlp", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -449,6 +462,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", type=Path, required=True)
     p.add_argument("--report", type=Path, required=True)
     p.add_argument("--figure", type=Path, required=True)
+
+    p = add("bench", cmd_bench, "images/s and peak memory of the data path and of a FedMLP stage-1 or stage-2 local round")
+    p.add_argument("--stage", choices=["loader", "1", "2"], required=True,
+                   help="loader: read and augment batches only; 1: a warm-up local round; 2: a stage-2 round (detection + local update)")
+    p.add_argument("--size", type=int, default=224, help="image size in pixels of the generated store (default 224)")
+    p.add_argument("--images", type=int, default=256, help="images in the benched client (default 256)")
+    p.add_argument("--model", choices=["resnet18", "compact-cnn"], default="resnet18")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="auto: bf16 on CUDA and on CPUs with AVX-512 BF16 or AMX, fp32 elsewhere")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--channels", type=int, choices=[1, 3], default=3, help="channels of the generated store (default 3)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--store", type=Path, default=None, help="bench on an existing store instead of generated random images")
+    p.add_argument("--json", type=Path, default=None, help="also write the result as JSON to this file")
 
     p = add("dicom2png", cmd_dicom2png, "window one DICOM file into a PNG (RGB for bsb, grayscale for header)")
     p.add_argument("--windowing", choices=["bsb", "header"], required=True)

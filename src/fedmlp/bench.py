@@ -1,0 +1,231 @@
+"""``fedmlp bench``: throughput of the data path and of one FedMLP local round, on one client.
+
+Stages (what a client does in one round, on ``--images`` images):
+
+- ``loader``: read the batches of one shuffled epoch from the store and augment two views of each,
+  on the training device; no model. The data path alone.
+- ``1``: a stage-1 (warm-up) local update: two augmented views in one forward, the frozen teacher's
+  forward for the distillation term, backward and Adam step.
+- ``2``: a stage-2 round: one pass over the client's images for features, learning degrees and local
+  prototypes, the missing-label detection, then the local update with pseudo-labels and the teacher.
+  The global prototypes the other clients would contribute are random (detection costs the same).
+
+Without ``--store``, a store of random images is written to a temporary directory (with plain file
+writes, so generating it does not count in the peak resident memory). Each stage is timed after
+a few untimed warm-up batches (kernel selection, allocator growth).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import resource
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fedmlp import store as store_files
+from fedmlp.augment import random_affine
+from fedmlp.config import AugmentConfig, ModelConfig, TrainConfig
+from fedmlp.errors import FedmlpError
+from fedmlp.loader import ClientData, make_client
+from fedmlp.methods.base import LocalContext
+from fedmlp.methods.fedmlp import FedMLP, make
+from fedmlp.models import build_model
+from fedmlp.runtime import Runtime, resolve
+from fedmlp.store import ImageStore
+
+log = logging.getLogger(__name__)
+
+Stage = Literal["loader", "1", "2"]
+N_CLASSES = 5  # as RSNA ICH without `any`; the benched client annotates the first one
+PREVALENCE = 0.15
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    stage: Stage
+    size: int = 224
+    images: int = 256
+    model: Literal["resnet18", "compact-cnn"] = "resnet18"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = 32
+    channels: int = 3
+    threads: int | None = None  # None: torch's default (all cores)
+    store: Path | None = None
+    warmup_batches: int = 2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    stage: str
+    images: int
+    size: int
+    channels: int
+    model: str
+    batch_size: int
+    device: str
+    device_name: str
+    precision: str
+    threads: int
+    store: str
+    seconds: float
+    images_per_second: float
+    peak_rss_mb: float  # the whole process's peak (VmHWM), setup included
+    gpu_peak_memory_mb: float | None
+    torch_version: str
+
+    def summary(self) -> str:
+        gpu = f", GPU peak {self.gpu_peak_memory_mb:.0f} MB" if self.gpu_peak_memory_mb is not None else ""
+        return (f"stage {self.stage}: {self.images_per_second:.1f} images/s ({self.images} images at {self.size} px in "
+                f"{self.seconds:.2f} s; {self.model}, batch {self.batch_size}, {self.device} {self.precision}, "
+                f"{self.threads} threads); peak RSS {self.peak_rss_mb:.0f} MB{gpu}")
+
+
+def write_random_store(root: Path, n_images: int, channels: int, size: int, seed: int) -> None:
+    """A store of smooth random images with random labels, written chunk by chunk."""
+    rng = np.random.default_rng(seed)
+    shape = (n_images, channels, size, size)
+    with open(root / store_files.IMAGES, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        for start in range(0, n_images, 256):
+            n = min(256, n_images - start)
+            coarse = rng.integers(0, 256, (n, channels, -(-size // 8), -(-size // 8)), dtype=np.uint8)
+            handle.write(np.ascontiguousarray(coarse.repeat(8, axis=2).repeat(8, axis=3)[:, :, :size, :size]).tobytes())
+    classes = [f"class{c}" for c in range(N_CLASSES)]
+    labels = pd.DataFrame((rng.random((n_images, N_CLASSES)) < PREVALENCE).astype(int), columns=classes)
+    labels.insert(0, "image_id", [f"bench{i:07d}" for i in range(n_images)])
+    labels.to_csv(root / store_files.LABELS, index=False)
+    manifest = {"dataset": "bench", "classes": classes, "n_images": n_images, "size": size, "channels": channels}
+    (root / store_files.MANIFEST).write_text(json.dumps(manifest))
+
+
+@contextmanager
+def open_store(settings: BenchSettings) -> Iterator[ImageStore]:
+    if settings.store is not None:
+        yield ImageStore.open(settings.store)
+        return
+    with tempfile.TemporaryDirectory(prefix="fedmlp-bench-") as tmp:
+        write_random_store(Path(tmp), settings.images, settings.channels, settings.size, settings.seed)
+        yield ImageStore.open(Path(tmp))
+
+
+def bench_client(store: ImageStore, n_images: int) -> ClientData:
+    if n_images > len(store.image_ids):
+        raise FedmlpError(f"--images {n_images}: the store {store.root} holds only {len(store.image_ids)} images")
+    return make_client(store, 0, store.image_ids[:n_images], store.classes[:1])
+
+
+def _context(method: FedMLP, round_index: int, client: ClientData, store: ImageStore, runtime: Runtime,
+             train: TrainConfig, model_config: ModelConfig, seed: int) -> LocalContext:
+    torch.manual_seed(seed)
+    model = build_model(model_config, len(store.classes)).to(runtime.device, memory_format=torch.channels_last)
+    teacher = build_model(model_config, len(store.classes)).to(runtime.device, memory_format=torch.channels_last)
+    teacher.load_state_dict(model.state_dict())
+    return LocalContext(
+        round=round_index, client=client, model=model, teacher=teacher.eval().requires_grad_(False),
+        state=method.init_client_state(client), store=store, runtime=runtime, train=train,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def loader_round(method: FedMLP, ctx: LocalContext) -> None:
+    for batch in ctx.batches():
+        views = torch.cat([random_affine(batch.images, ctx.train.augment, ctx.generator) for _ in range(2)])
+        views.sum().item()  # wait for the device
+
+
+def stage1_round(method: FedMLP, ctx: LocalContext) -> None:
+    method.local_update(ctx)
+
+
+def stage2_round(method: FedMLP, ctx: LocalContext) -> None:
+    features, _ = method.client_statistics(ctx.teacher, ctx.store, ctx.client, ctx.state, ctx.runtime)
+    method.detect(ctx.client, ctx.state, features)
+    method.local_update(ctx)
+
+
+ROUNDS: dict[str, Callable[[FedMLP, LocalContext], None]] = {"loader": loader_round, "1": stage1_round, "2": stage2_round}
+
+
+def _synchronize(runtime: Runtime) -> None:
+    if runtime.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run(settings: BenchSettings) -> BenchResult:
+    if settings.images < 2 * settings.batch_size:
+        raise FedmlpError(f"--images {settings.images}: expected at least two batches ({2 * settings.batch_size})")
+    runtime = resolve(settings.device, settings.precision, settings.threads)
+    train = TrainConfig(batch_size=settings.batch_size, augment=AugmentConfig())
+    model_config = ModelConfig(arch=settings.model)
+    method = make("fedmlp", {})
+    with open_store(settings) as store:
+        if store.images.shape[2] != settings.size and settings.store is not None:
+            log.info("the store's images are %d px; --size is ignored", store.images.shape[2])
+        client = bench_client(store, settings.images)
+        stage2 = settings.stage == "2"
+        round_index = method.first_stage2_round if stage2 else 0
+        ctx = _context(method, round_index, client, store, runtime, train, model_config, settings.seed)
+        if stage2:
+            dim = ctx.model.head.in_features
+            method.server.prototypes = torch.randn(len(store.classes), 2, dim, generator=torch.Generator().manual_seed(settings.seed))
+            method.server.defined = torch.ones(len(store.classes), 2, dtype=torch.bool)
+            method.server.degrees = torch.full((len(store.classes),), 0.5)
+        one_round = ROUNDS[settings.stage]
+        warm = bench_client(store, settings.warmup_batches * settings.batch_size)
+        one_round(method, _context(method, round_index, warm, store, runtime, train, model_config, settings.seed))
+        if runtime.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        _synchronize(runtime)
+        start = time.perf_counter()
+        one_round(method, ctx)
+        _synchronize(runtime)
+        seconds = time.perf_counter() - start
+        shape = store.images.shape
+    return BenchResult(
+        stage=settings.stage,
+        images=settings.images,
+        size=int(shape[2]),
+        channels=int(shape[1]),
+        model=settings.model if settings.stage != "loader" else "none",
+        batch_size=settings.batch_size,
+        device=runtime.device.type,
+        device_name=torch.cuda.get_device_name() if runtime.device.type == "cuda" else _cpu_name(),
+        precision=runtime.precision if settings.stage != "loader" else "uint8→fp32",
+        threads=torch.get_num_threads(),
+        store=str(settings.store) if settings.store else "synthetic (temporary)",
+        seconds=round(seconds, 4),
+        images_per_second=round(settings.images / seconds, 2),
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        gpu_peak_memory_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1) if runtime.device.type == "cuda" else None,
+        torch_version=torch.__version__,
+    )
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def write_json(result: BenchResult, path: Path) -> None:
+    from fedmlp.atomic import write_text
+
+    write_text(path, json.dumps({**asdict(result), "hostname": platform.node(), "cpu_count": os.cpu_count()}, indent=2) + "\n")

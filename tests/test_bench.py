@@ -1,0 +1,109 @@
+"""`fedmlp bench`, and the data path it measures: positioned store reads and batch prefetching."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedmlp.errors import FedmlpError
+from fedmlp.loader import batches, make_client, prefetched
+from fedmlp.store import ImageStore
+
+from conftest import bin_dir
+
+FIELDS = {"stage", "images", "size", "images_per_second", "seconds", "peak_rss_mb", "device", "precision", "gpu_peak_memory_mb"}
+
+
+def fedmlp(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([f"{bin_dir()}/fedmlp", *map(str, args)], capture_output=True, text=True, timeout=300,
+                          env=None if env is None else {**os.environ, **env})
+
+
+@pytest.mark.parametrize("stage", ["loader", "1", "2"])
+def test_bench_reports_each_stage_as_json(stage: str, tmp_path: Path) -> None:
+    out, scratch = tmp_path / "bench.json", tmp_path / "scratch"
+    scratch.mkdir()
+    result = fedmlp("bench", "--stage", stage, "--size", 24, "--images", 40, "--batch-size", 8,
+                    "--model", "compact-cnn", "--device", "cpu", "--precision", "fp32", "--json", out, env={"TMPDIR": str(scratch)})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert FIELDS <= report.keys()
+    assert (report["stage"], report["images"], report["size"], report["device"]) == (stage, 40, 24, "cpu")
+    assert report["precision"] == ("uint8→fp32" if stage == "loader" else "fp32")
+    assert report["seconds"] > 0 and report["images_per_second"] == pytest.approx(40 / report["seconds"], rel=0.01)
+    assert report["peak_rss_mb"] > 10 and report["gpu_peak_memory_mb"] is None
+    assert f"stage {stage}:" in result.stdout and "images/s" in result.stdout
+    assert not list(scratch.glob("fedmlp-bench-*"))  # the generated store is gone
+
+
+def test_bench_on_an_existing_store(store: ImageStore, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = fedmlp("bench", "--stage", "1", "--store", store.root, "--images", 32, "--batch-size", 8,
+                    "--model", "compact-cnn", "--device", "cpu", "--json", out)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["store"] == str(store.root) and report["size"] == store.images.shape[2]
+
+
+def test_bench_refuses_more_images_than_the_store_holds(store: ImageStore, tmp_path: Path) -> None:
+    result = fedmlp("bench", "--stage", "loader", "--store", store.root, "--images", 10_000, "--json", tmp_path / "b.json")
+    assert result.returncode == 2
+    assert "--images 10000" in result.stderr and str(store.root) in result.stderr
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_store_reads_equal_the_memory_map(store: ImageStore) -> None:
+    rows = np.array([5, 6, 7, 2, 40, 41, 0, 79, 79])  # runs, a step back, a repeat
+    assert np.array_equal(store.read(rows), store.images[rows])
+    assert store.read(np.array([], dtype=np.int64)).shape == (0, *store.images.shape[1:])
+
+
+def test_a_truncated_store_is_named(store: ImageStore, tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    root.mkdir()
+    for path in store.root.iterdir():
+        (root / path.name).write_bytes(path.read_bytes())
+    images = root / "images.npy"
+    opened = ImageStore.open(root)
+    images.write_bytes(images.read_bytes()[:-100])  # cut after opening: the read notices
+    with pytest.raises(FedmlpError, match=r"images\.npy: shorter than its header says"):
+        opened.read(np.array([len(store.image_ids) - 1]))
+    with pytest.raises(FedmlpError, match=r"images\.npy: not a readable image array"):  # cut before: the opening does
+        ImageStore.open(root)
+
+
+def test_prefetching_keeps_order_and_errors() -> None:
+    assert list(prefetched(iter(range(50)))) == list(range(50))
+
+    def failing() -> Iterator[int]:
+        yield 1
+        raise FedmlpError("broken batch")
+
+    items = prefetched(failing())
+    assert next(items) == 1
+    with pytest.raises(FedmlpError, match="broken batch"):
+        next(items)
+
+
+def test_prefetched_batches_do_not_disturb_the_random_stream(store: ImageStore) -> None:
+    """The order is drawn before the first batch; what the caller draws meanwhile cannot change it."""
+    client = make_client(store, 0, store.image_ids[:50], store.classes[:1])
+
+    def epoch(draw_between: bool) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(7)
+        seen = []
+        for batch in batches(store, client, 8, generator, torch.device("cpu")):
+            seen.append(batch.positions.tolist())
+            assert torch.equal(batch.images, torch.from_numpy(store.images[client.rows[batch.positions.numpy()]]))
+            if draw_between:
+                torch.rand(3, generator=generator)
+        return seen
+
+    assert epoch(False) == epoch(True)
