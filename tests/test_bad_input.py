@@ -417,3 +417,27 @@ def test_kaggle_key_never_written_anywhere(monkeypatch: pytest.MonkeyPatch, tmp_
     assert any(p.name == "manifest.json" for p in written) and any(p.name.endswith(".skipped.csv") for p in written)
     assert not [p for p in written if SECRET.encode() in p.read_bytes()]
     assert SECRET not in capsys.readouterr().err + caplog.text
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda root: (root / "manifest.json").write_text("{not json"), r"manifest\.json: not a store manifest \(JSONDecodeError"),
+        (lambda root: (root / "manifest.json").write_text("{}"), r"manifest\.json: not a store manifest \(KeyError"),
+        (lambda root: (root / "images.npy").unlink(), r"images\.npy: missing; is .* an image store"),
+        (lambda root: (root / "labels.csv").write_text("image_id,x\na,1\n"), r"labels\.csv: does not match manifest\.json"),
+    ],
+    ids=["manifest-not-json", "manifest-without-classes", "images-missing", "labels-out-of-step"],
+)
+def test_damaged_store_is_named(store, damage, message: str, tmp_path: Path) -> None:
+    """Every command that opens a store (here `fedmlp bench --store`) names the damaged file."""
+    root = tmp_path / "store"
+    root.mkdir()
+    for path in store.root.iterdir():
+        (root / path.name).write_bytes(path.read_bytes())
+    damage(root)
+    result = subprocess.run([f"{bin_dir()}/fedmlp", "bench", "--stage", "loader", "--store", str(root), "--images", "16",
+                             "--batch-size", "8"], capture_output=True, text=True, timeout=120)
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert errors[0].startswith("fedmlp bench: error: ") and re.search(message, errors[0]), result.stderr

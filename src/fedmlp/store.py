@@ -56,13 +56,16 @@ class ImageStore:
         for name in (IMAGES, LABELS, MANIFEST):
             if not (root / name).exists():
                 raise FedmlpError(f"{root / name}: missing; is {root} an image store written by 'fedmlp ingest'?")
-        manifest = json.loads((root / MANIFEST).read_text())
+        try:
+            manifest = json.loads((root / MANIFEST).read_text())
+            classes = list(manifest["classes"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise FedmlpError(f"{root / MANIFEST}: not a store manifest ({type(exc).__name__}: {exc}); rerun 'fedmlp ingest'") from None
         try:
             images = np.load(root / IMAGES, mmap_mode="r")
         except (OSError, ValueError) as exc:  # truncated or not an .npy array
             raise FedmlpError(f"{root / IMAGES}: not a readable image array ({exc}); rerun 'fedmlp ingest'") from None
         table = pd.read_csv(root / LABELS, dtype={"image_id": str})
-        classes = list(manifest["classes"])
         if list(table.columns) != ["image_id", *classes] or len(table) != images.shape[0]:
             raise FedmlpError(f"{root / LABELS}: does not match {MANIFEST} (classes {classes}, {images.shape[0]} images)")
         return cls(
