@@ -15,6 +15,12 @@ rule synthesize:
         "fedmlp synth --settings {params.settings} --out {params.root} > {log} 2>&1"
 
 
+if config["cluster"]["local_download"]:  # a login node with internet access, at the user's choice
+
+    localrules:
+        download,
+
+
 rule download:
     """Download a real dataset into resources/<dataset>/raw (resumable; see fedmlp.download).
     Only a marker is declared: Snakemake never deletes what took hours to download."""
