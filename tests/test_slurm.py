@@ -74,7 +74,7 @@ def cluster_problem() -> str | None:
         return "no SLURM commands (sinfo, sbatch) on the PATH"
     result = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
     if result.returncode != 0:
-        return f"no SLURM cluster answers (sinfo: {result.stderr.strip()})"
+        return f"no SLURM cluster answers ({(result.stderr.strip().splitlines() or ['sinfo failed'])[-1]})"
     if not re.search(r"idle|mixed|allocated", result.stdout):
         return f"no SLURM node takes jobs (sinfo states: {' '.join(result.stdout.split())})"
     return None
