@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -114,6 +115,23 @@ def test_config_changes_rerun_only_what_depends_on_them(tiny_run: Path, change: 
     result = snakemake(tiny_run, {**TINY, **change}, "--dry-run")
     assert result.returncode == 0, result.stderr[-2000:]
     assert planned_rules(result.stdout) == expected
+
+
+@pytest.mark.slow
+def test_a_training_killed_after_a_config_change_is_rerun(tiny_run: Path, tmp_path: Path) -> None:
+    """After a config change, the trainings ran, except one that was killed after Snakemake had removed
+    its old checkpoint, and Snakemake stopped. The next run must train it, although its old metrics
+    and the report exist (Snakemake does not recreate a missing intermediate file on its own)."""
+    workdir = tmp_path / "copy"
+    shutil.copytree(tiny_run, workdir, symlinks=True)
+    changed = {**TINY, "train": {**TINY["train"], "lr": 0.01}}
+    assert snakemake(workdir, changed, "--until", "train").returncode == 0
+    run = workdir / "results/runs/synthetic-ich/header24/iid-k3-a2/fedavg-masked/seed0"
+    for output in ("model.pt", "rounds.csv"):  # what Snakemake removes before running the job
+        (run / output).unlink()
+    result = snakemake(workdir, changed, "--dry-run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert planned_rules(result.stdout).get("train") == 1 and "fedavg-masked/seed0/model.pt" in result.stdout
 
 
 @pytest.mark.slow

@@ -96,6 +96,15 @@ def train_for_fedmlp():
     return {key: value for key, value in config["train"].items() if key != "rounds"}
 
 
+def training_settings(wildcards):
+    """Every config value the training of this run reads. The evaluate rule carries it too: Snakemake
+    removes a job's old outputs before rerunning it, so a training job killed after a config change
+    leaves no checkpoint to compare, and only a changed param downstream brings it back."""
+    if re.fullmatch(STAGED, wildcards.method):
+        return json_arg({"train": train_for_fedmlp(), "model": config["model"], "fedmlp": config["fedmlp"]})
+    return json_arg({"train": config["train"], "model": config["model"], "method": config.get(wildcards.method, {})})
+
+
 def method_code(wildcards):
     """Training code of one method: the shared loop plus the method's module (methods/<prefix>.py)."""
     return code_fingerprint(*CODE["train"], f"methods/{wildcards.method.split('-')[0]}.py")

@@ -13,6 +13,7 @@ rule evaluate:
             {"dataset": wildcards.dataset, "setting": wildcards.setting, "method": wildcards.method, "seed": int(wildcards.seed)}
         ),
         store=parent_of("manifest"),
+        trained_with=training_settings,
         device="cuda" if GPU else "cpu",
         code=code_fingerprint(*CODE["evaluate"]),
     resources:
