@@ -97,7 +97,7 @@ def train_for_fedmlp():
 
 
 def training_settings(wildcards):
-    """Every config value the training of this run reads. The evaluate rule carries it too: Snakemake
+    """Every config value the training of this run reads. Evaluation carries it too, as a param: Snakemake
     removes a job's old outputs before rerunning it, so a training job killed after a config change
     leaves no checkpoint to compare, and only a changed param downstream brings it back."""
     if re.fullmatch(STAGED, wildcards.method):
