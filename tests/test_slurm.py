@@ -7,6 +7,7 @@ cluster these tests skip, unless FEDMLP_REQUIRE_SLURM=1 (as .ci/run sets), where
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -206,3 +207,7 @@ def test_gpu_rules_ask_for_a_gpu_and_the_others_do_not(tmp_path: Path) -> None:
         declared = dict(item.split("=", 1) for item in resources.split(", "))
         assert declared.get("gpu") == ("1" if rule in GPU_RULES else None), (rule, resources)
         assert {"runtime", "mem_mb"} <= declared.keys(), (rule, resources)
+        if rule in ("train", "warmup", "teacher"):  # sized from the config: rounds × minutes_per_round + 30
+            rounds = {"train": config["train"]["rounds"], "warmup": config["fedmlp"]["warmup_rounds"],
+                      "teacher": config["fedmlp"]["rounds"]}[rule]
+            assert declared["runtime"] == str(math.ceil(rounds * 2.0) + 30), (rule, resources)

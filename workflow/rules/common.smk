@@ -3,6 +3,7 @@ import hashlib
 import os
 import re
 import json
+import math
 import shlex
 import shutil
 from pathlib import Path
@@ -103,6 +104,13 @@ def training_settings(wildcards):
     if re.fullmatch(STAGED, wildcards.method):
         return json_arg({"train": train_for_fedmlp(), "model": config["model"], "fedmlp": config["fedmlp"]})
     return json_arg({"train": config["train"], "model": config["model"], "method": config.get(wildcards.method, {})})
+
+
+def training_runtime(rounds):
+    """A training job's time limit in minutes (the cluster's runtime resource): its rounds times
+    cluster.minutes_per_round plus 30, doubled on each retry (the retry resumes after the last round)."""
+    minutes = math.ceil(rounds * config["cluster"]["minutes_per_round"]) + 30
+    return lambda wildcards, attempt: minutes * 2 ** (attempt - 1)
 
 
 def method_code(wildcards):

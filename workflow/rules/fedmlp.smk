@@ -19,6 +19,7 @@ rule warmup:
     threads: config["train"]["threads"]
     resources:
         gpu=GPU,
+        runtime=training_runtime(config["fedmlp"]["warmup_rounds"]),
     conda:
         ENV
     log:
@@ -88,6 +89,7 @@ rule teacher:
     threads: config["train"]["threads"]
     resources:
         gpu=GPU,
+        runtime=training_runtime(config["fedmlp"]["rounds"]),
     conda:
         ENV
     log:

@@ -18,6 +18,7 @@ rule train:
     threads: config["train"]["threads"]
     resources:
         gpu=GPU,
+        runtime=training_runtime(config["train"]["rounds"]),
     conda:
         ENV
     log:
