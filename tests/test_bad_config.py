@@ -34,6 +34,8 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
         ({"preprocess": {"window": "bsb"}}, "config key 'preprocess.window': unknown key (allowed: windowing, size, max_skipped_fraction)"),
         ({"round": 3}, "config key 'round': unknown key (allowed: dataset, methods,"),
         ({"seeds": []}, "config key 'seeds': [] should be non-empty"),
+        ({"cluster": {"minutes_per_round": 0}}, "config key 'cluster.minutes_per_round': 0 is less than or equal to the minimum of 0"),
+        ({"cluster": {"local_download": "yes"}}, "config key 'cluster.local_download': 'yes' is not of type 'boolean'"),
     ],
 )
 def test_schema_violation_is_one_line_naming_the_key(config: dict, message: str) -> None:

@@ -10,7 +10,7 @@ import torch
 
 from fedmlp.atomic import atomic_path
 from fedmlp.config import ModelConfig, from_dict
-from fedmlp.errors import FedmlpError
+from fedmlp.errors import FedmlpError, one_line
 from fedmlp.models import Classifier, build_model
 
 FORMAT = 1
@@ -49,7 +49,7 @@ def load(path: Path) -> tuple[Classifier, dict[str, Any]]:
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        detail = " ".join(str(exc).split())
+        detail = one_line(exc)
         detail = detail if len(detail) <= 300 else detail[:300] + " ..."
         raise FedmlpError(f"{path}: weights do not fit the architecture it names ({detail})") from None
     return model, meta

@@ -11,7 +11,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
 
-from fedmlp.errors import FedmlpError
+from fedmlp.errors import FedmlpError, one_line
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,7 @@ def _decode(path: Path) -> tuple[pydicom.Dataset, np.ndarray]:
     try:
         return ds, ds.pixel_array
     except Exception as exc:
-        reason = " ".join(str(exc).split())  # some pydicom messages span lines
-        raise FedmlpError(f"{path}: unreadable pixel data ({type(exc).__name__}: {reason})") from None
+        raise FedmlpError(f"{path}: unreadable pixel data ({type(exc).__name__}: {one_line(exc)})") from None
 
 
 def read_ct(path: Path) -> CtSlice:

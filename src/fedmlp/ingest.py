@@ -14,8 +14,7 @@ import os
 import signal
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -140,7 +139,7 @@ class Candidates:
     labels: pd.DataFrame  # index image_id, one 0/1 column per class
     skipped: list[dict[str, str]]  # problems found before decoding (e.g. an image without labels)
     facts: dict[str, Any]  # source-specific counts for the manifest
-    unmatched: list[dict[str, str]] = dataclasses.field(default_factory=list)  # labels without an image: reported, not counted
+    unmatched: list[dict[str, str]] = field(default_factory=list)  # labels without an image: reported, not counted
 
 
 def write_store(

@@ -1,6 +1,6 @@
 """The compact image store every training stage reads (DESIGN §6).
 
-A store is a directory with three files:
+A store is a directory with four files:
 
 - ``images.npy``: uint8 array of shape (N, C, H, W), opened memory-mapped (for its shape) and read
   batch by batch with positioned reads (:meth:`ImageStore.read`), so that resident memory does not

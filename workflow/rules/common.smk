@@ -10,6 +10,8 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from fedmlp.sources import nih, rsna
+
 
 configfile: "config/config.yaml"
 
@@ -161,12 +163,11 @@ def check_config():
         assign_classes(classes(), from_dict(FederationConfig, fed, "federation"))
 
 
-
 USER_ROOT = ("ich", "chestxray14")  # datasets a user may point at an existing download (<dataset>.root)
-RAW_FILES = {  # label file and image directory of each raw layout
-    "synthetic-ich": ("stage_2_train.csv", "stage_2_train"),
-    "ich": ("stage_2_train.csv", "stage_2_train"),
-    "chestxray14": ("Data_Entry_2017_v2020.csv", "images"),
+RAW_FILES = {  # label file and image directory of each raw layout, as the sources define them
+    "synthetic-ich": (rsna.LABEL_FILE, rsna.IMAGE_DIR),
+    "ich": (rsna.LABEL_FILE, rsna.IMAGE_DIR),
+    "chestxray14": (nih.LABEL_FILE, nih.IMAGE_DIR),
 }
 
 
@@ -187,9 +188,7 @@ def raw_inputs(wildcards):
 
 
 def classes():
-    from fedmlp.sources.rsna import CLASSES
-
-    return list(config["chestxray14"]["classes"]) if config["dataset"] == "chestxray14" else list(CLASSES)
+    return list(config["chestxray14"]["classes"]) if config["dataset"] == "chestxray14" else list(rsna.CLASSES)
 
 
 def store_files(pattern=STORE):

@@ -18,7 +18,7 @@ import pandas as pd
 from fedmlp.archives import extract_tar
 from fedmlp.config import ChestXray14Config
 from fedmlp.download import fetch
-from fedmlp.errors import FedmlpError
+from fedmlp.errors import FedmlpError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def read_data_entry(path: Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise FedmlpError(f"{path}: empty file (expected the header of Data_Entry_2017_v2020.csv and one row per image)") from None
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise FedmlpError(f"{path}: cannot read the label file ({' '.join(str(exc).split())})") from None
+        raise FedmlpError(f"{path}: cannot read the label file ({one_line(exc)})") from None
     frame = frame.rename(columns={"Patient Gender": "Patient Sex"})
     missing = [c for c in ("Image Index", "Finding Labels", "View Position", "Patient ID") if c not in frame.columns]
     if missing:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from fedmlp.atomic import atomic_path
-from fedmlp.errors import FedmlpError
+from fedmlp.errors import FedmlpError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def read_labels(path: Path) -> IchLabels:
     except pd.errors.EmptyDataError:
         raise FedmlpError(f"{path}: empty file (expected the header 'ID,Label' and one row per image and subtype)") from None
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise FedmlpError(f"{path}: cannot read label file ({' '.join(str(exc).split())})") from None
+        raise FedmlpError(f"{path}: cannot read label file ({one_line(exc)})") from None
     missing = {"ID", "Label"} - set(raw.columns)
     if missing:
         raise FedmlpError(f"{path}:1: missing column(s) {', '.join(sorted(missing))}; expected header 'ID,Label', found {','.join(raw.columns)!r}")
