@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from fedmlp import federated, methods, runtime
-from fedmlp.config import ModelConfig, ThresholdConfig, TrainConfig
-from fedmlp.methods import RoundContext
+from fedmlp.config import ModelConfig, TrainConfig
 from fedmlp.methods.fedmlp import (
     UNLABELLED,
+    ThresholdConfig,
     adaptive_fraction,
     aggregate_degrees,
     aggregate_prototypes,
@@ -128,10 +128,8 @@ def test_staged_run_equals_one_shot_run(store: ImageStore, federation: dict) -> 
     stage1 = methods.create("fedmlp", SHORT)
     warm = federated.run(store, federation, stage1, TRAIN, MODEL, 3, rt, rounds=range(2)).model
     detector = methods.create("fedmlp", SHORT)
-    clients = federated.build_clients(store, federation, detector)
-    states = [detector.init_client_state(c) for c in clients]
-    detector.begin_round(RoundContext(2, warm, clients, states, store, rt, TRAIN))
-    artifact = detector.export(clients, states, store)
+    site = federated.start_round(store, federation, detector, TRAIN, rt, 3, warm, 2)
+    artifact = detector.export(list(site.clients.values()), site.state_list(), store)
     assert sum(len(v["pseudo_positive"]) + len(v["pseudo_negative"]) for c in artifact["clients"] for v in c["classes"].values()) > 0
 
     stage2 = methods.create("fedmlp", SHORT)
@@ -148,9 +146,8 @@ def test_variants_select_differently(store: ImageStore, federation: dict) -> Non
     for name in ("fedmlp", "fedmlp-fixed"):
         method = methods.create(name, SHORT)
         model = federated.run(store, federation, method, TRAIN, MODEL, 0, rt, rounds=range(1)).model
-        clients = federated.build_clients(store, federation, method)
-        states = [method.init_client_state(c) for c in clients]
-        method.begin_round(RoundContext(2, model, clients, states, store, rt, TRAIN))
+        site = federated.start_round(store, federation, method, TRAIN, rt, 0, model, 2)
+        clients, states = list(site.clients.values()), site.state_list()
         counts[name] = sum(int((s["pseudo"] != UNLABELLED).sum()) for s in states)
         assert all((s["pseudo"][:, c.annotated] == UNLABELLED).all() for s, c in zip(states, clients))
     assert counts["fedmlp"] > counts["fedmlp-fixed"] > 0

@@ -14,7 +14,7 @@ from fedmlp.augment import random_affine
 from fedmlp.config import AugmentConfig, ModelConfig, TrainConfig
 from fedmlp.errors import FedmlpError
 from fedmlp.loader import make_client
-from fedmlp.methods import ClientUpdate, weighted_average
+from fedmlp.methods import Upload, weighted_average
 from fedmlp.store import ImageStore
 
 TINY_TRAIN = TrainConfig(rounds=2, batch_size=8, precision="fp32", device="cpu")
@@ -77,12 +77,14 @@ def test_fedavg_full_differs_from_partial(store: ImageStore, federation: dict) -
 
 def test_weighted_average() -> None:
     updates = [
-        ClientUpdate({"w": torch.full((2,), 1.0), "n": torch.tensor(3)}, n_samples=1, loss=0.0),
-        ClientUpdate({"w": torch.full((2,), 4.0), "n": torch.tensor(5)}, n_samples=3, loss=0.0),
+        Upload(0, n_samples=1, weights={"w": torch.full((2,), 1.0), "n": torch.tensor(3)}),
+        Upload(1, n_samples=3, weights={"w": torch.full((2,), 4.0), "n": torch.tensor(5)}),
     ]
     averaged = weighted_average(updates)
     assert torch.allclose(averaged["w"], torch.full((2,), 3.25))
     assert averaged["n"].item() == 5
+    updates[0].weight = 3.0  # an aggregation weight other than the size (CBAFed)
+    assert torch.allclose(weighted_average(updates)["w"], torch.full((2,), 2.5))
 
 
 def test_masked_loss_ignores_missing_classes(store: ImageStore) -> None:
@@ -93,7 +95,7 @@ def test_masked_loss_ignores_missing_classes(store: ImageStore) -> None:
 
     class Ctx:
         model = staticmethod(lambda images: logits)
-        augment = staticmethod(lambda images: images)
+        augment = staticmethod(lambda images, policy="weak": images)
 
     batch = type("B", (), {"images": None, "observed": observed, "annotated": annotated})
     method.loss(Ctx, batch).backward()

@@ -17,6 +17,7 @@ a few untimed warm-up batches (kernel selection, allocator growth).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -129,15 +130,16 @@ def bench_client(store: ImageStore, n_images: int) -> ClientData:
 
 
 def _context(method: FedMLP, round_index: int, client: ClientData, store: ImageStore, runtime: Runtime,
-             train: TrainConfig, model_config: ModelConfig, seed: int) -> LocalContext:
+             train: TrainConfig, model_config: ModelConfig, seed: int, payload: dict | None = None) -> LocalContext:
     torch.manual_seed(seed)
     model = build_model(model_config, len(store.classes)).to(runtime.device, memory_format=torch.channels_last)
     teacher = build_model(model_config, len(store.classes)).to(runtime.device, memory_format=torch.channels_last)
     teacher.load_state_dict(model.state_dict())
     return LocalContext(
-        round=round_index, client=client, model=model, teacher=teacher.eval().requires_grad_(False),
+        round=round_index, total_rounds=method.n_rounds(train), client=client, model=model,
+        teacher=teacher.eval().requires_grad_(False), scratch=copy.deepcopy(teacher).eval().requires_grad_(False),
         state=method.init_client_state(client), store=store, runtime=runtime, train=train,
-        generator=torch.Generator().manual_seed(seed),
+        generator=torch.Generator().manual_seed(seed), payload=payload or {},
     )
 
 
@@ -152,9 +154,8 @@ def stage1_round(method: FedMLP, ctx: LocalContext) -> None:
 
 
 def stage2_round(method: FedMLP, ctx: LocalContext) -> None:
-    features, _ = method.client_statistics(ctx.teacher, ctx.store, ctx.client, ctx.state, ctx.runtime)
-    method.detect(ctx.client, ctx.state, features)
-    method.local_update(ctx)
+    method.client_prepare(ctx)  # the pass: features, learning degrees, local prototypes
+    method.local_update(ctx)  # detection (before_training), then the local update
 
 
 ROUNDS: dict[str, Callable[[FedMLP, LocalContext], None]] = {"loader": loader_round, "1": stage1_round, "2": stage2_round}
@@ -178,15 +179,16 @@ def run(settings: BenchSettings) -> BenchResult:
         client = bench_client(store, settings.images)
         stage2 = settings.stage == "2"
         round_index = method.first_stage2_round if stage2 else 0
-        ctx = _context(method, round_index, client, store, runtime, train, model_config, settings.seed)
-        if stage2:
-            dim = ctx.model.head.in_features
-            method.server.prototypes = torch.randn(len(store.classes), 2, dim, generator=torch.Generator().manual_seed(settings.seed))
-            method.server.defined = torch.ones(len(store.classes), 2, dtype=torch.bool)
-            method.server.degrees = torch.full((len(store.classes),), 0.5)
+        payload = None
+        if stage2:  # what the server would broadcast: random global prototypes (detection costs the same)
+            dim = build_model(model_config, len(store.classes)).head.in_features
+            payload = {"prototypes": torch.randn(len(store.classes), 2, dim, generator=torch.Generator().manual_seed(settings.seed)),
+                       "defined": torch.ones(len(store.classes), 2, dtype=torch.bool),
+                       "degrees": torch.full((len(store.classes),), 0.5)}
+        ctx = _context(method, round_index, client, store, runtime, train, model_config, settings.seed, payload)
         one_round = ROUNDS[settings.stage]
         warm = bench_client(store, settings.warmup_batches * settings.batch_size)
-        one_round(method, _context(method, round_index, warm, store, runtime, train, model_config, settings.seed))
+        one_round(method, _context(method, round_index, warm, store, runtime, train, model_config, settings.seed, payload))
         if runtime.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         _synchronize(runtime)

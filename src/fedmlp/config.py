@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
-from fedmlp.errors import FedmlpError, one_line
+from fedmlp.errors import FedmlpError
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """The synthetic head-CT source (DESIGN §4.3)."""
+    """The synthetic head-CT source (docs/data.md)."""
 
     n_images: int = 2000
     image_size: int = 128
@@ -129,35 +127,6 @@ class TrainConfig:
     deterministic: bool = False
 
 
-@dataclass(frozen=True)
-class ThresholdConfig:
-    """Bounds of the adaptive selection fraction, and the published code's fixed fraction per round."""
-
-    min: float
-    max: float
-    fixed: float
-
-
-@dataclass(frozen=True)
-class FedMLPConfig:
-    """FedMLP (DESIGN §5). Stage 1 keys: warmup_rounds, lambda_dis, logit_adjust; the rest is stage 2."""
-
-    warmup_rounds: int = 8
-    rounds: int = 12
-    lambda_dis: float = 1.0
-    lambda_cr: float = 1.0
-    logit_adjust: bool = True
-    selection: Literal["adaptive", "fixed"] = "adaptive"
-    accumulate: bool = True
-    variant: Literal["paper", "official-code"] = "paper"
-    confidence_low: float = 0.3
-    confidence_high: float = 0.7
-    tau0: ThresholdConfig = field(default_factory=lambda: ThresholdConfig(min=0.0, max=0.1, fixed=0.005))
-    tau1: ThresholdConfig = field(default_factory=lambda: ThresholdConfig(min=0.0, max=0.02, fixed=0.01))
-
-    STAGE1_KEYS = ("warmup_rounds", "lambda_dis", "logit_adjust")
-
-
 def from_dict(cls: type[T], data: Any, key: str) -> T:
     """Build dataclass ``cls`` from a mapping; errors name the dotted config ``key``."""
     if not isinstance(data, dict):
@@ -236,65 +205,3 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise FedmlpError(f"config key '{key}': expected a string, got {value!r}")
         return value
     raise TypeError(f"unsupported config type {hint!r} for {key}")
-
-
-def check_schema(config: dict[str, Any], schema_path: str | Path) -> None:
-    """Validate the workflow config against its JSON schema; the first problem as one line naming the
-    key and what is allowed (Snakemake's own message spans a screen and names the key only at the end)."""
-    import jsonschema  # a dependency of Snakemake, which is the only caller
-    import yaml
-
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
-    if error is None:
-        return
-    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
-    if error.validator == "additionalProperties":
-        unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-        name = f"{key}.{unknown[0]}" if key else unknown[0]
-        raise FedmlpError(f"config key '{name}': unknown key (allowed: {', '.join(error.schema['properties'])})")
-    if error.validator == "enum":
-        raise FedmlpError(f"config key '{key}': {error.instance!r} is not one of {', '.join(map(str, error.validator_value))}")
-    raise FedmlpError(f"config key '{key or '(top level)'}': {one_line(error.message)}")
-
-
-ORDERED_KEYS = (
-    ("fedmlp.tau0.min", "fedmlp.tau0.max"),
-    ("fedmlp.tau1.min", "fedmlp.tau1.max"),
-    ("fedmlp.confidence_low", "fedmlp.confidence_high"),
-    ("train.augment.scale_min", "train.augment.scale_max"),
-)
-
-
-def _lookup(config: dict[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        config = config[part]
-    return config
-
-
-def check_combinations(config: dict[str, Any]) -> None:
-    """Values valid one by one that cannot work together, found before any work (the schema cannot say these).
-
-    Expects a config with the schema's defaults filled in. Which classes each client annotates is
-    checked by :func:`fedmlp.partition.assign_classes`; image counts of downloaded data are only known
-    after ingest, so the partition stage checks those."""
-    for low, high in ORDERED_KEYS:
-        if _lookup(config, low) > _lookup(config, high):
-            raise FedmlpError(f"config key '{low}': {_lookup(config, low)} is more than '{high}' ({_lookup(config, high)})")
-    fed = config["federation"]
-    if fed["images_per_client"] is not None and fed["partition"] != "paper":
-        raise FedmlpError(f"config key 'federation.images_per_client': only used by partition 'paper', not {fed['partition']!r}; set it to null")
-    if config["dataset"] == "synthetic-ich":
-        from fedmlp.partition import MIN_CLIENT_IMAGES
-
-        n = config["synthetic"]["n_images"]
-        n_train = n - math.ceil((1 - config["split"]["train_fraction"]) * n)
-        if n_train < fed["n_clients"] * MIN_CLIENT_IMAGES:
-            raise FedmlpError(
-                f"config key 'federation.n_clients': {fed['n_clients']} clients need at least {fed['n_clients'] * MIN_CLIENT_IMAGES} "
-                f"training images; synthetic.n_images {n} with split.train_fraction {config['split']['train_fraction']} gives {n_train}"
-            )
-        per_client = fed["images_per_client"]
-        if per_client is not None and per_client > n_train // fed["n_clients"]:
-            raise FedmlpError(f"config key 'federation.images_per_client': {per_client} is more than the {n_train // fed['n_clients']} "
-                              f"training images each of {fed['n_clients']} clients draws from synthetic.n_images {n}")

@@ -14,6 +14,7 @@ import torch
 from fedmlp.loader import ClientData
 from fedmlp.store import ImageStore
 
+
 def _ratio(numerator: int, denominator: int) -> float:
     return numerator / denominator if denominator else float("nan")
 
@@ -62,3 +63,33 @@ def pooled(rows: list[dict[str, Any]]) -> dict[str, float]:
     """One round's rows pooled over clients and classes: counts summed, then the rates."""
     counts = {key: int(sum(r[key] for r in rows)) for key in COUNTS}
     return {**counts, **rates(counts)}
+
+
+def summary_markdown(artifact: dict, quality: list[dict]) -> str:
+    """The pseudolabel stage's human-readable summary: per client and class, and pooled."""
+    total = pooled(quality)
+    lines = [
+        f"# Pseudo-labels before stage-2 round {artifact['round']} ({artifact['method']})",
+        "",
+        f"Selection: {artifact['config']['selection']}, variant: {artifact['config']['variant']}, "
+        f"accumulate: {artifact['config']['accumulate']}.",
+        "",
+        "Precision and recall are diagnostics against the hidden labels; training never reads them.",
+        "",
+        "| client | class | learning degree | τ0 | τ1 | pseudo-neg | pseudo-pos | precision neg | precision pos | recall pos |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def fmt(value: float) -> str:
+        return "n/a" if value != value else f"{value:.3f}"
+
+    for r in quality:
+        lines.append(f"| {r['client']} | {r['class']} | {fmt(r['learning_degree'])} | {fmt(r['tau0'])} | {fmt(r['tau1'])} | "
+                     f"{r['selected_negative']} | {r['selected_positive']} | {fmt(r['precision_negative'])} | "
+                     f"{fmt(r['precision_positive'])} | {fmt(r['recall_positive'])} |")
+    lines += ["", f"All clients: {total['selected_negative']} pseudo-negatives (precision {fmt(total['precision_negative'])}), "
+              f"{total['selected_positive']} pseudo-positives (precision {fmt(total['precision_positive'])}, "
+              f"recall of hidden positives {fmt(total['recall_positive'])}).", ""]
+    degrees = ", ".join(f"{c} {fmt(v) if v is not None else 'n/a'}" for c, v in artifact["global_learning_degree"].items())
+    lines += [f"Global learning degrees: {degrees}.", ""]
+    return "\n".join(lines)

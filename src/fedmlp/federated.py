@@ -1,11 +1,14 @@
-"""The federated training loop, generic over methods (DESIGN §5).
+"""The federated training loop, generic over methods, as a simulation in one process.
 
-Each round: every client starts from the global weights and runs the method's local update; the
-method's server step combines the updates; the new global model is scored on the test set (for the
-per-round curve only: the reported result is the final round's, never the best one).
+Each round the server side of the method (:class:`~fedmlp.methods.ServerContext`) chooses the
+clients and what to broadcast; each client's side runs in a :class:`Site`, which holds that client's
+data, state and models and answers the broadcast with an upload; the server step combines the
+uploads into the new global model, which is scored on the test set for the per-round curve (the
+reported result is the final round's, never the best one). Server and sites exchange nothing but
+:mod:`fedmlp.methods.messages`, so the same :class:`Site` serves a real deployment (:mod:`fedmlp.flower`).
 
-Random streams come from :mod:`fedmlp.seeding`, one per (client, round), so a run is a pure
-function of its inputs and seed.
+Random streams come from :mod:`fedmlp.seeding`, one per (client, round) and one per server round,
+so a run is a pure function of its inputs and seed.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from fedmlp.config import ModelConfig, TrainConfig
 from fedmlp.errors import FedmlpError
 from fedmlp.inference import predict_proba
 from fedmlp.loader import ClientData, make_client, n_batches
-from fedmlp.methods import LocalContext, Method, RoundContext
+from fedmlp.methods import Broadcast, LocalContext, Method, ServerContext, Upload, broadcast_of
 from fedmlp.metrics import ranking_metrics
 from fedmlp.models import Classifier, build_model
 from fedmlp.progress import bar
@@ -62,6 +65,85 @@ def init_model(model_config: ModelConfig, n_classes: int, seed: int, runtime: Ru
     return build_model(model_config, n_classes).to(runtime.device, memory_format=torch.channels_last)
 
 
+class Site:
+    """The client side of a method for one or more clients (one per hospital in a deployment): their
+    data, their state across rounds, and the models their local work runs in."""
+
+    def __init__(self, method: Method, clients: list[ClientData], store: ImageStore, train: TrainConfig,
+                 runtime: Runtime, seed: int, template: Classifier):
+        self.method, self.store, self.train, self.runtime, self.seed = method, store, train, runtime, seed
+        self.clients = {c.client_id: c for c in clients}
+        self.states = {c.client_id: method.init_client_state(c) for c in clients}
+        self.model = copy.deepcopy(template)
+        self.teacher = copy.deepcopy(template).eval().requires_grad_(False)
+        self.scratch = copy.deepcopy(template).eval().requires_grad_(False)
+
+    def _context(self, client_id: int, broadcast: Broadcast, visit: int, on_batch: Callable[[], None]) -> LocalContext:
+        self.model.load_state_dict(broadcast.weights)
+        self.teacher.load_state_dict(broadcast.weights)
+        path = ("client", client_id, "round", broadcast.round) + (("visit", visit) if visit else ())
+        return LocalContext(
+            round=broadcast.round,
+            total_rounds=self.method.n_rounds(self.train),
+            client=self.clients[client_id],
+            model=self.model,
+            teacher=self.teacher,
+            scratch=self.scratch,
+            state=self.states[client_id],
+            store=self.store,
+            runtime=self.runtime,
+            train=self.train,
+            generator=torch_generator(self.seed, *path),
+            payload=broadcast.payload,
+            on_batch=on_batch,
+        )
+
+    def prepare(self, client_id: int, broadcast: Broadcast) -> Upload:
+        ctx = self._context(client_id, broadcast, 0, lambda: None)
+        return Upload(client_id, len(ctx.client), payload=self.method.client_prepare(ctx))
+
+    def begin(self, client_id: int, broadcast: Broadcast) -> None:
+        """Only the start of a local update (:meth:`Method.before_training`), e.g. to export a detection."""
+        self.method.before_training(self._context(client_id, broadcast, 0, lambda: None))
+
+    def train_client(self, client_id: int, broadcast: Broadcast, visit: int = 0, on_batch: Callable[[], None] = lambda: None) -> Upload:
+        return self.method.local_update(self._context(client_id, broadcast, visit, on_batch))
+
+    def state_list(self) -> list[dict[str, Any]]:
+        return [self.states[i] for i in sorted(self.states)]
+
+    def load_states(self, states: list[dict[str, Any]]) -> None:
+        self.states = dict(zip(sorted(self.states), states))
+
+
+def server_context(method: Method, train: TrainConfig, global_model: Classifier, client_ids: list[int], round_index: int,
+                   seed: int, runtime: Runtime) -> ServerContext:
+    return ServerContext(round_index, method.n_rounds(train), global_model, client_ids,
+                         torch_generator(seed, "server", "round", round_index), runtime)
+
+
+def exchange(method: Method, server: ServerContext, global_model: Classifier, answer_prepare: Callable[[list[int], Broadcast], list[Upload]]) -> Broadcast:
+    """The training broadcast of a round, after its prepare exchange if the method has one."""
+    broadcast = broadcast_of(server.round, global_model, method.broadcast_payload(server))
+    if method.prepares(server.round):
+        broadcast.payload.update(method.server_prepare(server, answer_prepare(server.client_ids, broadcast)))
+    return broadcast
+
+
+def start_round(store: ImageStore, partition: dict[str, Any], method: Method, train: TrainConfig, runtime: Runtime, seed: int,
+                model: Classifier, round_index: int) -> Site:
+    """A round up to the start of local training (its prepare exchange, then each client's
+    :meth:`~fedmlp.methods.Method.before_training`), without training: FedMLP's pseudolabel stage."""
+    clients = build_clients(store, partition, method)
+    site = Site(method, clients, store, train, runtime, seed, model)
+    ids = [c.client_id for c in clients]
+    server = server_context(method, train, model, ids, round_index, seed, runtime)
+    broadcast = exchange(method, server, model, lambda ids, b: [site.prepare(i, b) for i in ids])
+    for client_id in ids:
+        site.begin(client_id, broadcast)
+    return site
+
+
 RoundCallback = Callable[[int, list[ClientData], list[dict[str, Any]]], list[dict[str, Any]]]
 
 
@@ -70,6 +152,16 @@ class RunResult:
     model: Classifier
     history: list[RoundRecord]
     round_rows: list[dict[str, Any]]  # whatever ``on_round_end`` returned, in round order
+
+
+def visits(tasks: list[int]) -> list[int]:
+    """How many times each entry's client already appeared earlier in the list (its visit number)."""
+    seen: dict[int, int] = {}
+    out = []
+    for client_id in tasks:
+        out.append(seen.get(client_id, 0))
+        seen[client_id] = out[-1] + 1
+    return out
 
 
 def run(
@@ -91,48 +183,37 @@ def run(
     after every ``resume.every`` rounds is saved, and a saved state of the same run is continued."""
     rounds = rounds if rounds is not None else range(method.n_rounds(train))
     clients = build_clients(store, partition, method)
-    states = [method.init_client_state(client) for client in clients]
     global_model = initial_model if initial_model is not None else init_model(model_config, len(store.classes), seed, runtime)
     global_model = global_model.to(runtime.device, memory_format=torch.channels_last)
+    site = Site(method, clients, store, train, runtime, seed, global_model)
+    client_ids = [c.client_id for c in clients]
     history: list[RoundRecord] = []
     round_rows: list[dict[str, Any]] = []
     saved = resume.load() if resume is not None else None
     if saved is not None:
         global_model.load_state_dict(saved["global"])
-        states = saved["clients"]
+        site.load_states(saved["clients"])
         method.load_state_dict(saved["method"])
         history = [RoundRecord(**record) for record in saved["history"]]
         round_rows = saved["round_rows"]
         rounds = range(saved["round"], rounds.stop)
-    local_model = copy.deepcopy(global_model)
-    teacher = copy.deepcopy(global_model).eval().requires_grad_(False)
     test_rows = store.rows(partition["test"])
     test_labels = store.labels[test_rows]
-    steps = sum(n_batches(len(c), train.batch_size) for c in clients) * train.local_epochs
+    sizes = {c.client_id: n_batches(len(c), train.batch_size) * train.local_epochs for c in clients}
     total = method.n_rounds(train)
+
+    def answer_prepare(ids: list[int], broadcast: Broadcast) -> list[Upload]:
+        return [site.prepare(i, broadcast) for i in ids]
 
     for round_index in rounds:
         start = time.perf_counter()
-        method.begin_round(RoundContext(round_index, global_model, clients, states, store, runtime, train))
-        teacher.load_state_dict(global_model.state_dict())
-        updates = []
+        server = server_context(method, train, global_model, client_ids, round_index, seed, runtime)
+        broadcast = exchange(method, server, global_model, answer_prepare)
+        tasks = method.select_clients(server)
+        steps = sum(sizes[i] for i in tasks)
         with bar(total=steps, desc=f"{method.name} round {round_index + 1}/{total}", unit="batch", transient=True) as progress:
-            for client, state in zip(clients, states):
-                local_model.load_state_dict(global_model.state_dict())
-                ctx = LocalContext(
-                    round=round_index,
-                    client=client,
-                    model=local_model,
-                    teacher=teacher,
-                    state=state,
-                    store=store,
-                    runtime=runtime,
-                    train=train,
-                    generator=torch_generator(seed, "client", client.client_id, "round", round_index),
-                    on_batch=progress.update,
-                )
-                updates.append(method.local_update(ctx))
-        global_model.load_state_dict(method.aggregate(updates, round_index))
+            updates = [site.train_client(i, broadcast, visit, progress.update) for i, visit in zip(tasks, visits(tasks))]
+        global_model.load_state_dict(method.aggregate(server, updates))
         last = round_index == rounds[-1]
         scores = {"mAP": float("nan"), "AUROC": float("nan")}
         if last or (round_index + 1) % train.eval_every == 0:
@@ -143,12 +224,12 @@ def run(
         log.info("%s round %d/%d: train loss %.4f, test mAP %.4f, AUROC %.4f (%.1f s)",
                  method.name, record.round, total, loss, record.test_mAP, record.test_AUROC, time.perf_counter() - start)
         if on_round_end is not None:
-            round_rows.extend(on_round_end(record.round, clients, states))
+            round_rows.extend(on_round_end(record.round, clients, site.state_list()))
         if resume is not None and resume.due(record.round, last):
             resume.save({
                 "round": record.round,
                 "global": {k: v.detach().cpu() for k, v in global_model.state_dict().items()},
-                "clients": states,
+                "clients": site.state_list(),
                 "method": method.state_dict(),
                 "history": history_rows(history),
                 "round_rows": round_rows,

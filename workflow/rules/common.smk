@@ -8,8 +8,8 @@ import shlex
 import shutil
 from pathlib import Path
 
-from snakemake.utils import validate
-
+from fedmlp.fingerprint import code_fingerprint
+from fedmlp.methods import registry
 from fedmlp.sources import nih, rsna
 
 
@@ -17,16 +17,15 @@ configfile: "config/config.yaml"
 
 
 def _check_schema():
-    """One line naming the key and the allowed values, then Snakemake's validation (which fills in defaults)."""
-    from fedmlp.config import check_schema
+    """The schema file plus the methods' own sections (fedmlp.schema); one line naming the key and the
+    allowed values on a bad value; then the defaults are filled in."""
+    from fedmlp.workflow_config import check_schema
 
     check_schema(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 
 
 _check_schema()
-validate(config, "../schemas/config.schema.yaml")
 
-SRC = Path(workflow.basedir) / "src" / "fedmlp"
 ENV = "../envs/fedmlp.yaml"  # relative to workflow/rules/
 
 # Path patterns: each level names what the files below it depend on.
@@ -41,8 +40,10 @@ WARMUP_ID = "{dataset}/{prep}/{setting}/fedmlp-warmup/seed{seed}"  # shared by e
 WARMUP = f"results/runs/{WARMUP_ID}"
 
 # Methods trained in stages (warmup → pseudolabel → teacher); all others go through rule train.
-STAGED = r"fedmlp(-fixed|-official)?"
-ONE_STAGE = r"(?!fedmlp)[a-z0-9+-]+"
+METHODS = registry.specs()
+STAGED = "|".join(re.escape(name) for name, spec in METHODS.items() if spec.staged)
+ONE_STAGE = "|".join(re.escape(name) for name, spec in METHODS.items() if not spec.staged)
+FEDMLP = METHODS["fedmlp"].config  # the staged rules' settings (fedmlp.smk)
 
 
 wildcard_constraints:
@@ -58,40 +59,40 @@ def json_arg(value):
     return shlex.quote(json.dumps(value, sort_keys=True, separators=(",", ":")))
 
 
-def code_fingerprint(*modules):
-    """Hash of the library sources a rule runs, so a code change reruns exactly the affected stages."""
-    digest = hashlib.sha256()
-    for module in modules:
-        for path in sorted(SRC.glob(module)):
-            digest.update(path.relative_to(SRC).as_posix().encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-CODE_COMMON = ("__init__.py", "cli.py", "config.py", "errors.py", "atomic.py", "progress.py")
-CODE_TRAINING = ("federated.py", "methods/__init__.py", "methods/base.py", "methods/registry.py", "loader.py", "augment.py",
-                 "models.py", "runtime.py", "seeding.py", "inference.py", "metrics.py", "checkpoint.py", "store.py")
+# Each rule's code: the modules its command imports (fedmlp.fingerprint); training jobs add their method's.
 CODE = {
-    "synthesize": CODE_COMMON + ("seeding.py", "sources/synthetic.py", "sources/rsna.py"),
-    "download": CODE_COMMON + ("download.py", "archives.py", "sources/kaggle.py", "sources/nih.py", "sources/rsna.py"),
-    "ingest": CODE_COMMON + ("ingest.py", "dicom.py", "windowing.py", "store.py", "sources/rsna.py", "sources/nih.py"),
-    "split": CODE_COMMON + ("partition.py", "store.py", "seeding.py", "sources/nih.py"),
-    "partition": CODE_COMMON + ("partition.py", "store.py", "seeding.py"),
-    "train": CODE_COMMON + CODE_TRAINING,
-    "fedmlp": CODE_COMMON + CODE_TRAINING + ("methods/fedmlp.py", "diagnostics.py"),
-    "evaluate": CODE_COMMON + ("checkpoint.py", "models.py", "inference.py", "metrics.py", "loader.py", "augment.py", "runtime.py", "store.py"),
-    "report": CODE_COMMON + ("report.py", "metrics.py", "diagnostics.py"),
+    name: code_fingerprint(f"fedmlp.commands.{command}")
+    for name, command in {
+        "synthesize": "synth",
+        "download": "download",
+        "ingest": "ingest",
+        "split": "split",
+        "partition": "split",
+        "evaluate": "evaluate",
+        "report": "report",
+    }.items()
 }
+
+
+def method_code(method):
+    """Training code of one method: the training commands plus the method's own module."""
+    return code_fingerprint("fedmlp.commands.training", METHODS[method].module)
+
+
+def method_settings(method):
+    """The config section a method reads ({} for a method without settings)."""
+    section = METHODS[method].section
+    return config[section] if section else {}
 
 
 def fedmlp_stage1():
     """The FedMLP keys the warm-up depends on (changing a stage-2 key keeps the warm-up)."""
-    return {key: config["fedmlp"][key] for key in ("warmup_rounds", "lambda_dis", "logit_adjust")}
+    return {key: config["fedmlp"][key] for key in FEDMLP.STAGE1_KEYS}
 
 
 def fedmlp_detection():
     """The FedMLP keys the first detection depends on (not the stage-2 loss weight or length)."""
-    return {key: value for key, value in config["fedmlp"].items() if key not in ("lambda_cr", "rounds")}
+    return {key: value for key, value in config["fedmlp"].items() if key not in FEDMLP.NOT_DETECTION_KEYS}
 
 
 def train_for_fedmlp():
@@ -103,9 +104,9 @@ def training_settings(wildcards):
     """Every config value the training of this run reads. Evaluation carries it too, as a param: Snakemake
     removes a job's old outputs before rerunning it, so a training job killed after a config change
     leaves no checkpoint to compare, and only a changed param downstream brings it back."""
-    if re.fullmatch(STAGED, wildcards.method):
+    if METHODS[wildcards.method].staged:
         return json_arg({"train": train_for_fedmlp(), "model": config["model"], "fedmlp": config["fedmlp"]})
-    return json_arg({"train": config["train"], "model": config["model"], "method": config.get(wildcards.method, {})})
+    return json_arg({"train": config["train"], "model": config["model"], "method": method_settings(wildcards.method)})
 
 
 def training_runtime(rounds):
@@ -113,11 +114,6 @@ def training_runtime(rounds):
     cluster.minutes_per_round plus 30, doubled on each retry (the retry resumes after the last round)."""
     minutes = math.ceil(rounds * config["cluster"]["minutes_per_round"]) + 30
     return lambda wildcards, attempt: minutes * 2 ** (attempt - 1)
-
-
-def method_code(wildcards):
-    """Training code of one method: the shared loop plus the method's module (methods/<prefix>.py)."""
-    return code_fingerprint(*CODE["train"], f"methods/{wildcards.method.split('-')[0]}.py")
 
 
 def prep_name():
@@ -147,9 +143,10 @@ SETTINGS = settings()
 
 def check_config():
     """Fail before any work on settings the schema cannot express (the key is named)."""
-    from fedmlp.config import FederationConfig, check_combinations, from_dict
+    from fedmlp.config import FederationConfig, from_dict
     from fedmlp.errors import FedmlpError
     from fedmlp.partition import assign_classes
+    from fedmlp.workflow_config import check_combinations
 
     dataset = config["dataset"]
     if dataset in USER_ROOT and config[dataset]["root"]:
@@ -220,7 +217,7 @@ def final_files(name, methods=None):
 
 
 def staged_methods():
-    return [m for m in config["methods"] if re.fullmatch(STAGED, m)]
+    return [m for m in config["methods"] if METHODS[m].staged]
 
 
 def resume_file(rule, pattern):

@@ -15,7 +15,7 @@ rule evaluate:
         store=parent_of("manifest"),
         trained_with=training_settings,
         device="cuda" if GPU else "cpu",
-        code=code_fingerprint(*CODE["evaluate"]),
+        code=CODE["evaluate"],
     resources:
         gpu=GPU,
     conda:

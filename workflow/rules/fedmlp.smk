@@ -15,7 +15,7 @@ rule warmup:
         fedmlp=json_arg(fedmlp_stage1()),
         store=parent_of("manifest"),
         resume=resume_file("warmup", WARMUP_ID),
-        code=code_fingerprint(*CODE["fedmlp"]),
+        code=method_code("fedmlp"),
     threads: config["train"]["threads"]
     resources:
         gpu=GPU,
@@ -48,7 +48,7 @@ rule pseudolabel:
         model=json_arg(config["model"]),
         fedmlp=json_arg(fedmlp_detection()),
         store=parent_of("manifest"),
-        code=code_fingerprint(*CODE["fedmlp"]),
+        code=method_code("fedmlp"),
     threads: config["train"]["threads"]
     resources:
         gpu=GPU,
@@ -85,7 +85,7 @@ rule teacher:
         ),
         store=parent_of("manifest"),
         resume=resume_file("teacher", RUN_ID),
-        code=code_fingerprint(*CODE["fedmlp"]),
+        code=method_code("fedmlp"),
     threads: config["train"]["threads"]
     resources:
         gpu=GPU,

@@ -9,7 +9,7 @@ rule split:
         settings=json_arg(config["split"]),
         raw=lambda wildcards: raw_root(wildcards.dataset),
         store=parent_of("manifest"),
-        code=code_fingerprint(*CODE["split"]),
+        code=CODE["split"],
     conda:
         ENV
     log:
@@ -28,7 +28,7 @@ rule partition:
     params:
         settings=lambda wildcards: json_arg(SETTINGS[wildcards.setting]),
         store=parent_of("manifest"),
-        code=code_fingerprint(*CODE["partition"]),
+        code=CODE["partition"],
     conda:
         ENV
     log:

@@ -9,7 +9,7 @@ rule ingest:
         source=json_arg(config["chestxray14"]) if config["dataset"] == "chestxray14" else "'{}'",
         raw=lambda wildcards: raw_root(wildcards.dataset),
         out=parent_of("manifest"),
-        code=code_fingerprint(*CODE["ingest"]),
+        code=CODE["ingest"],
     threads: 2
     conda:
         ENV

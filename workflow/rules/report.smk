@@ -9,7 +9,7 @@ rule report:
         figure="results/figures/map_per_round.png",
         **({"pseudo_figure": "results/figures/pseudolabels.png"} if staged_methods() else {}),
     params:
-        code=code_fingerprint(*CODE["report"]),
+        code=CODE["report"],
     conda:
         ENV
     log:

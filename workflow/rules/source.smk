@@ -6,7 +6,7 @@ rule synthesize:
     params:
         settings=json_arg(config["synthetic"]),
         root=parent_of("labels"),
-        code=code_fingerprint(*CODE["synthesize"]),
+        code=CODE["synthesize"],
     conda:
         ENV
     log:
@@ -31,7 +31,7 @@ rule download:
     params:
         settings=lambda wildcards: json_arg(config[wildcards.dataset]),
         root=lambda wildcards: raw_root(wildcards.dataset),
-        code=code_fingerprint(*CODE["download"]),
+        code=CODE["download"],
     conda:
         ENV
     log:

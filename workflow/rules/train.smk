@@ -9,10 +9,10 @@ rule train:
     params:
         train=json_arg(config["train"]),
         model=json_arg(config["model"]),
-        method=lambda wildcards: json_arg(config.get(wildcards.method, {})),
+        method=lambda wildcards: json_arg(method_settings(wildcards.method)),
         store=parent_of("manifest"),
         resume=resume_file("train", RUN_ID),
-        code=method_code,
+        code=lambda wildcards: method_code(wildcards.method),
     wildcard_constraints:
         method=ONE_STAGE,
     threads: config["train"]["threads"]

@@ -1,15 +1,24 @@
-"""The interface every federated method implements (FLamby/Flower-style strategies).
+"""The interface every federated method implements, in two halves that share nothing but messages.
 
-The loop in :mod:`fedmlp.federated` is generic: each round it hands every client a
-:class:`LocalContext` and asks the method for a :class:`ClientUpdate`, then asks the method to
-aggregate. A method owns its loss, its per-client state (kept across rounds), any payload it uploads
-beside the weights, and its server step. The default local update is one optimiser over
-``train.local_epochs`` shuffled epochs, calling :meth:`Method.loss` per batch; the default server step
-is FedAvg weighted by client size.
+Server side (sees only :class:`ServerContext` and the clients' :class:`~fedmlp.methods.messages.Upload`):
+which clients train this round (:meth:`Method.select_clients`, repeats allowed), what rides on the
+broadcast besides the weights (:meth:`Method.broadcast_payload`), an optional prepare exchange
+(:meth:`Method.prepares`, :meth:`Method.server_prepare`), and the server step
+(:meth:`Method.aggregate`). Server-side state lives in ``self.server`` (a dataclass of tensors and
+plain values) and is saved for resuming by the loop, not by each method.
+
+Client side (sees only :class:`LocalContext`: its own data, its own state, the broadcast): the
+prepare answer (:meth:`Method.client_prepare`), a hook before training (:meth:`Method.before_training`),
+the loss per batch (:meth:`Method.loss`), a hook after every optimiser step (:meth:`Method.after_step`),
+the upload's payload and aggregation weight. The default local update is one Adam optimiser (created
+anew each round, as in the published code) over ``train.local_epochs`` shuffled epochs.
+
+The loop (:mod:`fedmlp.federated`) and the Flower app run both halves through these calls only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,55 +26,51 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from fedmlp.augment import random_affine
+from fedmlp.augment import augment
 from fedmlp.config import TrainConfig
 from fedmlp.loader import Batch, ClientData, batches
+from fedmlp.methods.messages import Broadcast, Upload, Weights
 from fedmlp.models import Classifier
 from fedmlp.runtime import Runtime
 from fedmlp.store import ImageStore
 
 
 @dataclass
-class ClientUpdate:
-    weights: dict[str, torch.Tensor]
-    n_samples: int
-    loss: float
-    payload: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
 class LocalContext:
-    """Everything one client's local update may use. Nothing here holds hidden labels."""
+    """Everything one client's local work may use. Nothing here holds hidden labels."""
 
     round: int
+    total_rounds: int
     client: ClientData
-    model: Classifier  # starts as the received global model; trained in place
+    model: Classifier  # holds the received global weights; trained in place
     teacher: Classifier  # frozen copy of the received global model (eval mode)
-    state: dict[str, Any]  # this client's state, kept across rounds
+    scratch: Classifier  # a spare model (eval mode, no gradients), e.g. for a per-client EMA teacher
+    state: dict[str, Any]  # this client's state, kept across rounds (tensors and plain values)
     store: ImageStore
     runtime: Runtime
     train: TrainConfig
     generator: torch.Generator  # this client's and round's random stream
+    payload: dict[str, Any] = field(default_factory=dict)  # what the server broadcast beside the weights
     on_batch: Callable[[], None] = lambda: None
 
-    def augment(self, images: torch.Tensor) -> torch.Tensor:
-        return random_affine(images, self.train.augment, self.generator)
+    def augment(self, images: torch.Tensor, policy: str = "weak") -> torch.Tensor:
+        """A uint8 batch augmented by a named policy (``none``, ``weak``, ``strong``): float in [0, 1]."""
+        return augment(images, policy, self.train.augment, self.generator)
 
     def batches(self):
         return batches(self.store, self.client, self.train.batch_size, self.generator, self.runtime.device)
 
 
 @dataclass
-class RoundContext:
-    """What a method's server-side round hook may use (all clients at once, as a simulation can)."""
+class ServerContext:
+    """What the server step may use: never a client's data or state."""
 
     round: int
-    global_model: Classifier
-    clients: list[ClientData]
-    states: list[dict[str, Any]]
-    store: ImageStore
+    total_rounds: int
+    global_model: Classifier  # the global model before this round's update (read only)
+    client_ids: list[int]
+    generator: torch.Generator  # the server's random stream for this round
     runtime: Runtime
-    train: TrainConfig
 
 
 class Method(ABC):
@@ -74,29 +79,66 @@ class Method(ABC):
     name: str = ""
     # "partial": clients see only their annotated classes; "full": every class (an upper bound).
     label_access: ClassVar[Literal["partial", "full"]] = "partial"
+    server: Any = None  # server-side state: a dataclass instance, saved and restored by the loop
 
     def n_rounds(self, train: TrainConfig) -> int:
-        """Total rounds of a complete run (methods with their own schedule override this)."""
+        """Total rounds of a complete run."""
         return train.rounds
+
+    # --- server side -------------------------------------------------------------------------
+
+    def select_clients(self, server: ServerContext) -> list[int]:
+        """Clients that train this round, in order; a client may appear more than once."""
+        return list(server.client_ids)
+
+    def broadcast_payload(self, server: ServerContext) -> dict[str, Any]:
+        return {}
+
+    def prepares(self, round: int) -> bool:
+        """Whether this round starts with a prepare exchange (clients answer :meth:`client_prepare`)."""
+        return False
+
+    def server_prepare(self, server: ServerContext, uploads: list[Upload]) -> dict[str, Any]:
+        """Combine the prepare answers into payload for the training broadcast."""
+        return {}
+
+    def aggregate(self, server: ServerContext, updates: list[Upload]) -> Weights:
+        return weighted_average(updates)
+
+    def state_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.server) if self.server is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.server is not None:
+            self.server = type(self.server)(**state)
+
+    # --- client side -------------------------------------------------------------------------
 
     def init_client_state(self, client: ClientData) -> dict[str, Any]:
         return {}
 
-    def begin_round(self, ctx: RoundContext) -> None:
-        """Called once per round before local training, e.g. to refresh server-side payloads."""
+    def client_prepare(self, ctx: LocalContext) -> dict[str, Any]:
+        raise NotImplementedError(f"{self.name} has no prepare exchange")
 
-    def state_dict(self) -> dict[str, Any]:
-        """Server-side state kept across rounds (saved for resuming); tensors and plain values only."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+    def before_training(self, ctx: LocalContext) -> None:
+        """Called at the start of a local update, after the broadcast is received."""
 
     @abstractmethod
     def loss(self, ctx: LocalContext, batch: Batch) -> torch.Tensor:
         """Scalar training loss for one batch (called under autocast)."""
 
-    def local_update(self, ctx: LocalContext) -> ClientUpdate:
+    def after_step(self, ctx: LocalContext) -> None:
+        """Called after every optimiser step (EMA teachers)."""
+
+    def upload_payload(self, ctx: LocalContext) -> dict[str, Any]:
+        return {}
+
+    def aggregation_weight(self, ctx: LocalContext) -> float | None:
+        """The client's weight in the server's average; None: its number of images."""
+        return None
+
+    def local_update(self, ctx: LocalContext) -> Upload:
+        self.before_training(ctx)
         model = ctx.model
         model.train()
         optimizer = torch.optim.Adam(model.parameters(), lr=ctx.train.lr, weight_decay=ctx.train.weight_decay)
@@ -108,26 +150,51 @@ class Method(ABC):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                self.after_step(ctx)
                 total += float(loss.detach()) * len(batch.positions)
                 seen += len(batch.positions)
                 ctx.on_batch()
-        weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return ClientUpdate(weights=weights, n_samples=len(ctx.client), loss=total / max(seen, 1))
+        return Upload(
+            client_id=ctx.client.client_id,
+            n_samples=len(ctx.client),
+            weights={k: v.detach().clone() for k, v in model.state_dict().items()},
+            loss=total / max(seen, 1),
+            weight=self.aggregation_weight(ctx),
+            payload=self.upload_payload(ctx),
+        )
 
-    def aggregate(self, updates: list[ClientUpdate], round: int) -> dict[str, torch.Tensor]:
-        return weighted_average(updates)
+
+class StagedMethod(Method):
+    """A method the workflow trains in three stages with their own artifacts (warmup → pseudolabel →
+    teacher), so that a change of a later stage's settings reuses the warm-up."""
+
+    @property
+    @abstractmethod
+    def first_stage2_round(self) -> int: ...
+
+    @abstractmethod
+    def export(self, clients: list[ClientData], states: list[dict[str, Any]], store: ImageStore) -> dict[str, Any]:
+        """The state after the first detection, as JSON (the pseudolabel stage's artifact)."""
+
+    @abstractmethod
+    def preload(self, artifact: dict[str, Any]) -> None:
+        """Use an exported detection for the first stage-2 round instead of recomputing it."""
 
 
-def weighted_average(updates: list[ClientUpdate]) -> dict[str, torch.Tensor]:
-    """Average of the clients' weights, weighted by their number of images (in a fixed order)."""
-    total = sum(u.n_samples for u in updates)
+def weighted_average(updates: list[Upload]) -> Weights:
+    """Average of the clients' weights, weighted by their aggregation weight (in a fixed order)."""
+    total = sum(u.aggregation_weight for u in updates)
     averaged = {}
     for key, reference in updates[0].weights.items():
         if reference.is_floating_point():
             acc = torch.zeros_like(reference, dtype=torch.float64)
             for update in updates:
-                acc += update.weights[key].double() * (update.n_samples / total)
+                acc += update.weights[key].double() * (update.aggregation_weight / total)
             averaged[key] = acc.to(reference.dtype)
         else:  # integer buffers such as BatchNorm's num_batches_tracked
             averaged[key] = torch.stack([u.weights[key] for u in updates]).max(dim=0).values
     return averaged
+
+
+def broadcast_of(round: int, model: Classifier, payload: dict[str, Any] | None = None) -> Broadcast:
+    return Broadcast(round, {k: v.detach().clone() for k, v in model.state_dict().items()}, payload or {})

@@ -1,4 +1,4 @@
-"""FedAvg reference points (DESIGN §5): what a method for missing classes must beat, and its ceiling.
+"""FedAvg reference points: what a method for missing classes must beat, and its ceiling.
 
 - ``fedavg-full``: every client sees every class (upper bound; not a realistic setting);
 - ``fedavg-partial``: missing classes stored as 0 and trained as negatives (the naive approach);
@@ -32,16 +32,16 @@ class FedAvgFull(FedAvg):
     label_access = "full"
 
 
-@register("fedavg-full")
+@register("fedavg-full", summary="FedAvg, every client sees every class (upper bound)")
 def _full(settings: dict) -> Method:
     return FedAvgFull("fedavg-full", mask_missing=False)
 
 
-@register("fedavg-partial")
+@register("fedavg-partial", summary="FedAvg, missing classes trained as negatives")
 def _partial(settings: dict) -> Method:
     return FedAvg("fedavg-partial", mask_missing=False)
 
 
-@register("fedavg-masked")
+@register("fedavg-masked", summary="FedAvg, missing classes left out of the loss")
 def _masked(settings: dict) -> Method:
     return FedAvg("fedavg-masked", mask_missing=True)

@@ -1,13 +1,19 @@
-"""FedMLP (Sun et al., MICCAI 2024) as DESIGN §5 and docs/method.md describe it.
+"""FedMLP (Sun et al., MICCAI 2024) as docs/method.md describes it.
 
 One method with a round schedule: rounds ``[0, T1)`` are stage 1 (warm-up), rounds ``[T1, T1 + T2)``
 stage 2 (pseudo-labels + global teacher). The Snakemake stages ``warmup``, ``pseudolabel`` and
 ``teacher`` run parts of this schedule; run whole (``fedmlp train --method fedmlp``), it gives the
 same weights bit for bit.
 
+A stage-2 round has two exchanges. Prepare: each client computes, with the received global model,
+its local prototypes and learning degrees in one pass over its images and uploads them; the server
+aggregates them into global prototypes and degrees and broadcasts those with the weights. Train:
+each client detects pseudo-labels for its missing classes (with the features of its prepare pass)
+and trains.
+
 Per client state (kept across rounds): the logit-adjustment offsets, the pseudo-label matrix
 (-1 unlabelled, 0 or 1; only ever set on missing classes) and the learning degrees. Server state:
-global prototypes and global learning degrees, refreshed each stage-2 round in :meth:`begin_round`.
+the global prototypes and learning degrees.
 """
 
 from __future__ import annotations
@@ -16,20 +22,60 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from fedmlp.augment import to_float
-from fedmlp.config import FedMLPConfig, ThresholdConfig, from_dict
+from fedmlp.config import from_dict
 from fedmlp.loader import Batch, ClientData, iterate_rows
-from fedmlp.methods.base import LocalContext, Method, RoundContext
+from fedmlp.methods.base import LocalContext, ServerContext, StagedMethod
+from fedmlp.methods.messages import Upload
 from fedmlp.methods.registry import register
 from fedmlp.models import Classifier
 from fedmlp.runtime import Runtime
+from fedmlp.schema import setting
 from fedmlp.store import ImageStore
+
+
+@dataclass(frozen=True)
+class ThresholdConfig:
+    """Bounds of the adaptive selection fraction, and the published code's fixed fraction per round."""
+
+    min: float = setting(0.0, "Lower bound of the adaptive fraction.", minimum=0, maximum=1)
+    max: float = setting(0.1, "Upper bound of the adaptive fraction.", minimum=0, maximum=1)
+    fixed: float = setting(0.005, "Fraction per round with selection: fixed.", minimum=0, maximum=1)
+
+
+@dataclass(frozen=True)
+class FedMLPConfig:
+    """FedMLP (docs/method.md). Methods fedmlp, fedmlp-fixed (selection fixed, accumulated) and
+    fedmlp-official (variant official-code) share the warm-up."""
+
+    warmup_rounds: int = setting(8, "Stage 1 rounds (T1).", minimum=1)
+    rounds: int = setting(12, "Stage 2 rounds (T2); a FedMLP run has T1 + T2 rounds in all.", minimum=1)
+    lambda_dis: float = setting(1.0, "Weight of the stage-1 distillation to the frozen global model on missing classes.", minimum=0)
+    lambda_cr: float = setting(1.0, "Weight of the stage-2 consistency to the global teacher on unlabelled missing entries.", minimum=0)
+    logit_adjust: bool = setting(True, "Logit adjustment of the annotated-class BCE by the client's class prior.")
+    selection: Literal["adaptive", "fixed"] = setting(
+        "adaptive", "adaptive: fractions from the learning degrees; fixed: the published code's tau0.fixed / tau1.fixed.")
+    accumulate: bool = setting(True, "true: each round adds to the pseudo-labels so far; false: re-detect from scratch each round.")
+    variant: Literal["paper", "official-code"] = setting("paper", "official-code: the published code's stage 2 (see docs/method.md).")
+    confidence_low: float = setting(0.3, "L: a prediction below it counts as confident.", minimum=0, maximum=1)
+    confidence_high: float = setting(0.7, "U: a prediction above it counts as confident.", minimum=0, maximum=1)
+    tau0: ThresholdConfig = setting(ThresholdConfig(min=0.0, max=0.1, fixed=0.005),
+                                    "Share of negative candidates given pseudo-label 0 per detection.")
+    tau1: ThresholdConfig = setting(ThresholdConfig(min=0.0, max=0.02, fixed=0.01),
+                                    "Share of positive candidates given pseudo-label 1 per detection.")
+
+    # The keys the warm-up depends on, and the stage-2 keys the first detection does not depend on:
+    # the workflow passes each stage only what it reads, so changing a later key reuses earlier stages.
+    STAGE1_KEYS = ("warmup_rounds", "lambda_dis", "logit_adjust")
+    NOT_DETECTION_KEYS = ("lambda_cr", "rounds")
+    ORDERED_KEYS = (("tau0.min", "tau0.max"), ("tau1.min", "tau1.max"), ("confidence_low", "confidence_high"))
+
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +197,12 @@ class ServerState:
     degrees: torch.Tensor | None = None  # (C,) global learning degrees (NaN for classes nobody misses)
 
 
-class FedMLP(Method):
+class FedMLP(StagedMethod):
     def __init__(self, name: str, config: FedMLPConfig):
         self.name = name
         self.config = config
         self.server = ServerState()
-        self.preloaded_round: int | None = None  # stage-2 round whose detection came from an artifact
-        self.preloaded: dict[str, Any] | None = None
+        self.preloaded: dict[str, Any] | None = None  # an exported first detection (the teacher stage)
 
     @property
     def first_stage2_round(self) -> int:
@@ -174,56 +219,65 @@ class FedMLP(Method):
             "thresholds": {},
         }
 
-    # --- server side, once per round -----------------------------------------------------------
+    def _preloaded_round(self, round: int) -> bool:
+        return self.preloaded is not None and round == self.first_stage2_round
 
-    def begin_round(self, ctx: RoundContext) -> None:
+    # --- the prepare exchange of a stage-2 round -----------------------------------------------
+
+    def prepares(self, round: int) -> bool:
+        return round >= self.first_stage2_round and not self._preloaded_round(round)
+
+    def client_prepare(self, ctx: LocalContext) -> dict[str, Any]:
+        """One pass over the client's images with the received model: its learning degrees (kept in
+        its state), its local prototypes (uploaded) and its features (kept for the detection)."""
+        features, probabilities = client_pass(ctx.model, ctx.store, ctx.client, ctx.runtime)
+        ctx.state["degree"] = learning_degrees(probabilities, ctx.client.missing, self.config.confidence_low, self.config.confidence_high)
+        ctx.state["features"] = features
+        local, counts = prototypes(features, ctx.client.observed, ctx.client.annotated)
+        return {"prototypes": local, "counts": counts, "degree": ctx.state["degree"]}
+
+    def server_prepare(self, server: ServerContext, uploads: list[Upload]) -> dict[str, Any]:
+        sizes = [u.n_samples for u in uploads]
+        self.server.prototypes, self.server.defined = aggregate_prototypes(
+            [(u.payload["prototypes"], u.payload["counts"]) for u in uploads], sizes)
+        self.server.degrees = aggregate_degrees([u.payload["degree"] for u in uploads], sizes)
+        return self.broadcast_payload(server)
+
+    def broadcast_payload(self, server: ServerContext) -> dict[str, Any]:
+        if self.server.prototypes is None or server.round < self.first_stage2_round:
+            return {}
+        return {"prototypes": self.server.prototypes, "defined": self.server.defined, "degrees": self.server.degrees}
+
+    # --- client side: detection before training -------------------------------------------------
+
+    def before_training(self, ctx: LocalContext) -> None:
         if ctx.round < self.first_stage2_round:
             return
-        if ctx.round == self.preloaded_round:
-            self._restore(ctx)
+        if self._preloaded_round(ctx.round):
+            self._restore_client(ctx)
             return
-        passes = [self.client_statistics(ctx.global_model, ctx.store, c, s, ctx.runtime) for c, s in zip(ctx.clients, ctx.states)]
-        sizes = [len(c) for c in ctx.clients]
-        self.server.prototypes, self.server.defined = aggregate_prototypes([local for _, local in passes], sizes)
-        self.server.degrees = aggregate_degrees([s["degree"] for s in ctx.states], sizes)
-        for client, state, (features, _) in zip(ctx.clients, ctx.states, passes):
-            self.detect(client, state, features)
+        self.detect(ctx.client, ctx.state, ctx.state.pop("features"), ctx.payload)
 
-    def client_statistics(
-        self, model: Classifier, store: ImageStore, client: ClientData, state: dict[str, Any], runtime: Runtime
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """A client's share of a stage-2 round start, from one pass over its images: its learning
-        degrees (into ``state``), its local prototypes (uploaded) and its features (kept for detection)."""
-        features, probabilities = client_pass(model, store, client, runtime)
-        state["degree"] = learning_degrees(probabilities, client.missing, self.config.confidence_low, self.config.confidence_high)
-        return features, prototypes(features, client.observed, client.annotated)
-
-    def _fractions(self, state: dict[str, Any], c: int) -> tuple[float, float]:
+    def _fractions(self, state: dict[str, Any], global_degrees: torch.Tensor, c: int) -> tuple[float, float]:
         if self.config.selection == "fixed":
             return self.config.tau0.fixed, self.config.tau1.fixed
-        d_local, d_global = float(state["degree"][c]), float(self.server.degrees[c])
+        d_local, d_global = float(state["degree"][c]), float(global_degrees[c])
         return adaptive_fraction(d_local, d_global, self.config.tau0), adaptive_fraction(d_local, d_global, self.config.tau1)
 
-    def detect(self, client: ClientData, state: dict[str, Any], features: torch.Tensor) -> None:
+    def detect(self, client: ClientData, state: dict[str, Any], features: torch.Tensor, payload: dict[str, Any]) -> None:
         """Extend the client's pseudo-labels on its missing classes, by the global prototypes."""
-        scores = detection_scores(features, self.server.prototypes)
+        scores = detection_scores(features, payload["prototypes"])
         pseudo = state["pseudo"] if self.config.accumulate else torch.full_like(state["pseudo"], UNLABELLED)
         state["thresholds"] = {}
         for c in torch.nonzero(client.missing).flatten().tolist():
-            if not bool(self.server.defined[c].all()):
+            if not bool(payload["defined"][c].all()):
                 continue  # no client has both labels of c: nothing to compare with
-            tau0, tau1 = self._fractions(state, c)
+            tau0, tau1 = self._fractions(state, payload["degrees"], c)
             negatives, positives = select(scores[:, c], pseudo[:, c] == UNLABELLED, tau0, tau1)
             pseudo[negatives, c] = 0
             pseudo[positives, c] = 1
             state["thresholds"][c] = (tau0, tau1)
         state["pseudo"] = pseudo
-
-    def state_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.server)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.server = ServerState(**state)
 
     # --- pseudo-label artifacts (the pseudolabel stage) ----------------------------------------
 
@@ -260,31 +314,34 @@ class FedMLP(Method):
         }
 
     def preload(self, artifact: dict[str, Any]) -> None:
-        """Use an exported detection for the first stage-2 round instead of recomputing it."""
-        self.preloaded, self.preloaded_round = artifact, self.first_stage2_round
-
-    def _restore(self, ctx: RoundContext) -> None:
-        artifact = self.preloaded
-        classes = ctx.store.classes
-        if artifact["classes"] != classes:
-            raise ValueError("pseudo-label artifact was made for other classes")
+        """Use an exported detection for the first stage-2 round instead of recomputing it: the
+        server's prototypes and degrees from the artifact, each client's pseudo-labels from its entry."""
+        self.preloaded = artifact
         protos = artifact["global_prototypes"]
-        dim = ctx.global_model.head.in_features
+        classes = artifact["classes"]
+        dim = next((len(v) for c in classes for v in protos[c].values() if v is not None), 1)
         self.server.prototypes = torch.tensor(
             [[protos[c]["negative"] or [0.0] * dim, protos[c]["positive"] or [0.0] * dim] for c in classes]
         )
         self.server.defined = torch.tensor([[protos[c]["negative"] is not None, protos[c]["positive"] is not None] for c in classes])
         self.server.degrees = torch.tensor([_nan(artifact["global_learning_degree"][c]) for c in classes])
-        for client, state, entry in zip(ctx.clients, ctx.states, artifact["clients"]):
-            position = {ctx.store.image_ids[r]: i for i, r in enumerate(client.rows)}
-            state["thresholds"] = {}
-            for name, info in entry["classes"].items():
-                c = classes.index(name)
-                state["degree"][c] = _nan(info["learning_degree"])
-                state["pseudo"][[position[i] for i in info["pseudo_negative"]], c] = 0
-                state["pseudo"][[position[i] for i in info["pseudo_positive"]], c] = 1
-                if info["tau0"] is not None:
-                    state["thresholds"][c] = (info["tau0"], info["tau1"])
+
+    def _restore_client(self, ctx: LocalContext) -> None:
+        artifact = self.preloaded
+        classes = ctx.store.classes
+        if artifact["classes"] != classes:
+            raise ValueError("pseudo-label artifact was made for other classes")
+        entry = next(e for e in artifact["clients"] if e["id"] == ctx.client.client_id)
+        position = {ctx.store.image_ids[r]: i for i, r in enumerate(ctx.client.rows)}
+        state = ctx.state
+        state["thresholds"] = {}
+        for name, info in entry["classes"].items():
+            c = classes.index(name)
+            state["degree"][c] = _nan(info["learning_degree"])
+            state["pseudo"][[position[i] for i in info["pseudo_negative"]], c] = 0
+            state["pseudo"][[position[i] for i in info["pseudo_positive"]], c] = 1
+            if info["tau0"] is not None:
+                state["thresholds"][c] = (info["tau0"], info["tau1"])
 
     # --- client side ---------------------------------------------------------------------------
 
@@ -336,16 +393,18 @@ def _nan(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
 
-VARIANTS: dict[str, dict[str, Any]] = {
-    "fedmlp": {},
-    "fedmlp-fixed": {"selection": "fixed", "accumulate": True},
-    "fedmlp-official": {"variant": "official-code", "selection": "fixed", "accumulate": True},
+VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
+    "fedmlp": ({}, "FedMLP: prototype pseudo-labels with adaptive thresholds + global teacher"),
+    "fedmlp-fixed": ({"selection": "fixed", "accumulate": True}, "FedMLP with the published code's fixed, accumulated fractions"),
+    "fedmlp-official": ({"variant": "official-code", "selection": "fixed", "accumulate": True},
+                        "FedMLP's stage 2 as the published code runs it"),
 }
 
 
 def make(name: str, settings: dict[str, Any]) -> FedMLP:
-    return FedMLP(name, from_dict(FedMLPConfig, {**settings, **VARIANTS[name]}, "fedmlp"))
+    return FedMLP(name, from_dict(FedMLPConfig, {**settings, **VARIANTS[name][0]}, "fedmlp"))
 
 
-for _variant in VARIANTS:  # one registry entry per variant, all sharing the warm-up
-    register(_variant)(lambda settings, name=_variant: make(name, settings))
+for _variant, (_, _summary) in VARIANTS.items():  # one registry entry per variant, all sharing the warm-up
+    register(_variant, section="fedmlp", config=FedMLPConfig, staged=True, summary=_summary)(
+        lambda settings, name=_variant: make(name, settings))

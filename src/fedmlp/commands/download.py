@@ -1,0 +1,30 @@
+"""``fedmlp download``: a real dataset, resumable and verified."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from fedmlp.atomic import write_text
+    from fedmlp.config import ChestXray14Config, IchConfig, from_json
+
+    if args.dataset == "ich":
+        from fedmlp.sources import kaggle
+
+        kaggle.download(args.out, from_json(IchConfig, args.settings, "ich"))
+    else:
+        from fedmlp.sources import nih
+
+        nih.download(args.out, from_json(ChestXray14Config, args.settings, "chestxray14"))
+    if args.done is not None:
+        write_text(args.done, f"{args.dataset} downloaded into {args.out}\n")
+
+
+def add_commands(add) -> None:
+    p = add("download", cmd_download, "download a real dataset (ich: Kaggle; chestxray14: the NIH archives), resumably")
+    p.add_argument("dataset", choices=["ich", "chestxray14"])
+    p.add_argument("--out", type=Path, required=True, help="raw directory to fill")
+    p.add_argument("--settings", default="{}", help="JSON of the dataset's config section ('ich' or 'chestxray14')")
+    p.add_argument("--done", type=Path, default=None, help="marker file to write once everything is downloaded and verified")

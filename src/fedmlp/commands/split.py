@@ -1,0 +1,93 @@
+"""``fedmlp split``, ``fedmlp partition`` and ``fedmlp paper-split``: who trains on which images."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from fedmlp.commands.common import read_json
+from fedmlp.errors import FedmlpError
+
+log = logging.getLogger("fedmlp")
+
+
+def cmd_split(args: argparse.Namespace) -> None:
+    from fedmlp.atomic import write_json
+    from fedmlp.config import SplitConfig, from_json, to_dict
+    from fedmlp.partition import official_split, random_split
+    from fedmlp.sources import nih
+    from fedmlp.store import ImageStore
+
+    config = from_json(SplitConfig, args.settings, "split")
+    candidates = ImageStore.open(args.store).candidates()  # source order, unreadable images included
+    if config.method == "official":
+        if args.raw is None:
+            raise FedmlpError("config key 'split.method': 'official' needs the split lists (--raw DIR; ChestX-ray14 only)")
+        lists = [nih.read_list(args.raw / name) for name in nih.SPLIT_FILES]
+        split = official_split(candidates, *lists)
+    else:
+        split = random_split(candidates, config)
+    write_json(args.out, {**split.to_json(), "meta": {"split": to_dict(config)}})
+    log.info("split (%s): %d train, %d test images", config.method, len(split.train), len(split.test))
+
+
+def cmd_partition(args: argparse.Namespace) -> None:
+    from fedmlp.atomic import write_json
+    from fedmlp.config import FederationConfig, from_json
+    from fedmlp.partition import keep_stored, partition, partition_artifact
+    from fedmlp.store import ImageStore
+
+    config = from_json(FederationConfig, args.settings, "federation")
+    store = ImageStore.open(args.store)
+    split = read_json(args.split)
+    stored = set(store.image_ids)
+    # The paper's sampler works on positions in the split's training list, unreadable images included.
+    train = split["train"] if config.partition == "paper" else [i for i in split["train"] if i in stored]
+    labels = store.labels[store.rows(train)] if config.partition == "dirichlet" else None
+    clients = partition(train, labels, store.classes, config)
+    artifact = keep_stored(partition_artifact(store.classes, clients, split["test"], config), stored)
+    write_json(args.out, artifact)
+    for client in artifact["clients"]:
+        log.info("client %d: %d images, annotates %s", client["id"], len(client["images"]), ", ".join(client["annotated_classes"]))
+
+
+def cmd_paper_split(args: argparse.Namespace) -> None:
+    """The paper's ChestX-ray14 split and partition from the label file alone."""
+    from fedmlp.atomic import write_json
+    from fedmlp.config import FederationConfig, SplitConfig
+    from fedmlp.partition import partition, partition_artifact, random_split
+    from fedmlp.sources import nih
+
+    classes = args.classes.split(",") if args.classes else list(nih.CHESTXRAY8)
+    if len(classes) > args.clients:
+        raise FedmlpError(f"--classes: {len(classes)} classes for {args.clients} clients; each client annotates one")
+    ids = nih.pa_rows(nih.read_data_entry(args.data_entry))["Image Index"].tolist()
+    split = random_split(ids, SplitConfig(method="paper", train_fraction=0.7, seed=2023))
+    config = FederationConfig(n_clients=args.clients, partition="paper", seed=1037,
+                              annotated_classes=[[classes[k % len(classes)]] for k in range(args.clients)])
+    clients = partition(split.train, None, classes, config)
+    write_json(args.out / "partition.json", partition_artifact(classes, clients, split.test, config))
+    log.info("paper split: %d train, %d test; %d clients × %d images -> %s", len(split.train), len(split.test),
+             len(clients), len(clients[0]["images"]), args.out / "partition.json")
+
+
+def add_commands(add) -> None:
+    p = add("split", cmd_split, "train/test split of a store: the paper's random one, or ChestX-ray14's official lists")
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--settings", default="{}", help="JSON of the 'split' config section")
+    p.add_argument("--raw", type=Path, default=None, help="raw directory holding the official split lists")
+    p.add_argument("--out", type=Path, required=True)
+
+    p = add("partition", cmd_partition, "divide the training images among clients and assign annotated classes")
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--split", type=Path, required=True)
+    p.add_argument("--settings", default="{}", help="JSON of the 'federation' config section")
+    p.add_argument("--out", type=Path, required=True)
+
+    p = add("paper-split", cmd_paper_split, "the paper's exact split and client partition, from the label file alone")
+    p.add_argument("dataset", choices=["chestxray14"])
+    p.add_argument("--data-entry", type=Path, required=True, help="Data_Entry_2017_v2020.csv (or .csv.gz)")
+    p.add_argument("--out", type=Path, required=True, help="directory for partition.json")
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--classes", default=None, help="comma-separated classes, client k annotating class k (default: the ChestX-ray8 eight)")

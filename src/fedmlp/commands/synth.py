@@ -1,0 +1,19 @@
+"""``fedmlp synth``: the synthetic head-CT dataset in the RSNA ICH layout."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from fedmlp.config import SyntheticConfig, from_json
+    from fedmlp.sources import synthetic
+
+    synthetic.generate(from_json(SyntheticConfig, args.settings, "synthetic"), args.out)
+
+
+def add_commands(add) -> None:
+    p = add("synth", cmd_synth, "write the synthetic head-CT dataset in the RSNA ICH layout")
+    p.add_argument("--settings", default="{}", help="JSON of the 'synthetic' config section")
+    p.add_argument("--out", type=Path, required=True, help="directory to write stage_2_train/ and stage_2_train.csv into")

@@ -1,0 +1,62 @@
+"""Tools beside the workflow: ``fedmlp methods``, ``fedmlp dicom2png``, ``fedmlp bench``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def cmd_methods(args: argparse.Namespace) -> None:
+    from fedmlp.methods import registry
+
+    for spec in registry.specs().values():
+        section = f"[{spec.section}]" if spec.section else ""
+        print(f"{spec.name:18} {section:11} {spec.summary}")
+
+
+def cmd_dicom2png(args: argparse.Namespace) -> None:
+    from fedmlp.atomic import atomic_path
+    from fedmlp.dicom import read_ct
+    from fedmlp.windowing import resize, to_pil, to_uint8, window
+
+    image = to_uint8(resize(window(read_ct(args.input), args.windowing, str(args.input)), args.size))
+    with atomic_path(args.output) as tmp:
+        to_pil(image).save(tmp, format="PNG")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from fedmlp import bench
+
+    settings = bench.BenchSettings(
+        stage=args.stage, size=args.size, images=args.images, model=args.model, precision=args.precision,
+        device=args.device, batch_size=args.batch_size, channels=args.channels, threads=args.threads, store=args.store,
+    )
+    result = bench.run(settings)
+    print(result.summary())
+    if args.json is not None:
+        bench.write_json(result, args.json)
+
+
+def add_commands(add) -> None:
+    add("methods", cmd_methods, "list the registered methods, their config sections and what each does")
+
+    p = add("bench", cmd_bench, "images/s and peak memory of the data path and of a FedMLP stage-1 or stage-2 local round")
+    p.add_argument("--stage", choices=["loader", "1", "2"], required=True,
+                   help="loader: read and augment batches only; 1: a warm-up local round; 2: a stage-2 round (detection + local update)")
+    p.add_argument("--size", type=int, default=224, help="image size in pixels of the generated store (default 224)")
+    p.add_argument("--images", type=int, default=256, help="images in the benched client (default 256)")
+    p.add_argument("--model", choices=["resnet18", "compact-cnn"], default="resnet18")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="auto: bf16 on CUDA and on CPUs with AVX-512 BF16 or AMX, fp32 elsewhere")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--channels", type=int, choices=[1, 3], default=3, help="channels of the generated store (default 3)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--store", type=Path, default=None, help="bench on an existing store instead of generated random images")
+    p.add_argument("--json", type=Path, default=None, help="also write the result as JSON to this file")
+
+    p = add("dicom2png", cmd_dicom2png, "window one DICOM file into a PNG (RGB for bsb, grayscale for header)")
+    p.add_argument("--windowing", choices=["bsb", "header"], required=True)
+    p.add_argument("--size", type=int, default=None, help="output size in pixels (default: native)")
+    p.add_argument("input", type=Path)
+    p.add_argument("output", type=Path)

@@ -1,0 +1,199 @@
+"""``fedmlp train`` (any method, all rounds) and FedMLP's stages ``warmup``, ``pseudolabel``, ``teacher``.
+
+All four read the same inputs (:func:`training_inputs`); the three that train share one
+train → write rounds → save checkpoint → clear resume state sequence (:func:`train_and_save`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedmlp.commands.common import parse_json_option, read_json
+from fedmlp.errors import FedmlpError
+
+
+@dataclass
+class TrainingInputs:
+    store: Any
+    partition: dict
+    method: Any
+    train: Any
+    model_config: Any
+    runtime: Any
+
+
+def training_inputs(args: argparse.Namespace) -> TrainingInputs:
+    """Store, partition, method, settings and runtime shared by the training commands."""
+    from fedmlp import methods, runtime
+    from fedmlp.config import ModelConfig, TrainConfig, from_json
+    from fedmlp.store import ImageStore
+
+    train = from_json(TrainConfig, args.train, "train")
+    model_config = from_json(ModelConfig, args.model, "model")
+    method = methods.create(args.method, parse_json_option(args.method_settings, "--method-settings"))
+    rt = runtime.resolve(train.device, train.precision, train.threads, train.deterministic)
+    return TrainingInputs(ImageStore.open(args.store), read_json(args.partition), method, train, model_config, rt)
+
+
+def staged(inputs: TrainingInputs, args: argparse.Namespace):
+    from fedmlp.methods import registry
+
+    if not registry.spec(args.method).staged:
+        raise FedmlpError(f"method {args.method!r} is not trained in stages; use 'fedmlp train'")
+    return inputs.method
+
+
+def write_rounds(path: Path, rows: list[dict]) -> None:
+    import pandas as pd
+
+    from fedmlp.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+
+
+def resume_point(args: argparse.Namespace, *files: Path):
+    """Where this run saves its state between rounds, keyed by everything the run depends on."""
+    from fedmlp.resume import ResumePoint, fingerprint
+    from fedmlp.store import MANIFEST
+
+    if args.resume_state is None:
+        return None
+    key = fingerprint(args.command, args.method, args.seed, args.train, args.model, args.method_settings,
+                      files=(args.store / MANIFEST, args.partition, *files))
+    return ResumePoint(args.resume_state, key, every=args.resume_every)
+
+
+def train_and_save(args: argparse.Namespace, inputs: TrainingInputs, rounds: range, initial_model=None,
+                   on_round_end: Callable | None = None, earlier_rounds: list[dict] | None = None,
+                   resume_files: tuple[Path, ...] = ()):
+    """Train ``rounds``, then write the per-round CSV (after ``earlier_rounds``) and the checkpoint."""
+    from fedmlp import checkpoint, federated
+    from fedmlp.config import to_dict
+
+    resume = resume_point(args, *resume_files)
+    result = federated.run(inputs.store, inputs.partition, inputs.method, inputs.train, inputs.model_config, args.seed,
+                           inputs.runtime, rounds=rounds, initial_model=initial_model, on_round_end=on_round_end, resume=resume)
+    write_rounds(args.out_rounds, (earlier_rounds or []) + federated.history_rows(result.history))
+    meta = {"model": to_dict(inputs.model_config), "classes": inputs.store.classes, "method": args.method, "seed": args.seed,
+            "rounds": rounds.stop, "precision": inputs.runtime.precision}
+    checkpoint.save(args.out_model, result.model, meta)
+    if resume:
+        resume.clear()
+    return result
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    inputs = training_inputs(args)
+    train_and_save(args, inputs, range(inputs.method.n_rounds(inputs.train)))
+
+
+def cmd_warmup(args: argparse.Namespace) -> None:
+    inputs = training_inputs(args)
+    warmup_rounds = staged(inputs, args).first_stage2_round
+    if warmup_rounds < 1:
+        raise FedmlpError("config key 'fedmlp.warmup_rounds': expected at least 1")
+    train_and_save(args, inputs, range(warmup_rounds))
+
+
+def load_warmup(path: Path, inputs: TrainingInputs):
+    from fedmlp import checkpoint
+    from fedmlp.config import to_dict
+
+    model, meta = checkpoint.load(path)
+    if meta["classes"] != inputs.store.classes or meta["model"] != {**to_dict(inputs.model_config), "pretrained": meta["model"]["pretrained"]}:
+        raise FedmlpError(f"{path}: was trained for another model or class list than this run's config")
+    return model.to(inputs.runtime.device)
+
+
+def cmd_pseudolabel(args: argparse.Namespace) -> None:
+    """The first stage-2 round's prepare exchange and each client's detection, without training."""
+    from fedmlp import federated
+    from fedmlp.atomic import write_json, write_text
+    from fedmlp.diagnostics import pseudo_label_quality, summary_markdown
+
+    inputs = training_inputs(args)
+    method = staged(inputs, args)
+    model = load_warmup(args.warmup_model, inputs)
+    site = federated.start_round(inputs.store, inputs.partition, method, inputs.train, inputs.runtime, args.seed, model,
+                                 method.first_stage2_round)
+    clients = list(site.clients.values())
+    artifact = method.export(clients, site.state_list(), inputs.store)
+    quality = pseudo_label_quality(method.first_stage2_round + 1, inputs.store, clients, site.state_list())
+    write_json(args.out_artifact, artifact)
+    write_text(args.out_summary, summary_markdown(artifact, quality))
+
+
+def cmd_teacher(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from fedmlp.diagnostics import pseudo_label_quality
+
+    inputs = training_inputs(args)
+    method = staged(inputs, args)
+    artifact = read_json(args.pseudolabels)
+    if artifact.get("method") != method.name:
+        raise FedmlpError(f"{args.pseudolabels}: made for method {artifact.get('method')!r}, not {method.name!r}")
+    method.preload(artifact)
+    model = load_warmup(args.warmup_model, inputs)
+    run_info = json.loads(args.run)
+
+    def record(round_number, clients, states):
+        return [{**run_info, **row} for row in pseudo_label_quality(round_number, inputs.store, clients, states)]
+
+    stage2 = range(method.first_stage2_round, method.n_rounds(inputs.train))
+    warmup = pd.read_csv(args.warmup_rounds).to_dict(orient="records")
+    result = train_and_save(args, inputs, stage2, initial_model=model, on_round_end=record, earlier_rounds=warmup,
+                            resume_files=(args.warmup_model, args.pseudolabels))
+    write_rounds(args.out_diagnostics, result.round_rows)
+
+
+def add_commands(add) -> None:
+    def training_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--store", type=Path, required=True)
+        p.add_argument("--partition", type=Path, required=True)
+        p.add_argument("--method", required=True, help="a registered method (fedmlp methods lists them)")
+        p.add_argument("--seed", type=int, required=True)
+        p.add_argument("--train", default="{}", help="JSON of the 'train' config section")
+        p.add_argument("--model", default="{}", help="JSON of the 'model' config section")
+        p.add_argument("--method-settings", default="{}", help="JSON of the method's own config section")
+
+    def resume_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--resume-state", type=Path, default=None,
+                       help="file for the state between rounds: saved as training goes, continued if present, removed at the end")
+        p.add_argument("--resume-every", type=int, default=1, help="save the state every N rounds")
+
+    def outputs(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--out-model", type=Path, required=True)
+        p.add_argument("--out-rounds", type=Path, required=True)
+
+    p = add("train", cmd_train, "federated training of one method with one seed (all its rounds)")
+    training_args(p)
+    resume_args(p)
+    outputs(p)
+
+    p = add("warmup", cmd_warmup, "FedMLP stage 1: the warm-up rounds, ending in the warm-up checkpoint")
+    training_args(p)
+    resume_args(p)
+    outputs(p)
+
+    p = add("pseudolabel", cmd_pseudolabel, "FedMLP: prototypes, learning degrees and the first missing-label detection")
+    training_args(p)
+    p.add_argument("--warmup-model", type=Path, required=True)
+    p.add_argument("--out-artifact", type=Path, required=True, help="pseudolabels.json (training input; no hidden labels)")
+    p.add_argument("--out-summary", type=Path, required=True, help="human-readable summary with diagnostics")
+
+    p = add("teacher", cmd_teacher, "FedMLP stage 2: pseudo-labels and the global teacher, from the warm-up")
+    training_args(p)
+    resume_args(p)
+    p.add_argument("--warmup-model", type=Path, required=True)
+    p.add_argument("--warmup-rounds", type=Path, required=True)
+    p.add_argument("--pseudolabels", type=Path, required=True)
+    p.add_argument("--run", default="{}", help="JSON identifying the run (copied into the diagnostics)")
+    outputs(p)
+    p.add_argument("--out-diagnostics", type=Path, required=True)

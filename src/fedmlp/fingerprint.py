@@ -1,0 +1,80 @@
+"""Code fingerprints for the workflow: a hash of the library modules a command actually imports.
+
+Snakemake does not track imported code, so each rule passes the fingerprint of its code as a param.
+The modules are found by following ``import fedmlp...`` / ``from fedmlp... import`` statements
+(function-local ones included) from the rule's command module, without importing anything. Method
+modules are loaded by the registry at run time, not imported by name, so they are not in a
+command's closure: a training job adds its own method's module, and editing one method reruns that
+method's jobs only.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from functools import cache
+from pathlib import Path
+
+PACKAGE = "fedmlp"
+SRC = Path(__file__).resolve().parent
+ENTRY = ("fedmlp.cli",)  # every command runs through the CLI's argument parsing and error handling
+
+
+def module_path(name: str) -> Path | None:
+    relative = Path(*name.split(".")[1:])
+    for candidate in (SRC / relative / "__init__.py", (SRC / relative).with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@cache
+def direct_imports(name: str) -> frozenset[str]:
+    path = module_path(name)
+    if path is None:
+        return frozenset()
+    found: set[str] = set()
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.split(".")[0] == PACKAGE)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            if base.split(".")[0] != PACKAGE:
+                continue
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names if module_path(f"{base}.{alias.name}") is not None)
+    # importing a.b.c runs a/__init__ and a/b/__init__ too
+    for module in list(found):
+        parts = module.split(".")
+        found.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    return frozenset(m for m in found if module_path(m) is not None)
+
+
+def closure(*roots: str, exclude: tuple[str, ...] = ()) -> list[str]:
+    """Every fedmlp module reachable from ``roots`` by import statements, sorted; modules in ``exclude``
+    (the CLI's table of all commands) are included but not followed."""
+    seen: set[str] = set()
+    todo = [r for r in roots if module_path(r) is not None]
+    todo += [".".join(r.split(".")[:i]) for r in todo for i in range(1, len(r.split(".")))]  # their packages' __init__
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name not in exclude:
+            todo.extend(direct_imports(name) - seen)
+    return sorted(seen)
+
+
+def code_fingerprint(*roots: str) -> str:
+    """Hash of the sources of the modules ``roots`` (and the CLI entry point) import."""
+    digest = hashlib.sha256()
+    for name in closure(*ENTRY, *roots, exclude=ENTRY):
+        path = module_path(name)
+        digest.update(path.relative_to(SRC).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,41 @@
+"""What travels between the server and the clients: the only coupling between the two sides.
+
+A round is one or two exchanges. The server sends a :class:`Broadcast` (the global weights and a
+method payload); each client answers with an :class:`Upload`. An optional *prepare* exchange comes
+first (FedMLP: clients upload prototypes and learning degrees computed with the received model, and
+the server's aggregate rides on the training broadcast). Payloads hold tensors and plain values only,
+so a message can be saved with ``torch.save(weights_only=True)`` or sent over a network unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+Weights = dict[str, torch.Tensor]
+
+
+@dataclass
+class Broadcast:
+    round: int
+    weights: Weights  # the global model's state dict
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Upload:
+    """A client's answer. ``weights`` is None in a prepare exchange. ``weight`` is the client's
+    weight in the server's average (its number of images unless the method says otherwise)."""
+
+    client_id: int
+    n_samples: int
+    weights: Weights | None = None
+    loss: float = float("nan")
+    weight: float | None = None
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def aggregation_weight(self) -> float:
+        return float(self.n_samples if self.weight is None else self.weight)

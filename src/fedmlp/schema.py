@@ -1,0 +1,105 @@
+"""JSON schemas of method config sections, derived from their dataclasses.
+
+A method's settings are one dataclass in its module; each field's ``metadata`` (made with
+:func:`setting`) carries its description and bounds. The workflow schema
+(``workflow/schemas/config.schema.yaml``) holds the shared sections; :func:`workflow_schema` adds the
+method list and one section per method from the registry, so a new method needs no schema edit.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def setting(default: Any, description: str, **bounds: float) -> Any:
+    """A dataclass field with its schema metadata: ``setting(0.999, "EMA decay", minimum=0, maximum=1)``.
+    A dataclass default is copied per instance."""
+    unknown = set(bounds) - set(BOUNDS)
+    if unknown:
+        raise TypeError(f"unknown bound {sorted(unknown)[0]!r}")
+    metadata = {"description": description, **bounds}
+    if dataclasses.is_dataclass(default) or isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _type_schema(hint: Any) -> dict[str, Any]:
+    origin = get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return dataclass_schema(hint)
+    if origin in (types.UnionType, typing.Union):
+        options = [o for o in get_args(hint) if o is not type(None)]
+        inner = _type_schema(options[0]) if len(options) == 1 else {"anyOf": [_type_schema(o) for o in options]}
+        return {"anyOf": [inner, {"type": "null"}]}
+    if origin is Literal:
+        values = list(get_args(hint))
+        return {"type": "string" if all(isinstance(v, str) for v in values) else "number", "enum": values}
+    if origin is list:
+        return {"type": "array", "items": _type_schema(get_args(hint)[0])}
+    if hint is bool:
+        return {"type": "boolean"}
+    if hint is int:
+        return {"type": "integer"}
+    if hint is float:
+        return {"type": "number"}
+    if hint is str:
+        return {"type": "string"}
+    raise TypeError(f"no schema for {hint!r}")
+
+
+def _default(f: dataclasses.Field) -> Any:
+    value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def dataclass_schema(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    properties = {}
+    for f in dataclasses.fields(cls):
+        prop = _type_schema(hints[f.name])
+        for bound in BOUNDS:
+            if bound in f.metadata:
+                target = prop["anyOf"][0] if "anyOf" in prop else prop
+                target[bound] = f.metadata[bound]
+        if "description" in f.metadata:
+            prop["description"] = f.metadata["description"]
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+            prop["default"] = _default(f)
+        properties[f.name] = prop
+    schema: dict[str, Any] = {"type": "object", "additionalProperties": False, "default": {}, "properties": properties}
+    if cls.__doc__:
+        schema["description"] = " ".join(cls.__doc__.split())
+    return schema
+
+
+def workflow_schema(path: str | Path) -> dict[str, Any]:
+    """The workflow's schema file plus what the method registry defines: the allowed method names
+    and one section per method."""
+    import yaml
+
+    from fedmlp.methods import registry
+
+    schema = yaml.safe_load(Path(path).read_text())
+    schema["properties"]["methods"]["items"]["enum"] = registry.names()
+    for section, cls in registry.sections().items():
+        schema["properties"][section] = dataclass_schema(cls)
+    return schema
+
+
+def fill_defaults(instance: Any, schema: dict[str, Any]) -> Any:
+    """Fill in every default of ``schema`` missing from ``instance`` (nested objects too), in place."""
+    if schema.get("type") == "object" and isinstance(instance, dict):
+        for key, prop in schema.get("properties", {}).items():
+            if key not in instance and "default" in prop:
+                instance[key] = copy.deepcopy(prop["default"])
+            if key in instance:
+                fill_defaults(instance[key], prop)
+    return instance
