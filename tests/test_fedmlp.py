@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fedmlp import federated, methods, runtime
 from fedmlp.config import ModelConfig, TrainConfig
@@ -19,6 +20,7 @@ from fedmlp.methods.fedmlp import (
     aggregate_prototypes,
     class_prior,
     detection_scores,
+    floor_count,
     learning_degrees,
     logit_offset,
     prototypes,
@@ -112,8 +114,44 @@ def test_stage2_masks_are_disjoint_and_cover_missing_entries(variant: str) -> No
         assert torch.equal(bce & missing, labelled) and torch.equal(targets[labelled], pseudo[labelled].float())
     else:
         assert not cr.any()
-        assert torch.equal(bce & missing, missing & (pseudo != 0))  # pseudo-negatives are left out
-        assert (targets[missing & (pseudo == 1)] == 1).all() and (targets[missing & (pseudo == UNLABELLED)] == 0).all()
+        assert torch.equal(bce & missing, labelled)  # unselected missing entries are left out
+        assert torch.equal(targets[labelled], pseudo[labelled].float())  # pseudo-negatives trained as 0
+
+
+def test_official_stage2_loss_on_a_constructed_batch() -> None:
+    """The published code's stage 2: one view, no logit adjustment, BCE on annotated entries and on
+    the selected missing entries of both polarities, unselected missing entries and the teacher unused."""
+    method = methods.create("fedmlp-official", {"warmup_rounds": 1, "rounds": 1})
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0], [-0.5, 1.5, -2.0, 0.0], [1.0, 0.0, 0.25, -1.0]], requires_grad=True)
+    calls = []
+
+    class Ctx:
+        round = 1  # stage 2
+        state = {"offset": torch.full((4,), 7.0),  # would change the loss if logit adjustment were applied
+                 "pseudo": torch.tensor([[-1, 0, -1, -1], [-1, 1, 0, -1], [-1, -1, -1, -1]], dtype=torch.int8)}
+
+        @staticmethod
+        def augment(images, policy="weak"):
+            calls.append(policy)
+            return images
+
+        model = staticmethod(lambda images: logits[: len(images)])
+        teacher = staticmethod(lambda images: pytest.fail("the teacher must not be used"))
+
+    batch = type("B", (), {"images": torch.zeros(3, 1, 2, 2), "observed": torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]]),
+                           "annotated": torch.tensor([True, False, False, False]), "positions": torch.arange(3)})
+    loss = method.loss(Ctx, batch)
+    assert calls == ["weak"]  # one view
+    entries = [(0, 0, 1.0), (1, 0, 0.0), (2, 0, 1.0), (0, 1, 0.0), (1, 1, 1.0), (1, 2, 0.0)]  # annotated, then selected
+    expected = torch.stack([F.binary_cross_entropy_with_logits(logits[i, c], torch.tensor(t)) for i, c, t in entries]).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_official_counts_with_floor_ours_rounds() -> None:
+    scores = torch.linspace(1, 0.1, 10)  # ten negative candidates
+    eligible = torch.ones(10, dtype=torch.bool)
+    assert len(select(scores, eligible, 0.15, 0.0)[0]) == 2  # round(1.5) = 2
+    assert len(select(scores, eligible, 0.15, 0.0, floor_count)[0]) == 1  # int(1.5) = 1
 
 
 def _weights(model: torch.nn.Module) -> list[torch.Tensor]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -63,6 +64,8 @@ class FedMLPConfig:
         "adaptive", "adaptive: fractions from the learning degrees; fixed: the published code's tau0.fixed / tau1.fixed.")
     accumulate: bool = setting(True, "true: each round adds to the pseudo-labels so far; false: re-detect from scratch each round.")
     variant: Literal["paper", "official-code"] = setting("paper", "official-code: the published code's stage 2 (see docs/method.md).")
+    stage2_views: int = setting(2, "Augmented views per image in stage 2 (the warm-up always uses 2; official-code uses 1).",
+                                minimum=1, maximum=2)
     confidence_low: float = setting(0.3, "L: a prediction below it counts as confident.", minimum=0, maximum=1)
     confidence_high: float = setting(0.7, "U: a prediction above it counts as confident.", minimum=0, maximum=1)
     tau0: ThresholdConfig = setting(ThresholdConfig(min=0.0, max=0.1, fixed=0.005),
@@ -144,18 +147,24 @@ def adaptive_fraction(local_degree: float, global_degree: float, bounds: Thresho
     return bounds.min + (bounds.max - bounds.min) * min(d, 1.0)
 
 
-def _count(fraction: float, n: int) -> int:
+def rounded_count(fraction: float, n: int) -> int:
     return min(n, int(math.floor(fraction * n + 0.5)))
 
 
-def select(scores: torch.Tensor, eligible: torch.Tensor, fraction0: float, fraction1: float) -> tuple[torch.Tensor, torch.Tensor]:
+def floor_count(fraction: float, n: int) -> int:
+    """The published code's count: ``int(fraction * n)``."""
+    return min(n, int(fraction * n))
+
+
+def select(scores: torch.Tensor, eligible: torch.Tensor, fraction0: float, fraction1: float,
+           count: Callable[[float, int], int] = rounded_count) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices given pseudo-label 0 and 1 for one class: among eligible samples, the fraction0 of
     negative candidates (s ≥ 0) with the largest s and the fraction1 of positive candidates (s < 0)
-    with the smallest s. Ties are broken by index, so the choice is deterministic."""
+    with the smallest s (``count`` of each). Ties are broken by index, so the choice is deterministic."""
     negatives = torch.nonzero(eligible & (scores >= 0)).flatten()
     positives = torch.nonzero(eligible & (scores < 0)).flatten()
-    order0 = torch.argsort(-scores[negatives], stable=True)[: _count(fraction0, len(negatives))]
-    order1 = torch.argsort(scores[positives], stable=True)[: _count(fraction1, len(positives))]
+    order0 = torch.argsort(-scores[negatives], stable=True)[: count(fraction0, len(negatives))]
+    order1 = torch.argsort(scores[positives], stable=True)[: count(fraction1, len(positives))]
     return negatives[order0].sort().values, positives[order1].sort().values
 
 
@@ -164,21 +173,16 @@ def stage2_targets(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Targets and the two loss masks of stage 2, for a batch (B, C).
 
-    ``paper``: BCE on annotated and pseudo-labelled entries; consistency (CR) on the other missing
-    entries. ``official-code``: BCE on annotated, pseudo-positive (1) and unselected missing (0)
-    entries; pseudo-negatives are left out; no CR term. Either way, annotated entries are supervised
-    and every missing entry falls in at most one mask."""
+    Both variants: BCE on annotated entries and on every pseudo-labelled missing entry, with its
+    pseudo-label as target (0 or 1). ``paper``: consistency (CR) with the global teacher on the other,
+    unselected missing entries. ``official-code`` (the published ``DatasetSplit_pseudo``): the
+    unselected missing entries are left out of the loss, and there is no CR term. Either way every
+    missing entry falls in at most one mask."""
     missing = ~annotated[None, :].expand_as(pseudo)
     labelled = missing & (pseudo != UNLABELLED)
-    if variant == "paper":
-        targets = torch.where(labelled, pseudo.to(observed.dtype), observed)
-        bce_mask = ~missing | labelled
-        cr_mask = missing & ~labelled
-    else:
-        positive = missing & (pseudo == 1)
-        targets = torch.where(positive, torch.ones_like(observed), observed)  # unselected missing: 0
-        bce_mask = ~missing | positive | (missing & (pseudo == UNLABELLED))
-        cr_mask = torch.zeros_like(missing)
+    targets = torch.where(labelled, pseudo.to(observed.dtype), observed)
+    bce_mask = ~missing | labelled
+    cr_mask = missing & ~labelled if variant == "paper" else torch.zeros_like(missing)
     return targets, bce_mask, cr_mask
 
 
@@ -273,7 +277,8 @@ class FedMLP(StagedMethod):
             if not bool(payload["defined"][c].all()):
                 continue  # no client has both labels of c: nothing to compare with
             tau0, tau1 = self._fractions(state, payload["degrees"], c)
-            negatives, positives = select(scores[:, c], pseudo[:, c] == UNLABELLED, tau0, tau1)
+            count = floor_count if self.config.variant == "official-code" else rounded_count
+            negatives, positives = select(scores[:, c], pseudo[:, c] == UNLABELLED, tau0, tau1, count)
             pseudo[negatives, c] = 0
             pseudo[positives, c] = 1
             state["thresholds"][c] = (tau0, tau1)
@@ -345,10 +350,16 @@ class FedMLP(StagedMethod):
 
     # --- client side ---------------------------------------------------------------------------
 
+    def views(self, round: int) -> int:
+        if round < self.first_stage2_round:
+            return 2
+        return 1 if self.config.variant == "official-code" else self.config.stage2_views
+
     def loss(self, ctx: LocalContext, batch: Batch) -> torch.Tensor:
-        images = torch.cat([ctx.augment(batch.images), ctx.augment(batch.images)])  # two views, one forward
+        views = self.views(ctx.round)
+        images = torch.cat([ctx.augment(batch.images) for _ in range(views)])  # the views in one forward
         logits = ctx.model(images).float()
-        observed = batch.observed.repeat(2, 1)
+        observed = batch.observed.repeat(views, 1)
         annotated = batch.annotated
         stage2 = ctx.round >= self.first_stage2_round
         official = stage2 and self.config.variant == "official-code"
@@ -358,7 +369,7 @@ class FedMLP(StagedMethod):
             targets, bce_mask = observed, annotated[None, :].expand_as(observed)
             cr_mask, weight = ~bce_mask, self.config.lambda_dis
         else:
-            pseudo = ctx.state["pseudo"][batch.positions].to(logits.device).repeat(2, 1)
+            pseudo = ctx.state["pseudo"][batch.positions].to(logits.device).repeat(views, 1)
             targets, bce_mask, cr_mask = stage2_targets(observed, annotated, pseudo, self.config.variant)
             weight = 0.0 if official else self.config.lambda_cr
         bce = F.binary_cross_entropy_with_logits(logits + offset, targets, reduction="none")
