@@ -95,7 +95,7 @@ def test_impossible_settings_name_the_key(config: FederationConfig, key: str) ->
 
 
 def test_paper_sampler_is_the_papers_code() -> None:
-    """The DESIGN §4.2 procedure written literally, with numpy's and Python's global seeds."""
+    """The procedure of docs/data.md written literally, with numpy's and Python's global seeds."""
     import random
 
     from fedmlp.partition import paper_clients

@@ -1,4 +1,4 @@
-"""Raw dataset → image store: decode, window, resize, write (DESIGN §4.1, §4.2, §6).
+"""Raw dataset → image store: decode, window, resize, write (docs/data.md).
 
 Files that cannot be used are skipped and listed (log, manifest and a report CSV), never silently
 dropped; when they are more than ``preprocess.max_skipped_fraction`` of all image files, the stage

@@ -1,4 +1,4 @@
-"""Multi-label test metrics, all from scikit-learn (DESIGN §5, evaluation).
+"""Multi-label test metrics, all from scikit-learn (mAP, AUROC and the thresholded metrics of docs/method.md).
 
 Ranking metrics (AP, AUROC) and balanced accuracy are undefined for a class whose test labels are all
 0 or all 1; such classes are reported as ``undefined`` and left out of every macro average.

@@ -8,7 +8,7 @@ The partition artifact (``partition.json``) is what the training stages read::
      "meta": {...}}
 
 Image IDs are those of the source; it carries no labels. The true labels of a client's missing
-classes therefore never reach training code (DESIGN §5): training reads the store's labels only
+classes therefore never reach training code (docs/method.md): training reads the store's labels only
 through :func:`fedmlp.loader.observed_labels`, which keeps the annotated columns.
 """
 
@@ -59,7 +59,7 @@ def official_split(image_ids: list[str], train_list: list[str], test_list: list[
 
 
 def paper_clients(n_train: int, n_clients: int, seed: int, images_per_client: int | None) -> list[list[int]]:
-    """The paper code's client sampler, operation for operation (DESIGN §4.2).
+    """The paper code's client sampler, operation for operation (docs/data.md).
 
     ``numpy.random.seed(seed)``; each client draws ``n_train // n_clients`` positions of the pool without
     replacement, keeps them as a set, and the pool becomes ``list(set(pool) - chosen)``; the client's

@@ -1,4 +1,4 @@
-"""The compact image store every training stage reads (DESIGN §6).
+"""The compact image store every training stage reads (docs/data.md).
 
 A store is a directory with four files:
 

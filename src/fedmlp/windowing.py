@@ -1,4 +1,4 @@
-"""HU → uint8 display images, in the two modes the field uses (DESIGN §4.1).
+"""HU → uint8 display images, in the two modes the field uses (docs/data.md).
 
 ``header``: the window from the file's own header, clipped to [c - w//2, c + w//2] and min–max scaled
 per image (what the paper's preprocessing did); one channel.

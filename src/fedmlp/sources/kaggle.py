@@ -1,4 +1,4 @@
-"""RSNA ICH through the Kaggle client (DESIGN §4.1).
+"""RSNA ICH through the Kaggle client (docs/data.md).
 
 Importing ``kaggle`` authenticates at import time and exits the process when there are no
 credentials, so the client is imported only inside :func:`_client`, after our own check. Credential

@@ -1,4 +1,4 @@
-"""NIH ChestX-ray14: the 12 image archives, the label file, the official split lists (DESIGN §4.2).
+"""NIH ChestX-ray14: the 12 image archives, the label file, the official split lists (docs/data.md).
 
 Layout after download and extraction (``raw`` directory)::
 

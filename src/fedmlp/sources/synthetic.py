@@ -1,4 +1,4 @@
-"""A seeded synthetic head-CT source that writes exactly the RSNA ICH layout (DESIGN §4.3).
+"""A seeded synthetic head-CT source that writes exactly the RSNA ICH layout (docs/data.md).
 
 Each slice is an axial head phantom in Hounsfield units (air, skull, a thin CSF rim with sulci,
 brain with smooth grey/white texture, two lateral ventricles, the interhemispheric fissure, noise and
