@@ -30,7 +30,7 @@ def fedmlp(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.C
 def test_bench_reports_each_stage_as_json(stage: str, tmp_path: Path) -> None:
     out, scratch = tmp_path / "bench.json", tmp_path / "scratch"
     scratch.mkdir()
-    result = fedmlp("bench", "--stage", stage, "--size", 24, "--images", 40, "--batch-size", 8,
+    result = fedmlp("bench", "--stage", stage, "--size", 24, "--images", 40, "--batch-size", 8, "--repeats", 1,
                     "--model", "compact-cnn", "--device", "cpu", "--precision", "fp32", "--json", out, env={"TMPDIR": str(scratch)})
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
@@ -40,6 +40,11 @@ def test_bench_reports_each_stage_as_json(stage: str, tmp_path: Path) -> None:
     assert report["seconds"] > 0 and report["images_per_second"] == pytest.approx(40 / report["seconds"], rel=0.01)
     assert report["peak_rss_mb"] > 10 and report["gpu_peak_memory_mb"] is None
     assert f"stage {stage}:" in result.stdout and "images/s" in result.stdout
+    if stage == "loader":
+        assert report["bound_images_per_second"] is None and report["fraction_of_bound"] is None
+    else:  # the plain forward + backward of the same model and batch, scaled by the stage's operations
+        assert report["bound_images_per_second"] > 0 and "of the bound" in result.stdout
+        assert report["fraction_of_bound"] == pytest.approx(report["images_per_second"] / report["bound_images_per_second"], rel=0.01)
     assert not list(scratch.glob("fedmlp-bench-*"))  # the generated store is gone
 
 
@@ -107,3 +112,12 @@ def test_prefetched_batches_do_not_disturb_the_random_stream(store: ImageStore) 
         return seen
 
     assert epoch(False) == epoch(True)
+
+
+def test_bound_counts_the_stages_operations() -> None:
+    from fedmlp.bench import OPERATIONS, bound_images_per_second
+
+    # stage 1: two views through the student (forward + backward) and the teacher (forward)
+    assert OPERATIONS["1"] == (2, 2)
+    assert bound_images_per_second("1", train_seconds=0.003, forward_seconds=0.001) == pytest.approx(1 / 0.008)
+    assert bound_images_per_second("2", 0.003, 0.001) < bound_images_per_second("1", 0.003, 0.001)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import platform
 import resource
@@ -34,6 +35,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from fedmlp import store as store_files
 from fedmlp.augment import random_affine
@@ -66,6 +68,7 @@ class BenchSettings:
     threads: int | None = None  # None: torch's default (all cores)
     store: Path | None = None
     warmup_batches: int = 2
+    repeats: int = 3  # the stage (and its bound) is timed this many times; the fastest counts
     seed: int = 0
 
 
@@ -87,12 +90,19 @@ class BenchResult:
     peak_rss_mb: float  # the whole process's peak (VmHWM), setup included
     gpu_peak_memory_mb: float | None
     torch_version: str
+    # The machine's own limit for this stage: a plain forward + backward (and a plain inference
+    # forward) of the same model on the same batch shape, timed in the same run, scaled by the
+    # stage's operation count (OPERATIONS). None for the loader, which runs no model.
+    bound_images_per_second: float | None = None
+    fraction_of_bound: float | None = None
 
     def summary(self) -> str:
         gpu = f", GPU peak {self.gpu_peak_memory_mb:.0f} MB" if self.gpu_peak_memory_mb is not None else ""
+        bound = (f"; {self.fraction_of_bound:.2f} of the bound {self.bound_images_per_second:.1f} images/s"
+                 if self.bound_images_per_second is not None else "")
         return (f"stage {self.stage}: {self.images_per_second:.1f} images/s ({self.images} images at {self.size} px in "
                 f"{self.seconds:.2f} s; {self.model}, batch {self.batch_size}, {self.device} {self.precision}, "
-                f"{self.threads} threads); peak RSS {self.peak_rss_mb:.0f} MB{gpu}")
+                f"{self.threads} threads){bound}; peak RSS {self.peak_rss_mb:.0f} MB{gpu}")
 
 
 def write_random_store(root: Path, n_images: int, channels: int, size: int, seed: int) -> None:
@@ -160,6 +170,48 @@ def stage2_round(method: FedMLP, ctx: LocalContext) -> None:
 
 ROUNDS: dict[str, Callable[[FedMLP, LocalContext], None]] = {"loader": loader_round, "1": stage1_round, "2": stage2_round}
 
+# Per image of a stage: (forward + backward passes, inference forwards), each over the batch of both
+# views at once. Stage 1: the student on two views, the frozen teacher on the same two views. Stage 2:
+# the same plus the client's pass over its images (one inference forward per image, no augmentation).
+OPERATIONS: dict[str, tuple[int, int]] = {"1": (2, 2), "2": (2, 3)}
+
+
+def plain_seconds_per_image(model_config: ModelConfig, n_classes: int, images: torch.Tensor, runtime: Runtime,
+                            batches: int) -> tuple[float, float]:
+    """Seconds per image of a plain forward + backward + Adam step, and of an inference forward, on
+    a fixed float batch (no data path, no augmentation, no method): what the hardware allows."""
+    model = build_model(model_config, n_classes).to(runtime.device, memory_format=torch.channels_last).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    targets = torch.zeros(images.shape[0], n_classes, device=runtime.device)
+
+    def train_step() -> None:
+        with runtime.autocast():
+            loss = F.binary_cross_entropy_with_logits(model(images).float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    @torch.inference_mode()
+    def forward() -> None:
+        with runtime.autocast():
+            model(images)
+
+    timings = []
+    for step in (train_step, forward):
+        step()  # untimed: kernel selection, allocator growth
+        _synchronize(runtime)
+        start = time.perf_counter()
+        for _ in range(batches):
+            step()
+        _synchronize(runtime)
+        timings.append((time.perf_counter() - start) / (batches * images.shape[0]))
+    return timings[0], timings[1]
+
+
+def bound_images_per_second(stage: str, train_seconds: float, forward_seconds: float) -> float:
+    backward_passes, forwards = OPERATIONS[stage]
+    return 1.0 / (backward_passes * train_seconds + forwards * forward_seconds)
+
 
 def _synchronize(runtime: Runtime) -> None:
     if runtime.device.type == "cuda":
@@ -185,18 +237,29 @@ def run(settings: BenchSettings) -> BenchResult:
             payload = {"prototypes": torch.randn(len(store.classes), 2, dim, generator=torch.Generator().manual_seed(settings.seed)),
                        "defined": torch.ones(len(store.classes), 2, dtype=torch.bool),
                        "degrees": torch.full((len(store.classes),), 0.5)}
-        ctx = _context(method, round_index, client, store, runtime, train, model_config, settings.seed, payload)
         one_round = ROUNDS[settings.stage]
         warm = bench_client(store, settings.warmup_batches * settings.batch_size)
         one_round(method, _context(method, round_index, warm, store, runtime, train, model_config, settings.seed, payload))
         if runtime.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        _synchronize(runtime)
-        start = time.perf_counter()
-        one_round(method, ctx)
-        _synchronize(runtime)
-        seconds = time.perf_counter() - start
+        both_views = random_affine(torch.from_numpy(store.read(np.arange(2 * settings.batch_size) % len(store.image_ids))).to(runtime.device),
+                                   train.augment, torch.Generator().manual_seed(settings.seed))
+        # The stage and its bound alternate, and the fastest of each counts: on a shared machine the
+        # ratio of the two is then far steadier than either figure alone.
+        seconds, bound = math.inf, None
+        for _ in range(settings.repeats):
+            ctx = _context(method, round_index, client, store, runtime, train, model_config, settings.seed, payload)
+            _synchronize(runtime)
+            start = time.perf_counter()
+            one_round(method, ctx)
+            _synchronize(runtime)
+            seconds = min(seconds, time.perf_counter() - start)
+            if settings.stage in OPERATIONS:
+                plain = plain_seconds_per_image(model_config, len(store.classes), both_views, runtime,
+                                                max(1, settings.images // settings.batch_size))
+                bound = max(bound or 0.0, bound_images_per_second(settings.stage, *plain))
         shape = store.images.shape
+    images_per_second = settings.images / seconds
     return BenchResult(
         stage=settings.stage,
         images=settings.images,
@@ -210,10 +273,12 @@ def run(settings: BenchSettings) -> BenchResult:
         threads=torch.get_num_threads(),
         store=str(settings.store) if settings.store else "synthetic (temporary)",
         seconds=round(seconds, 4),
-        images_per_second=round(settings.images / seconds, 2),
+        images_per_second=round(images_per_second, 2),
         peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         gpu_peak_memory_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1) if runtime.device.type == "cuda" else None,
         torch_version=torch.__version__,
+        bound_images_per_second=round(bound, 2) if bound is not None else None,
+        fraction_of_bound=round(images_per_second / bound, 3) if bound is not None else None,
     )
 
 

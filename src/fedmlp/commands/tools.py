@@ -30,6 +30,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     settings = bench.BenchSettings(
         stage=args.stage, size=args.size, images=args.images, model=args.model, precision=args.precision,
         device=args.device, batch_size=args.batch_size, channels=args.channels, threads=args.threads, store=args.store,
+        repeats=args.repeats,
     )
     result = bench.run(settings)
     print(result.summary())
@@ -40,7 +41,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def add_commands(add) -> None:
     add("methods", cmd_methods, "list the registered methods, their config sections and what each does")
 
-    p = add("bench", cmd_bench, "images/s and peak memory of the data path and of a FedMLP stage-1 or stage-2 local round")
+    p = add("bench", cmd_bench, "images/s, peak memory and fraction of the hardware's bound of the data path and of FedMLP's local rounds")
     p.add_argument("--stage", choices=["loader", "1", "2"], required=True,
                    help="loader: read and augment batches only; 1: a warm-up local round; 2: a stage-2 round (detection + local update)")
     p.add_argument("--size", type=int, default=224, help="image size in pixels of the generated store (default 224)")
@@ -53,6 +54,7 @@ def add_commands(add) -> None:
     p.add_argument("--channels", type=int, choices=[1, 3], default=3, help="channels of the generated store (default 3)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     p.add_argument("--store", type=Path, default=None, help="bench on an existing store instead of generated random images")
+    p.add_argument("--repeats", type=int, default=3, help="time the stage and its bound this many times, alternately; the fastest counts")
     p.add_argument("--json", type=Path, default=None, help="also write the result as JSON to this file")
 
     p = add("dicom2png", cmd_dicom2png, "window one DICOM file into a PNG (RGB for bsb, grayscale for header)")
