@@ -164,6 +164,35 @@ def visits(tasks: list[int]) -> list[int]:
     return out
 
 
+def server_round(method: Method, train: TrainConfig, global_model: Classifier, client_ids: list[int], round_index: int, seed: int,
+                 runtime: Runtime, answer_prepare: Callable[[list[int], Broadcast], list[Upload]],
+                 answer_train: Callable[[list[int], Broadcast], list[Upload]]) -> list[Upload]:
+    """The server's side of one round: its exchanges, then the aggregate loaded into ``global_model``.
+    ``answer_prepare``/``answer_train`` deliver a broadcast to the given clients (a training task list
+    may repeat a client; see :func:`visits`) and return their uploads in that order: in this process
+    (:func:`run`) or over a network (:mod:`fedmlp.flower`)."""
+    server = server_context(method, train, global_model, client_ids, round_index, seed, runtime)
+    broadcast = exchange(method, server, global_model, answer_prepare)
+    updates = answer_train(method.select_clients(server), broadcast)
+    global_model.load_state_dict(method.aggregate(server, updates))
+    return updates
+
+
+def round_record(round_index: int, updates: list[Upload], global_model: Classifier, store: ImageStore, test_rows: Any,
+                 test_labels: Any, runtime: Runtime, score: bool) -> RoundRecord:
+    """The round's training loss (size-weighted over the uploads) and, if ``score``, the test metrics."""
+    scores = {"mAP": float("nan"), "AUROC": float("nan")}
+    if score:
+        scores = ranking_metrics(test_labels, predict_proba(global_model, store, test_rows, runtime))
+    loss = sum(u.loss * u.n_samples for u in updates) / sum(u.n_samples for u in updates)
+    return RoundRecord(round_index + 1, loss, scores["mAP"], scores["AUROC"])
+
+
+def log_round(method: Method, record: RoundRecord, total: int, seconds: float) -> None:
+    log.info("%s round %d/%d: train loss %.4f, test mAP %.4f, AUROC %.4f (%.1f s)",
+             method.name, record.round, total, record.train_loss, record.test_mAP, record.test_AUROC, seconds)
+
+
 def run(
     store: ImageStore,
     partition: dict[str, Any],
@@ -207,22 +236,18 @@ def run(
 
     for round_index in rounds:
         start = time.perf_counter()
-        server = server_context(method, train, global_model, client_ids, round_index, seed, runtime)
-        broadcast = exchange(method, server, global_model, answer_prepare)
-        tasks = method.select_clients(server)
-        steps = sum(sizes[i] for i in tasks)
-        with bar(total=steps, desc=f"{method.name} round {round_index + 1}/{total}", unit="batch", transient=True) as progress:
-            updates = [site.train_client(i, broadcast, visit, progress.update) for i, visit in zip(tasks, visits(tasks))]
-        global_model.load_state_dict(method.aggregate(server, updates))
+
+        def answer_train(tasks: list[int], broadcast: Broadcast) -> list[Upload]:
+            steps = sum(sizes[i] for i in tasks)
+            with bar(total=steps, desc=f"{method.name} round {round_index + 1}/{total}", unit="batch", transient=True) as progress:
+                return [site.train_client(i, broadcast, visit, progress.update) for i, visit in zip(tasks, visits(tasks))]
+
+        updates = server_round(method, train, global_model, client_ids, round_index, seed, runtime, answer_prepare, answer_train)
         last = round_index == rounds[-1]
-        scores = {"mAP": float("nan"), "AUROC": float("nan")}
-        if last or (round_index + 1) % train.eval_every == 0:
-            scores = ranking_metrics(test_labels, predict_proba(global_model, store, test_rows, runtime))
-        loss = sum(u.loss * u.n_samples for u in updates) / sum(u.n_samples for u in updates)
-        record = RoundRecord(round_index + 1, loss, scores["mAP"], scores["AUROC"])
+        record = round_record(round_index, updates, global_model, store, test_rows, test_labels, runtime,
+                              last or (round_index + 1) % train.eval_every == 0)
         history.append(record)
-        log.info("%s round %d/%d: train loss %.4f, test mAP %.4f, AUROC %.4f (%.1f s)",
-                 method.name, record.round, total, loss, record.test_mAP, record.test_AUROC, time.perf_counter() - start)
+        log_round(method, record, total, time.perf_counter() - start)
         if on_round_end is not None:
             round_rows.extend(on_round_end(record.round, clients, site.state_list()))
         if resume is not None and resume.due(record.round, last):

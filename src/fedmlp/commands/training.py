@@ -69,19 +69,25 @@ def resume_point(args: argparse.Namespace, *files: Path):
     return ResumePoint(args.resume_state, key, every=args.resume_every)
 
 
+def checkpoint_meta(model_config: Any, classes: list[str], method: str, seed: int, rounds: int, precision: str) -> dict:
+    """What a trained checkpoint says about itself (also written by ``fedmlp federate``)."""
+    from fedmlp.config import to_dict
+
+    return {"model": to_dict(model_config), "classes": classes, "method": method, "seed": seed, "rounds": rounds,
+            "precision": precision}
+
+
 def train_and_save(args: argparse.Namespace, inputs: TrainingInputs, rounds: range, initial_model=None,
                    on_round_end: Callable | None = None, earlier_rounds: list[dict] | None = None,
                    resume_files: tuple[Path, ...] = ()):
     """Train ``rounds``, then write the per-round CSV (after ``earlier_rounds``) and the checkpoint."""
     from fedmlp import checkpoint, federated
-    from fedmlp.config import to_dict
 
     resume = resume_point(args, *resume_files)
     result = federated.run(inputs.store, inputs.partition, inputs.method, inputs.train, inputs.model_config, args.seed,
                            inputs.runtime, rounds=rounds, initial_model=initial_model, on_round_end=on_round_end, resume=resume)
     write_rounds(args.out_rounds, (earlier_rounds or []) + federated.history_rows(result.history))
-    meta = {"model": to_dict(inputs.model_config), "classes": inputs.store.classes, "method": args.method, "seed": args.seed,
-            "rounds": rounds.stop, "precision": inputs.runtime.precision}
+    meta = checkpoint_meta(inputs.model_config, inputs.store.classes, args.method, args.seed, rounds.stop, inputs.runtime.precision)
     checkpoint.save(args.out_model, result.model, meta)
     if resume:
         resume.clear()

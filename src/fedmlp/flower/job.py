@@ -1,0 +1,119 @@
+"""The run config of a Flower run: what every side reads (method, seed, settings) and what only the
+server reads (sites, test store, outputs, failure policy). Keys are Flower's kebab-case run-config
+keys, declared with their defaults in the app's ``pyproject.toml`` (:func:`fedmlp.flower.app.write_app`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fedmlp.errors import FedmlpError
+
+# Every run-config key and its default. Strings hold JSON where a config section is meant.
+DEFAULTS: dict[str, Any] = {
+    "method": "fedavg-partial",
+    "seed": 0,
+    "train": "{}",
+    "model": "{}",
+    "method-settings": "{}",
+    "job-id": "",  # names the sites' state directories; empty: the Flower run id
+    # server only
+    "num-sites": 1,
+    "min-sites": 0,  # 0: every site must answer every exchange (a failed site stops the run)
+    "test-store": "",
+    "test-images": "",  # a JSON list of image IDs, or a text file of them; empty: every image of test-store
+    "out-model": "",
+    "out-rounds": "",
+    "out-federation": "",
+    "resume-state": "",
+    "resume-key": "",
+    "resume-every": 1,
+    "connect-timeout": 300.0,  # seconds to wait for num-sites SuperNodes
+    "round-timeout": 3600.0,  # seconds a site may take to answer one message
+}
+
+
+def _get(config: dict[str, Any], key: str, kind: type) -> Any:
+    value = config.get(key, DEFAULTS[key])
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise FedmlpError(f"run config '{key}': expected {kind.__name__}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Job:
+    """What both sides need to run the method's code: the same for the server and every site."""
+
+    method_name: str
+    seed: int
+    train_json: str
+    model_json: str
+    settings_json: str
+    job_id: str
+
+    @classmethod
+    def from_run_config(cls, config: dict[str, Any], run_id: int | None = None) -> Job:
+        job_id = _get(config, "job-id", str) or f"run-{run_id}"
+        return cls(_get(config, "method", str), _get(config, "seed", int), _get(config, "train", str), _get(config, "model", str),
+                   _get(config, "method-settings", str), job_id)
+
+    @property
+    def train(self):
+        from fedmlp.config import TrainConfig, from_json
+
+        return from_json(TrainConfig, self.train_json, "train")
+
+    @property
+    def model_config(self):
+        from fedmlp.config import ModelConfig, from_json
+
+        return from_json(ModelConfig, self.model_json, "model")
+
+    def method(self):
+        from fedmlp import methods
+        from fedmlp.commands.common import parse_json_option
+
+        return methods.create(self.method_name, parse_json_option(self.settings_json, "run config 'method-settings'"))
+
+    def runtime(self):
+        from fedmlp import runtime
+
+        train = self.train
+        return runtime.resolve(train.device, train.precision, train.threads, train.deterministic)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    num_sites: int
+    min_sites: int
+    test_store: str
+    test_images: str
+    out_model: str
+    out_rounds: str
+    out_federation: str
+    resume_state: str
+    resume_key: str
+    resume_every: int
+    connect_timeout: float
+    round_timeout: float
+
+    @classmethod
+    def from_run_config(cls, config: dict[str, Any]) -> ServerSettings:
+        s = cls(*(_get(config, key, kind) for key, kind in (
+            ("num-sites", int), ("min-sites", int), ("test-store", str), ("test-images", str), ("out-model", str),
+            ("out-rounds", str), ("out-federation", str), ("resume-state", str), ("resume-key", str), ("resume-every", int),
+            ("connect-timeout", float), ("round-timeout", float))))
+        if s.num_sites < 1:
+            raise FedmlpError("run config 'num-sites': expected at least 1")
+        if not 0 <= s.min_sites <= s.num_sites:
+            raise FedmlpError(f"run config 'min-sites': expected 0 to num-sites ({s.num_sites}), got {s.min_sites}")
+        for key in ("test-store", "out-model", "out-rounds"):
+            if not config.get(key):
+                raise FedmlpError(f"run config '{key}': required (an absolute path on the SuperLink's machine)")
+        return s
+
+    @property
+    def required_sites(self) -> int:
+        return self.min_sites or self.num_sites

@@ -1,0 +1,314 @@
+"""The coordinator's side of a Flower run: the simulation's round, with the sites behind a transport.
+
+Each round is :func:`fedmlp.federated.server_round` (the method's server half: client selection,
+broadcast payload, prepare exchange, aggregation) and :func:`fedmlp.federated.round_record` (loss
+and test scores), exactly as in :func:`fedmlp.federated.run`; only the two exchanges differ: their
+broadcasts travel to the sites as Flower messages (:mod:`fedmlp.flower.codec`) and their uploads
+come back the same way, in the simulation's order.
+
+The server never opens a site's data. It knows each site by what the site says about itself in the
+``hello`` exchange (client id, number of images, class list) and scores the global model on its own
+test store (``test-store``, ``test-images``), as the paper's protocol does.
+
+Failure policy: a site whose ClientApp raises, or that does not answer within ``round-timeout``
+seconds (a SuperNode that disappears is reported by the SuperLink once its heartbeats stop), fails
+the run with one line naming the site, the round and the exchange, unless ``min-sites`` is set and
+at least that many sites remain: then the failed site is dropped for the rest of the run, and the
+drop is recorded (log, ``federation.json``, the checkpoint's meta). No round is ever averaged over
+fewer sites than the policy allows without saying so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from fedmlp.errors import FedmlpError, one_line
+from fedmlp.flower import codec
+from fedmlp.flower.job import Job, ServerSettings
+from fedmlp.methods.messages import Broadcast, Upload
+
+log = logging.getLogger(__name__)
+
+
+class SiteFailure(FedmlpError):
+    """A site failed and the failure policy stops the run."""
+
+
+@dataclass
+class Reply:
+    content: Any = None  # a RecordDict, or None when the site failed
+    error: str | None = None
+
+
+class Transport(Protocol):
+    """How the coordinator reaches the sites: Flower's Grid (:mod:`fedmlp.flower.server_app`) or,
+    in tests, the site code in this process (:mod:`fedmlp.flower.loopback`)."""
+
+    def nodes(self) -> list[int]: ...
+
+    def ask(self, requests: dict[int, tuple[str, Any]], timeout: float) -> dict[int, Reply]:
+        """Send ``{node: (kind, content)}``; each node's reply, or an error for a node that failed
+        or did not answer within ``timeout`` seconds."""
+        ...
+
+
+@dataclass
+class SiteInfo:
+    client_id: int
+    node_id: int
+    n_samples: int
+    annotated: list[str]
+
+
+@dataclass
+class Outcome:
+    status: str = "running"
+    error: str | None = None
+    sites: list[SiteInfo] = field(default_factory=list)
+    dropped: list[dict[str, Any]] = field(default_factory=list)
+    rounds_done: int = 0
+    resumed_after: int | None = None
+
+
+def wait_for_nodes(transport: Transport, wanted: int, timeout: float, poll: float = 0.5) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(transport.nodes())
+        if len(nodes) >= wanted:
+            return nodes
+        if time.monotonic() > deadline:
+            raise SiteFailure(f"only {len(nodes)} of {wanted} sites connected within {timeout:.0f} s (run config 'connect-timeout')")
+        time.sleep(poll)
+
+
+def test_image_ids(settings: ServerSettings, store: Any) -> list[str]:
+    if not settings.test_images:
+        return list(store.image_ids)
+    path = Path(settings.test_images)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise FedmlpError(f"{path}: cannot read the test image list (run config 'test-images'): {exc.strerror}") from None
+    try:
+        ids = json.loads(text)
+    except json.JSONDecodeError:
+        return text.split()
+    if isinstance(ids, dict):  # a partition file: its test list
+        ids = ids.get("test")
+    if not isinstance(ids, list):
+        raise FedmlpError(f"{path}: expected a JSON list of image IDs or a partition JSON (run config 'test-images')")
+    return [str(i) for i in ids]
+
+
+class Coordinator:
+    def __init__(self, job: Job, settings: ServerSettings, transport: Transport):
+        self.job, self.settings, self.transport = job, settings, transport
+        self.outcome = Outcome()
+        self.node_of: dict[int, int] = {}
+        self.client_ids: list[int] = []  # shrinks in place when a site is dropped (the round's ServerContext shares it)
+        self.versions: dict[int, tuple[int, int]] = {}  # per client: the state version its last answer left
+        self.saved_versions: dict[int, tuple[int, int]] = {}  # the same, as of the last resume point
+        self.resuming = False
+
+    # --- exchanges ---------------------------------------------------------------------------
+
+    def _fail(self, failed: dict[int, str], round_number: int, exchange: str) -> None:
+        """Apply the failure policy to the sites in ``failed`` (client id → reason)."""
+        alive = [c for c in self.client_ids if c not in failed]
+        for client_id, reason in failed.items():
+            where = f"site {client_id} (node {self.node_of[client_id]})"
+            what = f"failed in round {round_number} ({exchange})"
+            if len(alive) < self.settings.required_sites:
+                policy = (f"; {len(alive)} sites left, fewer than run config 'min-sites' {self.settings.min_sites}"
+                          if self.settings.min_sites else "")
+                raise SiteFailure(f"{where} {what}: {reason}{policy}")
+            log.warning("%s %s: %s; dropped, the run continues with %d sites (min-sites %d)", where, what, reason,
+                        len(alive), self.settings.min_sites)
+            self.outcome.dropped.append({"client_id": client_id, "node_id": self.node_of[client_id], "round": round_number, "exchange": exchange, "reason": reason})
+        self.client_ids[:] = alive
+
+    def _ask(self, kind: str, contents: dict[int, Any], round_number: int) -> dict[int, Any]:
+        """Contents per client id → reply contents per client id, after the failure policy."""
+        replies = self.transport.ask({self.node_of[c]: (kind, content) for c, content in contents.items()},
+                                     self.settings.round_timeout)
+        client_of = {node: c for c, node in self.node_of.items()}
+        failed = {c: "no answer" for c in contents}
+        answers = {}
+        for node, reply in replies.items():
+            client_id = client_of[node]
+            if reply.error is None:
+                answers[client_id] = reply.content
+                failed.pop(client_id)
+            else:
+                failed[client_id] = reply.error
+        if failed:
+            self._fail(failed, round_number, kind)
+        return answers
+
+    def _control(self, client_id: int, **extra: Any) -> dict[str, Any]:
+        keep = [list(self.saved_versions[client_id])] if client_id in self.saved_versions else []
+        version = self.versions.get(client_id)
+        return {"state_from": list(version) if version is not None else None, "keep": keep, **extra}
+
+    def _uploads(self, client_id: int, content: Any, expected: int) -> list[Upload]:
+        uploads = codec.content_to_uploads(content)
+        if len(uploads) != expected or any(u.client_id != client_id for u in uploads):
+            raise SiteFailure(f"site {client_id} (node {self.node_of[client_id]}) answered for clients "
+                              f"{[u.client_id for u in uploads]}, expected {expected} answer(s) for client {client_id}")
+        return uploads
+
+    def answer_prepare(self, ids: list[int], broadcast: Broadcast) -> list[Upload]:
+        contents = {c: codec.broadcast_to_content(broadcast, self._control(c)) for c in ids}
+        answers = self._ask("prepare", contents, broadcast.round + 1)
+        out = []
+        for client_id in ids:
+            if client_id in answers:
+                out.extend(self._uploads(client_id, answers[client_id], 1))
+                self.versions[client_id] = (broadcast.round, 0)
+        return out
+
+    def answer_train(self, tasks: list[int], broadcast: Broadcast, final: bool) -> list[Upload]:
+        from fedmlp.federated import visits
+
+        per_client: dict[int, list[int]] = {}
+        for client_id, visit in zip(tasks, visits(tasks)):
+            per_client.setdefault(client_id, []).append(visit)
+        contents = {c: codec.broadcast_to_content(broadcast, self._control(c, visits=v, final=final)) for c, v in per_client.items()}
+        answers = self._ask("train", contents, broadcast.round + 1)
+        received = {}
+        for client_id in per_client:
+            if client_id in answers:
+                received[client_id] = self._uploads(client_id, answers[client_id], len(per_client[client_id]))
+                self.versions[client_id] = (broadcast.round, 1)
+        return [received[c][v] for c, v in zip(tasks, visits(tasks)) if c in received]
+
+    # --- the run -------------------------------------------------------------------------------
+
+    def join(self, store_classes: list[str]) -> None:
+        """Wait for the sites, learn who they are, check that they hold the server's classes."""
+        nodes = wait_for_nodes(self.transport, self.settings.num_sites, self.settings.connect_timeout)
+        replies = self.transport.ask({n: ("hello", None) for n in nodes}, self.settings.round_timeout)
+        failed = {}
+        for node in nodes:
+            reply = replies.get(node, Reply(error="no answer"))
+            if reply.error is not None:
+                failed[node] = reply.error
+                continue
+            info = reply.content
+            client_id = int(info["client_id"])
+            if client_id in self.node_of:
+                raise SiteFailure(f"nodes {self.node_of[client_id]} and {node} both say they are client {client_id} "
+                                  "(node config 'client-id' must be unique)")
+            classes = json.loads(str(info["classes"]))
+            if classes != store_classes:
+                raise SiteFailure(f"site {client_id} (node {node}) has classes {classes}, the test store {store_classes}")
+            self.node_of[client_id] = node
+            self.outcome.sites.append(SiteInfo(client_id, node, int(info["n_samples"]), json.loads(str(info["annotated"]))))
+        if len(self.node_of) + len(failed) > self.settings.num_sites:
+            raise SiteFailure(f"{len(self.node_of) + len(failed)} sites connected, run config 'num-sites' is {self.settings.num_sites}")
+        self.client_ids = sorted(self.node_of)
+        self.outcome.sites.sort(key=lambda s: s.client_id)
+        for node, reason in failed.items():  # a site that cannot even open its data: the same policy, before round 1
+            if len(self.node_of) < self.settings.required_sites:
+                raise SiteFailure(f"the site at node {node} failed to join (hello): {reason}")
+            log.warning("the site at node %d failed to join (hello): %s; the run goes on with %d sites (min-sites %d)",
+                        node, reason, len(self.node_of), self.settings.min_sites)
+            self.outcome.dropped.append({"client_id": None, "node_id": node, "round": 0, "exchange": "hello", "reason": reason})
+        log.info("%d sites joined: %s", len(self.client_ids),
+                 ", ".join(f"client {s.client_id} (node {s.node_id}, {s.n_samples} images)" for s in self.outcome.sites))
+
+    def run(self) -> Any:
+        from fedmlp import federated
+        from fedmlp.resume import ResumePoint
+        from fedmlp.store import ImageStore
+
+        job, settings = self.job, self.settings
+        method, train, model_config = job.method(), job.train, job.model_config
+        runtime = job.runtime()
+        store = ImageStore.open(Path(settings.test_store))
+        test_rows = store.rows(test_image_ids(settings, store))
+        test_labels = store.labels[test_rows]
+        self.join(store.classes)
+
+        global_model = federated.init_model(model_config, len(store.classes), job.seed, runtime)
+        rounds = range(method.n_rounds(train))
+        history: list[federated.RoundRecord] = []
+        resume = ResumePoint(Path(settings.resume_state), settings.resume_key, every=settings.resume_every) if settings.resume_state else None
+        saved = resume.load() if resume is not None else None
+        if saved is not None:
+            if sorted(saved["client_ids"]) != sorted(self.node_of):
+                raise FedmlpError(f"{settings.resume_state}: saved with sites {saved['client_ids']}, now {sorted(self.node_of)}")
+            global_model.load_state_dict(saved["global"])
+            method.load_state_dict(saved["method"])
+            history = [federated.RoundRecord(**r) for r in saved["history"]]
+            self.versions = {int(k): tuple(v) for k, v in saved["versions"].items()}
+            self.saved_versions = dict(self.versions)
+            self.client_ids[:] = saved["client_ids"]
+            self.outcome.dropped = list(saved["dropped"])
+            self.outcome.resumed_after = saved["round"]
+            rounds = range(saved["round"], rounds.stop)
+        total = method.n_rounds(train)
+        for round_index in rounds:
+            start = time.perf_counter()
+            last = round_index == rounds[-1]
+
+            def train_answer(tasks: list[int], broadcast: Broadcast, last: bool = last) -> list[Upload]:
+                return self.answer_train(tasks, broadcast, final=last)
+
+            updates = federated.server_round(method, train, global_model, self.client_ids, round_index, job.seed, runtime,
+                                             self.answer_prepare, train_answer)
+            record = federated.round_record(round_index, updates, global_model, store, test_rows, test_labels, runtime,
+                                            last or (round_index + 1) % train.eval_every == 0)
+            history.append(record)
+            self.outcome.rounds_done = record.round
+            federated.log_round(method, record, total, time.perf_counter() - start)
+            if resume is not None and resume.due(record.round, last):
+                resume.save({"round": record.round, "global": {k: v.detach().cpu() for k, v in global_model.state_dict().items()},
+                             "method": method.state_dict(), "history": federated.history_rows(history),
+                             "versions": {str(k): list(v) for k, v in self.versions.items()},
+                             "client_ids": list(self.client_ids), "dropped": self.outcome.dropped})
+                self.saved_versions = dict(self.versions)
+        self.write_outputs(global_model, history, store.classes, runtime.precision, rounds.stop)
+        if resume is not None:
+            resume.clear()
+        self.outcome.status = "completed"
+        return global_model, history
+
+    def write_outputs(self, model: Any, history: list, classes: list[str], precision: str, n_rounds: int) -> None:
+        from fedmlp import checkpoint, federated
+        from fedmlp.commands.training import checkpoint_meta, write_rounds
+
+        meta = checkpoint_meta(self.job.model_config, classes, self.job.method_name, self.job.seed, n_rounds, precision)
+        if self.outcome.dropped:
+            meta["dropped_sites"] = self.outcome.dropped
+        write_rounds(Path(self.settings.out_rounds), federated.history_rows(history))
+        checkpoint.save(Path(self.settings.out_model), model, meta)
+
+    def report(self, seconds: float) -> dict[str, Any]:
+        o = self.outcome
+        return {"status": o.status, "error": o.error, "method": self.job.method_name, "seed": self.job.seed,
+                "sites": [vars(s) for s in o.sites], "dropped": o.dropped, "rounds_done": o.rounds_done,
+                "resumed_after": o.resumed_after, "seconds": round(seconds, 1)}
+
+
+def serve(job: Job, settings: ServerSettings, transport: Transport) -> Coordinator:
+    """Run the coordinator; write ``out-federation`` (status, sites, drops) whatever happens."""
+    from fedmlp.atomic import write_json
+
+    coordinator = Coordinator(job, settings, transport)
+    start = time.perf_counter()
+    try:
+        coordinator.run()
+    except BaseException as exc:
+        coordinator.outcome.status = "failed"
+        coordinator.outcome.error = one_line(exc) if isinstance(exc, FedmlpError) else f"{type(exc).__name__}: {one_line(exc)}"
+        raise
+    finally:
+        if settings.out_federation:
+            write_json(Path(settings.out_federation), coordinator.report(time.perf_counter() - start))
+    return coordinator
