@@ -1,39 +1,179 @@
-"""Write-then-rename helpers, so an interrupted stage never leaves a file a rerun would trust.
+"""Write-then-rename helpers, so an interrupted or failed command never leaves a file a rerun would trust.
 
 Temporary siblings are named ``.<target>.<random>.tmp``. A killed process (SIGKILL, power loss)
 cannot remove its own; the next write of the same target removes them, so they never pile up.
 An OSError while writing (a full disk, a read-only directory) is reported against the target,
 not the temporary name the user never asked for.
+
+Three more promises:
+
+- **One writer per target.** A write holds an exclusive lock on ``.<target>.lock`` (``flock``) from
+  the cleanup of stale temporaries to the rename, so a second process writing the same target fails
+  at once with one line instead of deleting the first one's live temporary.
+- **All of a command's outputs, or none.** Inside :func:`output_group` (the CLI opens one around
+  every command) the renames wait until the group ends without an error; a command that fails half
+  way leaves none of its new outputs. Writes that must survive a failure (the resume state between
+  rounds, ingest's skipped-files report) pass ``now=True``.
+- **The umask is respected.** ``mkstemp``/``mkdtemp`` create 0600/0700 whatever the umask; the
+  temporaries are given the mode an ordinary ``open``/``mkdir`` would have given them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import errno
+import fcntl
 import json
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from fedmlp.errors import FedmlpError
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux says it (``/proc/self/status``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: the classic two calls
+    os.umask(mask)
+    return mask
 
 
 def _temporary_name(target: Path) -> re.Pattern[str]:
     return re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.tmp")  # what mkstemp/mkdtemp make below
 
 
+_LIVE: set[Path] = set()  # temporaries of this process not yet renamed (a group can hold several per target)
+
+
 def remove_stale(target: Path) -> None:
-    """Remove what an earlier, killed write of ``target`` left beside it."""
+    """Remove what an earlier, killed write of ``target`` left beside it (call with the target's lock held)."""
     if not target.parent.is_dir():
         return
     pattern = _temporary_name(target)
     for entry in target.parent.iterdir():
-        if pattern.fullmatch(entry.name):
+        if pattern.fullmatch(entry.name) and entry not in _LIVE:
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
+
+
+_HELD: dict[Path, int] = {}  # lock file → how many writes of this process hold it
+
+
+def lock_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.lock")
+
+
+@contextlib.contextmanager
+def exclusive(target: Path) -> Iterator[None]:
+    """Hold the write lock of ``target``, or fail at once naming it if another process holds it.
+
+    Re-entrant within a process. The lock file is removed on release; a lock file that was removed
+    or replaced between opening and locking it is opened again (the holder unlinks before closing)."""
+    lock = lock_path(target)
+    if lock in _HELD:
+        _HELD[lock] += 1
+        try:
+            yield
+        finally:
+            _HELD[lock] -= 1
+        return
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            exc.filename = str(target)
+            raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise FedmlpError(f"{target}: another process is writing it right now (it holds {lock}); "
+                                  "wait for it to finish, or stop it") from None
+            raise
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    _HELD[lock] = 1
+    try:
+        yield
+    finally:
+        _HELD[lock] -= 1
+        if not _HELD[lock]:
+            del _HELD[lock]
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            os.close(fd)
+
+
+@dataclass
+class _Group:
+    pending: list[tuple[Path, Path]] = field(default_factory=list)  # (temporary, target), in the order written
+    locks: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+
+_GROUP: contextvars.ContextVar[_Group | None] = contextvars.ContextVar("fedmlp_output_group", default=None)
+
+
+def _discard(path: Path) -> None:
+    _LIVE.discard(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _install(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` onto ``target`` (a directory replaces the old one)."""
+    try:
+        if tmp.is_dir() and target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except OSError as exc:
+        _blame_target(exc, tmp, target)
+        raise
+    finally:
+        _LIVE.discard(tmp)
+
+
+@contextlib.contextmanager
+def output_group() -> Iterator[None]:
+    """Writes inside this block are renamed into place only when it ends without an error."""
+    if _GROUP.get() is not None:  # nested: the outer group decides
+        yield
+        return
+    group = _Group()
+    token = _GROUP.set(group)
+    try:
+        with group.locks:
+            try:
+                yield
+                for tmp, target in group.pending:
+                    _install(tmp, target)
+            finally:
+                for tmp, _ in group.pending:
+                    if tmp in _LIVE:
+                        _discard(tmp)
+    finally:
+        _GROUP.reset(token)
 
 
 def _blame_target(exc: OSError, tmp: Path, target: Path) -> None:
@@ -41,55 +181,69 @@ def _blame_target(exc: OSError, tmp: Path, target: Path) -> None:
         exc.filename = str(target)
 
 
-@contextlib.contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary sibling path; on success it replaces ``target``, on error it is removed."""
+def _make_temporary(target: Path, directory: bool) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(target)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        if directory:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+            os.chmod(tmp, 0o777 & ~current_umask())
+        else:
+            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            tmp = Path(name)
+            os.fchmod(fd, 0o666 & ~current_umask())
+            os.close(fd)
     except OSError as exc:  # a read-only or full directory
         exc.filename = str(target)
         raise
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, target)
-    except OSError as exc:
-        _blame_target(exc, tmp_path, target)
-        raise
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    _LIVE.add(tmp)
+    return tmp
 
 
 @contextlib.contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """Like :func:`atomic_path` for a directory: built beside ``target``, renamed into place at the end."""
+def _atomic(target: Path, directory: bool, now: bool) -> Iterator[Path]:
+    target = Path(target)
+    inside_own = any(parent in _LIVE for parent in target.parents)  # a file of a directory being built: that is the unit
+    group = None if now or inside_own else _GROUP.get()
     target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(target)
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    except OSError as exc:
-        exc.filename = str(target)
-        raise
-    try:
-        yield tmp
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except OSError as exc:
-        _blame_target(exc, tmp, target)
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        if not inside_own:
+            stack.enter_context(exclusive(target))
+            remove_stale(target)
+        tmp = _make_temporary(target, directory)
+        try:
+            yield tmp
+        except BaseException as exc:
+            if isinstance(exc, OSError):
+                _blame_target(exc, tmp, target)
+            _discard(tmp)
+            raise
+        if group is None:
+            try:
+                _install(tmp, target)
+            finally:
+                if tmp.exists():
+                    _discard(tmp)
+        else:
+            group.pending.append((tmp, target))
+            group.locks.enter_context(exclusive(target))  # held until the group renames it
 
 
-def write_json(path: Path, data: Any) -> None:
-    with atomic_path(path) as tmp:
+def atomic_path(target: Path, *, now: bool = False) -> contextlib.AbstractContextManager[Path]:
+    """Yield a temporary sibling path; on success it replaces ``target`` (at the end of the
+    :func:`output_group`, if one is open and not ``now``), on error it is removed."""
+    return _atomic(target, directory=False, now=now)
+
+
+def atomic_dir(target: Path, *, now: bool = False) -> contextlib.AbstractContextManager[Path]:
+    """Like :func:`atomic_path` for a directory: built beside ``target``, renamed into place at the end."""
+    return _atomic(target, directory=True, now=now)
+
+
+def write_json(path: Path, data: Any, *, now: bool = False) -> None:
+    with atomic_path(path, now=now) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
+def write_text(path: Path, text: str, *, now: bool = False) -> None:
+    with atomic_path(path, now=now) as tmp:
         tmp.write_text(text)

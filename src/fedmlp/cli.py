@@ -19,11 +19,21 @@ from fedmlp.commands import MODULES
 from fedmlp.errors import FedmlpError, describe_os_error, one_line
 
 log = logging.getLogger("fedmlp")
+LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class Parser(argparse.ArgumentParser):
+    """Bad arguments are one line, like every other error: ``fedmlp <command>: error: ...`` (exit 2)."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedmlp", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser = Parser(prog="fedmlp", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="INFO", choices=LEVELS, help="level of fedmlp's own messages")
+    parser.add_argument("--library-log-level", default="WARNING", choices=LEVELS,
+                        help="level of other libraries' messages (default WARNING: they may log what does not belong in a log)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, func: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
@@ -36,13 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging(level: str, library_level: str) -> None:
+    """fedmlp's loggers at ``level``; the root logger, and so every other library, at ``library_level``."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(library_level)
+    log.setLevel(level)
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # on SIGTERM too, so that temporary files are removed on the way out
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging(args.log_level, args.library_log_level)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return _run(args)
@@ -51,8 +68,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from fedmlp.atomic import output_group
+
     try:
-        args.func(args)
+        with output_group():  # all of the command's outputs are renamed into place at the end, or none
+            args.func(args)
     except FedmlpError as exc:
         print(f"fedmlp {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2

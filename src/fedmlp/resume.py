@@ -49,7 +49,7 @@ class ResumePoint:
         except Exception as exc:  # a truncated file cannot happen (atomic writes), a foreign one can
             log.warning("ignoring unreadable resume state %s (%s)", self.path, type(exc).__name__)
             return None
-        if payload.get("key") != self.key:
+        if not isinstance(payload, dict) or payload.get("key") != self.key:
             log.warning("ignoring resume state %s: it belongs to a run with other settings or inputs", self.path)
             return None
         log.info("resuming from %s after round %d", self.path, payload["round"])
@@ -59,7 +59,7 @@ class ResumePoint:
         return not last and round_number % self.every == 0
 
     def save(self, payload: dict[str, Any]) -> None:
-        with atomic_path(self.path) as tmp, open(tmp, "wb") as handle:
+        with atomic_path(self.path, now=True) as tmp, open(tmp, "wb") as handle:  # now: it must outlive a failed run
             torch.save({**payload, "key": self.key}, handle)
 
     def clear(self) -> None:
