@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
+from test_workflow import TINY, snakemake
+
 from fedmlp.errors import FedmlpError
 from fedmlp.workflow_config import check_combinations, check_schema
-from test_workflow import TINY, snakemake
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -21,7 +21,7 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"methods": ["fedavgg"]}, "config key 'methods[0]': 'fedavgg' is not one of fedavg-full, fedavg-masked, fedavg-partial, fedmlp,"),
+        ({"methods": ["fedavgg"]}, "config key 'methods[0]': 'fedavgg' is not one of "),
         ({"dataset": "mnist"}, "config key 'dataset': 'mnist' is not one of synthetic-ich, ich, chestxray14"),
         ({"train": {"rounds": 0}}, "config key 'train.rounds': 0 is less than the minimum of 1"),
         ({"fedmlp": {"warmup_rounds": 0}}, "config key 'fedmlp.warmup_rounds': 0 is less than the minimum of 1"),

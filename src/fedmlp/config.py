@@ -9,36 +9,48 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
-from fedmlp.errors import FedmlpError
+from fedmlp.errors import FedmlpError, one_line
+from fedmlp.schema import BOUNDS
 
 T = TypeVar("T")
+
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding (the paper's split and sampler) takes seeds below 2**32
+MAX_ROUNDS = 100_000
+
+
+def bounded(default: Any, **bounds: float) -> Any:
+    """A field with the bounds the workflow schema gives it (``minimum``, ``exclusiveMaximum``, ...).
+    :func:`from_dict` enforces them, so a stage run by hand refuses what the workflow would refuse;
+    tests/test_config.py checks that they agree with workflow/schemas/config.schema.yaml."""
+    unknown = set(bounds) - set(BOUNDS)
+    if unknown:
+        raise TypeError(f"unknown bound {sorted(unknown)[0]!r}")
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: json.loads(json.dumps(default)), metadata=bounds)
+    return field(default=default, metadata=bounds)
 
 
 @dataclass(frozen=True)
 class SyntheticConfig:
     """The synthetic head-CT source (docs/data.md)."""
 
-    n_images: int = 2000
-    image_size: int = 128
-    seed: int = 2024
-    prevalence: dict[str, float] = field(
-        default_factory=lambda: {
-            "epidural": 0.2,
-            "intraparenchymal": 0.2,
-            "intraventricular": 0.2,
-            "subarachnoid": 0.2,
-            "subdural": 0.2,
-        }
+    n_images: int = bounded(2000, minimum=10, maximum=1_000_000)
+    image_size: int = bounded(128, minimum=32, maximum=1024)
+    seed: int = bounded(2024, minimum=0, maximum=SEED_MAX)
+    prevalence: dict[str, float] = bounded(
+        {"epidural": 0.2, "intraparenchymal": 0.2, "intraventricular": 0.2, "subarachnoid": 0.2, "subdural": 0.2},
+        minimum=0, maximum=1,
     )
-    cooccurrence: float = 0.3
-    signed_as_unsigned_fraction: float = 0.1
-    multivalued_window_fraction: float = 0.2
-    duplicated_images: int = 2
+    cooccurrence: float = bounded(0.3, minimum=0, maximum=1)
+    signed_as_unsigned_fraction: float = bounded(0.1, minimum=0, maximum=1)
+    multivalued_window_fraction: float = bounded(0.2, minimum=0, maximum=1)
+    duplicated_images: int = bounded(2, minimum=0, maximum=1_000_000)
 
 
 @dataclass(frozen=True)
@@ -69,8 +81,8 @@ class PreprocessConfig:
     more than this share of all image files (a systematic problem, not a few corrupt files)."""
 
     windowing: Literal["header", "bsb"] = "header"
-    size: int = 64
-    max_skipped_fraction: float = 0.05
+    size: int = bounded(64, minimum=16, maximum=1024)
+    max_skipped_fraction: float = bounded(0.05, minimum=0, maximum=1)
 
 
 @dataclass(frozen=True)
@@ -79,25 +91,25 @@ class SplitConfig:
     positions of one permutation (the paper's code). ``official``: ChestX-ray14's patient-level lists."""
 
     method: Literal["paper", "official"] = "paper"
-    train_fraction: float = 0.7
-    seed: int = 2023
+    train_fraction: float = bounded(0.7, exclusiveMinimum=0, exclusiveMaximum=1)
+    seed: int = bounded(2023, minimum=0, maximum=SEED_MAX)
 
 
 @dataclass(frozen=True)
 class FederationConfig:
-    n_clients: int = 5
+    n_clients: int = bounded(5, minimum=1, maximum=10_000)
     partition: Literal["iid", "dirichlet", "paper"] = "iid"
-    dirichlet_alpha: float = 0.5
-    annotated_per_client: int = 1
+    dirichlet_alpha: float = bounded(0.5, exclusiveMinimum=0)
+    annotated_per_client: int = bounded(1, minimum=1)
     annotated_classes: list[list[str]] | None = None
-    images_per_client: int | None = None
-    seed: int = 1037
+    images_per_client: int | None = bounded(None, minimum=1)
+    seed: int = bounded(1037, minimum=0, maximum=SEED_MAX)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     arch: Literal["compact-cnn", "resnet18"] = "compact-cnn"
-    width: int = 16
+    width: int = bounded(16, minimum=4, maximum=1024)
     pretrained: bool = False
     weights_path: str | None = None
     weights_sha256: str | None = None
@@ -105,25 +117,25 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    rotation_deg: float = 10.0
-    translate: float = 0.06
-    scale_min: float = 0.9
-    scale_max: float = 1.1
+    rotation_deg: float = bounded(10.0, minimum=0, maximum=180)
+    translate: float = bounded(0.06, minimum=0, maximum=0.5)
+    scale_min: float = bounded(0.9, exclusiveMinimum=0, maximum=10)
+    scale_max: float = bounded(1.1, exclusiveMinimum=0, maximum=10)
     hflip: bool = True
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    rounds: int = 20
-    local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    rounds: int = bounded(20, minimum=1, maximum=MAX_ROUNDS)
+    local_epochs: int = bounded(1, minimum=1, maximum=1000)
+    batch_size: int = bounded(32, minimum=2, maximum=65536)
+    lr: float = bounded(1e-3, exclusiveMinimum=0)
+    weight_decay: float = bounded(0.0, minimum=0)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = 1
-    eval_every: int = 1
+    threads: int = bounded(1, minimum=1, maximum=1024)
+    eval_every: int = bounded(1, minimum=1, maximum=MAX_ROUNDS)
     deterministic: bool = False
 
 
@@ -137,6 +149,9 @@ def from_dict(cls: type[T], data: Any, key: str) -> T:
     if unknown:
         raise FedmlpError(f"config key '{key}.{unknown[0]}': unknown key (allowed: {', '.join(sorted(names))})")
     values = {name: _coerce(hints[name], value, f"{key}.{name}") for name, value in data.items()}
+    for f in dataclasses.fields(cls):
+        if f.name in values:
+            check_bounds(values[f.name], f.metadata, f"{key}.{f.name}")
     required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     absent = [name for name in required if name not in values]
     if absent:
@@ -144,11 +159,33 @@ def from_dict(cls: type[T], data: Any, key: str) -> T:
     return cls(**values)
 
 
+BOUND_TESTS = {  # bound → (value violates it, jsonschema's wording)
+    "minimum": (lambda v, b: v < b, "is less than the minimum of"),
+    "exclusiveMinimum": (lambda v, b: v <= b, "is less than or equal to the minimum of"),
+    "maximum": (lambda v, b: v > b, "is greater than the maximum of"),
+    "exclusiveMaximum": (lambda v, b: v >= b, "is greater than or equal to the maximum of"),
+}
+
+
+def check_bounds(value: Any, bounds: Any, key: str) -> None:
+    """Numbers against a field's bounds (each item of a list or mapping), in the schema's words."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_bounds(v, bounds, f"{key}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_bounds(v, bounds, f"{key}[{i}]")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        for name, (violates, words) in BOUND_TESTS.items():
+            if name in bounds and violates(value, bounds[name]):
+                raise FedmlpError(f"config key '{key}': {value} {words} {bounds[name]}")
+
+
 def from_json(cls: type[T], text: str, key: str) -> T:
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FedmlpError(f"settings for '{key}' are not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, an integer of 5,000 digits, nesting 10,000 deep
+        raise FedmlpError(f"settings for '{key}' are not valid JSON: {one_line(exc)}") from None
     return from_dict(cls, data, key)
 
 
@@ -199,6 +236,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise FedmlpError(f"config key '{key}': expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise FedmlpError(f"config key '{key}': {value} is not a finite number")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

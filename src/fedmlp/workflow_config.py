@@ -14,27 +14,82 @@ from typing import Any
 from fedmlp.errors import FedmlpError, one_line
 
 
+def _dotted(path: Any) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
+def check_finite(value: Any, path: tuple = ()) -> None:
+    """No NaN or infinity anywhere (YAML's ``.nan``, ``.inf``): every comparison with NaN is false, so
+    such a value would pass every bound of the schema."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise FedmlpError(f"config key '{_dotted(path) or '(top level)'}': {value} is not a finite number")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_finite(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_finite(item, (*path, index))
+
+
+def _validator(schema: dict[str, Any]):
+    """Draft 2020-12, except that ``integer`` means an integer, not also a float such as 64.0 (which
+    would end up in paths as ``header64.0``); ``from_dict`` refuses those too."""
+    import jsonschema  # a dependency of Snakemake, which is the only caller
+
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine("integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool))
+    return jsonschema.validators.extend(base, type_checker=checker)(schema)
+
+
 def check_schema(config: dict[str, Any], schema_path: str | Path) -> None:
     """Validate the workflow config against its JSON schema (with the methods' sections added, see
     :mod:`fedmlp.schema`), then fill in the defaults. The first problem is one line naming the key
     and what is allowed (Snakemake's own message spans a screen and names the key only at the end)."""
-    import jsonschema  # a dependency of Snakemake, which is the only caller
+    import jsonschema
 
     from fedmlp.schema import fill_defaults, workflow_schema
 
+    check_finite(config)
     schema = workflow_schema(schema_path)
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    error = jsonschema.exceptions.best_match(_validator(schema).iter_errors(config))
     if error is None:
         fill_defaults(config, schema)
         return
-    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+    key = _dotted(error.absolute_path)
     if error.validator == "additionalProperties":
         unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         name = f"{key}.{unknown[0]}" if key else unknown[0]
         raise FedmlpError(f"config key '{name}': unknown key (allowed: {', '.join(error.schema['properties'])})")
     if error.validator == "enum":
         raise FedmlpError(f"config key '{key}': {error.instance!r} is not one of {', '.join(map(str, error.validator_value))}")
+    if error.validator == "type" and isinstance(error.instance, float) and error.instance.is_integer():
+        raise FedmlpError(f"config key '{key}': {error.instance!r} is not an integer (write {int(error.instance)})")
     raise FedmlpError(f"config key '{key or '(top level)'}': {one_line(error.message)}")
+
+
+def check_config_files(paths: list[str | Path]) -> None:
+    """Refuse a config file in which one mapping has the same key twice: YAML loaders keep the last
+    one silently, so a repeated section would replace the first. Snakemake reads the files itself;
+    this reads them again, with a loader that refuses duplicates."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise FedmlpError(f"{self.name}:{line}: key {key!r} appears twice in one mapping (first on line {seen[key]}); "
+                                      "a repeated key would silently replace the first: keep one")
+                seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            yaml.load(handle, Loader=Loader)  # noqa: S506 (a SafeLoader)
 
 
 ORDERED_KEYS = (("train.augment.scale_min", "train.augment.scale_max"),)
@@ -62,6 +117,7 @@ def check_combinations(config: dict[str, Any]) -> None:
     Expects a config with the schema's defaults filled in. Which classes each client annotates is
     checked by :func:`fedmlp.partition.assign_classes`; image counts of downloaded data are only known
     after ingest, so the partition stage checks those."""
+    check_round_budget(config)
     for low, high in ordered_keys():
         if _lookup(config, low) > _lookup(config, high):
             raise FedmlpError(f"config key '{low}': {_lookup(config, low)} is more than '{high}' ({_lookup(config, high)})")
@@ -82,3 +138,20 @@ def check_combinations(config: dict[str, Any]) -> None:
         if per_client is not None and per_client > n_train // fed["n_clients"]:
             raise FedmlpError(f"config key 'federation.images_per_client': {per_client} is more than the {n_train // fed['n_clients']} "
                               f"training images each of {fed['n_clients']} clients draws from synthetic.n_images {n}")
+
+
+def check_round_budget(config: dict[str, Any]) -> None:
+    """One round budget per experiment: the report puts every method in one table, so FedMLP's
+    warm-up + stage-2 rounds must be the ``train.rounds`` every other method trains."""
+    from fedmlp.methods import registry
+
+    specs = registry.specs()
+    listed = [m for m in config["methods"] if m in specs and specs[m].section == "fedmlp"]
+    if not listed:
+        return
+    warmup, stage2, rounds = config["fedmlp"]["warmup_rounds"], config["fedmlp"]["rounds"], config["train"]["rounds"]
+    if warmup + stage2 != rounds:
+        raise FedmlpError(
+            f"config key 'fedmlp.warmup_rounds' + 'fedmlp.rounds': {warmup} + {stage2} = {warmup + stage2} rounds, but "
+            f"'train.rounds' is {rounds}; every method of an experiment trains as many rounds (listed: {', '.join(listed)})"
+        )

@@ -4,7 +4,6 @@ import os
 import re
 import json
 import math
-import shlex
 import shutil
 from pathlib import Path
 
@@ -17,10 +16,12 @@ configfile: "config/config.yaml"
 
 
 def _check_schema():
-    """The schema file plus the methods' own sections (fedmlp.schema); one line naming the key and the
-    allowed values on a bad value; then the defaults are filled in."""
-    from fedmlp.workflow_config import check_schema
+    """The config files again, refusing a key repeated in one mapping (Snakemake's loader keeps the
+    last); then the schema file plus the methods' own sections (fedmlp.schema), one line naming the key
+    and the allowed values on a bad value; then the defaults are filled in."""
+    from fedmlp.workflow_config import check_config_files, check_schema
 
+    check_config_files(workflow.configfiles)
     check_schema(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 
 
@@ -55,8 +56,10 @@ wildcard_constraints:
 
 
 def json_arg(value):
-    """A config section as one shell-quoted JSON argument (also what Snakemake compares as a param)."""
-    return shlex.quote(json.dumps(value, sort_keys=True, separators=(",", ":")))
+    """A config section as one JSON argument (also what Snakemake compares as a param). Like every
+    value in a rule's shell command, it is quoted there: ``{params.x:q}`` (tests/test_workflow.py
+    runs the workflow from a directory and on a dataset root whose names hold shell syntax)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 # Each rule's code: the modules its command imports (fedmlp.fingerprint); training jobs add their method's.
