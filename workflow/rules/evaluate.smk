@@ -23,6 +23,6 @@ rule evaluate:
     log:
         f"logs/evaluate/{RUN_ID}.log",
     shell:
-        "fedmlp evaluate --store {params.store} --partition {input.partition} --model {input.model}"
-        " --rounds {input.rounds} --run {params.run} --device {params.device}"
-        " --out-metrics {output.metrics} --out-predictions {output.predictions} > {log} 2>&1"
+        "fedmlp evaluate --store {params.store:q} --partition {input.partition:q} --model {input.model:q}"
+        " --rounds {input.rounds:q} --run {params.run:q} --device {params.device:q}"
+        " --out-metrics {output.metrics:q} --out-predictions {output.predictions:q} > {log:q} 2>&1"

@@ -27,9 +27,9 @@ rule warmup:
     benchmark:
         f"benchmarks/warmup/{WARMUP_ID}.tsv"
     shell:
-        "fedmlp warmup --store {params.store} --partition {input.partition} --method fedmlp --seed {wildcards.seed}"
-        " --train {params.train} --model {params.model} --method-settings {params.fedmlp}"
-        " --out-model {output.model} --out-rounds {output.rounds} --resume-state {params.resume} > {log} 2>&1"
+        "fedmlp warmup --store {params.store:q} --partition {input.partition:q} --method fedmlp --seed {wildcards.seed:q}"
+        " --train {params.train:q} --model {params.model:q} --method-settings {params.fedmlp:q}"
+        " --out-model {output.model:q} --out-rounds {output.rounds:q} --resume-state {params.resume:q} > {log:q} 2>&1"
 
 
 rule pseudolabel:
@@ -57,9 +57,9 @@ rule pseudolabel:
     log:
         f"logs/pseudolabel/{RUN_ID}.log",
     shell:
-        "fedmlp pseudolabel --store {params.store} --partition {input.partition} --method {wildcards.method}"
-        " --seed {wildcards.seed} --train {params.train} --model {params.model} --method-settings {params.fedmlp}"
-        " --warmup-model {input.warmup} --out-artifact {output.artifact} --out-summary {output.summary} > {log} 2>&1"
+        "fedmlp pseudolabel --store {params.store:q} --partition {input.partition:q} --method {wildcards.method:q}"
+        " --seed {wildcards.seed:q} --train {params.train:q} --model {params.model:q} --method-settings {params.fedmlp:q}"
+        " --warmup-model {input.warmup:q} --out-artifact {output.artifact:q} --out-summary {output.summary:q} > {log:q} 2>&1"
 
 
 rule teacher:
@@ -97,8 +97,8 @@ rule teacher:
     benchmark:
         f"benchmarks/teacher/{RUN_ID}.tsv"
     shell:
-        "fedmlp teacher --store {params.store} --partition {input.partition} --method {wildcards.method}"
-        " --seed {wildcards.seed} --train {params.train} --model {params.model} --method-settings {params.fedmlp}"
-        " --warmup-model {input.warmup} --warmup-rounds {input.warmup_rounds} --pseudolabels {input.pseudolabels}"
-        " --run {params.run} --out-model {output.model} --out-rounds {output.rounds}"
-        " --out-diagnostics {output.diagnostics} --resume-state {params.resume} > {log} 2>&1"
+        "fedmlp teacher --store {params.store:q} --partition {input.partition:q} --method {wildcards.method:q}"
+        " --seed {wildcards.seed:q} --train {params.train:q} --model {params.model:q} --method-settings {params.fedmlp:q}"
+        " --warmup-model {input.warmup:q} --warmup-rounds {input.warmup_rounds:q} --pseudolabels {input.pseudolabels:q}"
+        " --run {params.run:q} --out-model {output.model:q} --out-rounds {output.rounds:q}"
+        " --out-diagnostics {output.diagnostics:q} --resume-state {params.resume:q} > {log:q} 2>&1"

@@ -15,7 +15,7 @@ rule split:
     log:
         "logs/split/{dataset}/{prep}.log",
     shell:
-        "fedmlp split --store {params.store} --raw {params.raw} --settings {params.settings} --out {output} > {log} 2>&1"
+        "fedmlp split --store {params.store:q} --raw {params.raw:q} --settings {params.settings:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule partition:
@@ -34,5 +34,5 @@ rule partition:
     log:
         "logs/partition/{dataset}/{prep}/{setting}.log",
     shell:
-        "fedmlp partition --store {params.store} --split {input.split} --settings {params.settings}"
-        " --out {output} > {log} 2>&1"
+        "fedmlp partition --store {params.store:q} --split {input.split:q} --settings {params.settings:q}"
+        " --out {output:q} > {log:q} 2>&1"

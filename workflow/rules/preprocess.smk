@@ -6,7 +6,7 @@ rule ingest:
         **store_files(),
     params:
         settings=json_arg(config["preprocess"]),
-        source=json_arg(config["chestxray14"]) if config["dataset"] == "chestxray14" else "'{}'",
+        source=json_arg(config["chestxray14"]) if config["dataset"] == "chestxray14" else "{}",
         raw=lambda wildcards: raw_root(wildcards.dataset),
         out=parent_of("manifest"),
         code=CODE["ingest"],
@@ -17,5 +17,5 @@ rule ingest:
         ingest="logs/ingest/{dataset}/{prep}.log",
         skipped="logs/ingest/{dataset}/{prep}.skipped.csv",  # the images left out and why; kept when ingest fails
     shell:
-        "fedmlp ingest --dataset {wildcards.dataset} --raw {params.raw} --out {params.out} --report {log.skipped}"
-        " --settings {params.settings} --source-settings {params.source} --workers {threads} > {log.ingest} 2>&1"
+        "fedmlp ingest --dataset {wildcards.dataset:q} --raw {params.raw:q} --out {params.out:q} --report {log.skipped:q}"
+        " --settings {params.settings:q} --source-settings {params.source:q} --workers {threads:q} > {log.ingest:q} 2>&1"

@@ -15,5 +15,5 @@ rule report:
     log:
         "logs/report/report.log",
     shell:
-        "fedmlp report {input.metrics} --diagnostics {input.diagnostics} --summary {output.summary}"
-        " --report {output.report} --figure {output.figure} > {log} 2>&1"
+        "fedmlp report {input.metrics:q} --diagnostics {input.diagnostics:q} --summary {output.summary:q}"
+        " --report {output.report:q} --figure {output.figure:q} > {log:q} 2>&1"

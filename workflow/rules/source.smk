@@ -12,7 +12,7 @@ rule synthesize:
     log:
         "logs/synthesize/synthetic-ich.log",
     shell:
-        "fedmlp synth --settings {params.settings} --out {params.root} > {log} 2>&1"
+        "fedmlp synth --settings {params.settings:q} --out {params.root:q} > {log:q} 2>&1"
 
 
 if config["cluster"]["local_download"]:  # a login node with internet access, at the user's choice
@@ -37,4 +37,4 @@ rule download:
     log:
         "logs/download/{dataset}.log",
     shell:
-        "fedmlp download {wildcards.dataset} --out {params.root} --settings {params.settings} --done {output} > {log} 2>&1"
+        "fedmlp download {wildcards.dataset:q} --out {params.root:q} --settings {params.settings:q} --done {output:q} > {log:q} 2>&1"

@@ -26,6 +26,6 @@ rule train:
     benchmark:
         f"benchmarks/train/{RUN_ID}.tsv"
     shell:
-        "fedmlp train --store {params.store} --partition {input.partition} --method {wildcards.method}"
-        " --seed {wildcards.seed} --train {params.train} --model {params.model} --method-settings {params.method}"
-        " --out-model {output.model} --out-rounds {output.rounds} --resume-state {params.resume} > {log} 2>&1"
+        "fedmlp train --store {params.store:q} --partition {input.partition:q} --method {wildcards.method:q}"
+        " --seed {wildcards.seed:q} --train {params.train:q} --model {params.model:q} --method-settings {params.method:q}"
+        " --out-model {output.model:q} --out-rounds {output.rounds:q} --resume-state {params.resume:q} > {log:q} 2>&1"
