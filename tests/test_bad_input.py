@@ -20,10 +20,11 @@ import pydicom
 import pytest
 import torch
 import torchvision
+from conftest import bin_dir
+from httpserver import Files, serve
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from conftest import bin_dir
 from fedmlp import checkpoint
 from fedmlp.archives import extract_tar, extract_zip
 from fedmlp.cli import main
@@ -33,7 +34,6 @@ from fedmlp.errors import FedmlpError
 from fedmlp.models import build_model
 from fedmlp.sources import nih, rsna
 from fedmlp.store import ImageStore
-from httpserver import Files, serve
 
 HEAD_CT = Path(get_testdata_file("693_UNCR.dcm"))
 
@@ -322,8 +322,8 @@ def test_bad_checksum_is_not_trusted_by_a_rerun(tmp_path: Path, monkeypatch: pyt
 # --- checkpoints ------------------------------------------------------------------------------------
 
 @pytest.fixture()
-def eval_inputs(store: ImageStore, tmp_path: Path) -> list[str]:
-    (tmp_path / "partition.json").write_text(json.dumps({"test": store.image_ids[:10]}))
+def eval_inputs(store: ImageStore, federation: dict, tmp_path: Path) -> list[str]:
+    (tmp_path / "partition.json").write_text(json.dumps(federation))
     (tmp_path / "rounds.csv").write_text("round,test_mAP,test_AUROC\n1,0.5,0.5\n")
     return ["--store", str(store.root), "--partition", str(tmp_path / "partition.json"), "--rounds", str(tmp_path / "rounds.csv"),
             "--device", "cpu", "--out-metrics", str(tmp_path / "out" / "metrics.json"), "--out-predictions", str(tmp_path / "out" / "predictions.csv")]
@@ -393,6 +393,7 @@ def test_kaggle_key_never_written_anywhere(monkeypatch: pytest.MonkeyPatch, tmp_
     """A failed authentication whose message echoes the key, then a good download and ingest: the key
     is in no output, log, report, manifest or file under the DVC-tracked directories."""
     from test_kaggle import SECRET, FakeApi
+
     from fedmlp.sources import kaggle
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -419,25 +420,54 @@ def test_kaggle_key_never_written_anywhere(monkeypatch: pytest.MonkeyPatch, tmp_
     assert SECRET not in capsys.readouterr().err + caplog.text
 
 
+def _edit_manifest(root: Path, **changes) -> None:
+    path = root / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def _unrecorded(root: Path, change) -> None:
+    """Make ``change`` and drop the checksums from the manifest, to reach the checks behind them."""
+    change()
+    manifest = json.loads((root / "manifest.json").read_text())
+    del manifest["sha256"]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _edit_labels(root: Path, row: int, text: str, column: str = "epidural", value_of_row: int | None = None) -> None:
+    table = pd.read_csv(root / "labels.csv", dtype=str)
+    table.loc[row, column] = table.loc[value_of_row, column] if value_of_row is not None else text
+    table.to_csv(root / "labels.csv", index=False)
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
         (lambda root: (root / "manifest.json").write_text("{not json"), r"manifest\.json: not a store manifest \(JSONDecodeError"),
         (lambda root: (root / "manifest.json").write_text("{}"), r"manifest\.json: not a store manifest \(KeyError"),
         (lambda root: (root / "images.npy").unlink(), r"images\.npy: missing; is .* an image store"),
-        (lambda root: (root / "labels.csv").write_text("image_id,x\na,1\n"), r"labels\.csv: does not match manifest\.json"),
+        (lambda root: (root / "labels.csv").write_text("image_id,x\na,1\n"), r"labels\.csv: SHA-256 differs from the one manifest\.json records"),
+        (lambda root: _unrecorded(root, lambda: (root / "labels.csv").write_text("image_id,x\na,1\n")), r"labels\.csv: does not match manifest\.json"),
+        (lambda root: np.save(root / "images.npy", np.load(root / "images.npy").astype(np.float32)), r"images\.npy: holds float32 values, expected uint8"),
+        (lambda root: np.save(root / "images.npy", np.load(root / "images.npy")[:, :, :16]), r"images\.npy: shape \(80, 1, 16, 32\) does not match manifest\.json \(80 × 1 × 32 × 32\)"),
+        (lambda root: np.save(root / "images.npy", np.load(root / "images.npy")[:70]), r"images\.npy: shape \(70, 1, 32, 32\) does not match"),
+        (lambda root: _unrecorded(root, lambda: _edit_labels(root, 3, "nan")), r"labels\.csv: line 5: label 'nan' for epidural is not 0 or 1"),
+        (lambda root: _unrecorded(root, lambda: _edit_labels(root, 0, "2")), r"labels\.csv: line 2: label '2' for epidural is not 0 or 1"),
+        (lambda root: _unrecorded(root, lambda: _edit_labels(root, 1, "1", column="image_id", value_of_row=0)), r"labels\.csv: line 3: image ID .* listed twice"),
+        (lambda root: _edit_manifest(root, n_images=-3), r"manifest\.json: not a store manifest \(n_images, channels, size"),
+        (lambda root: _edit_manifest(root, classes=["a", "a"]), r"manifest\.json: not a store manifest \(classes"),
+        (lambda root: (root / "labels.csv").unlink() or (root / "labels.csv").mkdir(), r"labels\.csv: not a regular file"),
     ],
-    ids=["manifest-not-json", "manifest-without-classes", "images-missing", "labels-out-of-step"],
+    ids=["manifest-not-json", "manifest-without-classes", "images-missing", "labels-edited", "labels-out-of-step", "images-float32",
+         "images-wrong-size", "images-fewer-rows", "label-nan", "label-2", "duplicate-id", "negative-count", "duplicate-class",
+         "labels-a-directory"],
 )
-def test_damaged_store_is_named(store, damage, message: str, tmp_path: Path) -> None:
+def test_damaged_store_is_named(store, damage, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Every command that opens a store (here `fedmlp bench --store`) names the damaged file."""
     root = tmp_path / "store"
     root.mkdir()
     for path in store.root.iterdir():
         (root / path.name).write_bytes(path.read_bytes())
     damage(root)
-    result = subprocess.run([f"{bin_dir()}/fedmlp", "bench", "--stage", "loader", "--store", str(root), "--images", "16",
-                             "--batch-size", "8"], capture_output=True, text=True, timeout=120)
-    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
-    assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert errors[0].startswith("fedmlp bench: error: ") and re.search(message, errors[0]), result.stderr
+    code = main(["--log-level", "ERROR", "bench", "--stage", "loader", "--store", str(root), "--images", "16", "--batch-size", "8"])
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 2 and line.startswith("fedmlp bench: error: ") and re.search(message, line), line

@@ -45,6 +45,13 @@ def load(path: Path) -> tuple[Classifier, dict[str, Any]]:
         config = from_dict(ModelConfig, {**meta["model"], "pretrained": False, "weights_path": None}, "model")
     except FedmlpError as exc:
         raise FedmlpError(f"{path}: describes a model this version cannot build ({exc})") from None
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise FedmlpError(f"{path}: not a fedmlp checkpoint (weights that are not tensors)")
+    broken = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if broken is not None:
+        raise FedmlpError(f"{path}: weights hold NaN or infinite values ({broken}): the training diverged or the file was edited")
+    if not all(isinstance(c, str) and c for c in meta["classes"]) or len(set(meta["classes"])) != len(meta["classes"]):
+        raise FedmlpError(f"{path}: not a fedmlp checkpoint (class list {meta['classes']!r})")
     model = build_model(config, len(meta["classes"]))
     try:
         model.load_state_dict(state)

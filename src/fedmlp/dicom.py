@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +25,38 @@ class CtSlice:
     modality: str | None = None  # the header's Modality ("CT" for head CT); ingest decides what it accepts
 
 
-def _first(value: object) -> float | None:
-    if value is None:
-        return None
+MAX_PIXELS = 2**26  # 8192 × 8192: a CT slice has 512 × 512; a few hundred KB of compressed data can ask for gigabytes
+MIN_SIDE = 16  # smaller is not an image to learn from (and would be stretched into a blur)
+
+
+def _first(value: object, path: Path, name: str) -> float | None:
+    """The (first) value of a numeric header field, which must be a finite number."""
     if isinstance(value, (MultiValue, list, tuple)):
         value = value[0] if len(value) else None
-    return None if value is None else float(value)
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise FedmlpError(f"{path}: {name} {str(value)!r} is not a number") from None
+    if not math.isfinite(number):
+        raise FedmlpError(f"{path}: {name} {str(value)!r} is not a finite number")
+    return number
+
+
+def _check_dimensions(ds: pydicom.Dataset, path: Path) -> None:
+    """From the header, before any pixel is decoded: one frame of a sensible size."""
+    try:
+        rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError) as exc:
+        raise FedmlpError(f"{path}: unreadable image size in the header ({one_line(exc)})") from None
+    if frames != 1:
+        raise FedmlpError(f"{path}: {frames} frames, expected a single 2-D slice")
+    if rows * columns > MAX_PIXELS:
+        raise FedmlpError(f"{path}: {rows} × {columns} px is more than the {MAX_PIXELS:,} pixels a slice may have; not decoded")
+    if min(rows, columns) < MIN_SIDE:
+        raise FedmlpError(f"{path}: {rows} × {columns} px is smaller than {MIN_SIDE} × {MIN_SIDE}; not a usable slice")
 
 
 def needs_signed_fix(ds: pydicom.Dataset) -> bool:
@@ -63,6 +90,7 @@ def _decode(path: Path) -> tuple[pydicom.Dataset, np.ndarray]:
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if photometric not in GRAYSCALE:
         raise FedmlpError(f"{path}: PhotometricInterpretation {photometric or '(missing)'!r} is not grayscale ({' or '.join(GRAYSCALE)})")
+    _check_dimensions(ds, path)
     syntax = getattr(ds, "file_meta", pydicom.Dataset()).get("TransferSyntaxUID")
     if syntax is not None and syntax.is_compressed and not get_decoder(syntax).is_available:
         raise FedmlpError(f"{path}: pixel data is compressed ({syntax.name}) and no installed decoder reads it ({DECODER_HINT})")
@@ -81,17 +109,25 @@ def read_ct(path: Path) -> CtSlice:
     if modality == "CT" and not ("RescaleSlope" in ds and "RescaleIntercept" in ds):
         # required in CT images (DICOM PS3.3 C.8.2.1): without them the values are not Hounsfield units
         raise FedmlpError(f"{path}: CT without RescaleSlope/RescaleIntercept; its pixel values cannot be converted to Hounsfield units")
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    repaired = needs_signed_fix(ds)
+    slope = _first(ds.get("RescaleSlope"), path, "RescaleSlope")
+    slope = 1.0 if slope is None else slope
+    intercept = _first(ds.get("RescaleIntercept"), path, "RescaleIntercept") or 0.0
+    center, width = _first(ds.get("WindowCenter"), path, "WindowCenter"), _first(ds.get("WindowWidth"), path, "WindowWidth")
+    try:
+        repaired = needs_signed_fix(ds)
+    except (TypeError, ValueError) as exc:
+        raise FedmlpError(f"{path}: unreadable BitsStored/PixelRepresentation ({one_line(exc)})") from None
     pixels = raw
     if repaired:
         pixels, intercept = repair_signed_as_unsigned(raw)
-    hu = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    with np.errstate(over="ignore", invalid="ignore"):
+        hu = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    if not np.isfinite(hu).all():
+        raise FedmlpError(f"{path}: pixel values are not finite after rescaling (RescaleSlope {slope:g}, RescaleIntercept {intercept:g})")
     return CtSlice(
         hu=hu,
-        window_center=_first(ds.get("WindowCenter")),
-        window_width=_first(ds.get("WindowWidth")),
+        window_center=center,
+        window_width=width,
         monochrome1=str(ds.get("PhotometricInterpretation", "MONOCHROME2")) == "MONOCHROME1",
         repaired=repaired,
         modality=modality,

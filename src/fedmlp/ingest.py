@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import signal
+import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -24,9 +25,9 @@ import pandas as pd
 from PIL import Image
 
 from fedmlp import store as store_files
-from fedmlp.atomic import atomic_dir, atomic_path, write_json
+from fedmlp.atomic import atomic_dir, atomic_path, exclusive, write_json
 from fedmlp.config import PreprocessConfig
-from fedmlp.dicom import read_ct
+from fedmlp.dicom import MIN_SIDE, read_ct
 from fedmlp.errors import FedmlpError
 from fedmlp.progress import bar
 from fedmlp.sources import nih, rsna
@@ -51,7 +52,11 @@ def decode_dicom(path: Path, preprocess: PreprocessConfig) -> Decoded:
         low, high = float(ct.hu.min()), float(ct.hu.max())
         if low == high:
             raise FedmlpError(f"{path}: constant image (every pixel is {low:g} HU): a blank slice, nothing to learn from")
-        image = to_uint8(resize(window(ct, preprocess.windowing, str(path)), preprocess.size))
+        windowed = window(ct, preprocess.windowing, str(path))
+        if windowed.min() == windowed.max():
+            raise FedmlpError(f"{path}: constant after '{preprocess.windowing}' windowing (HU {low:g} to {high:g}, header window "
+                              f"{ct.window_center}/{ct.window_width}): it would be a blank store row")
+        image = to_uint8(resize(windowed, preprocess.size))
     except FedmlpError as exc:
         return Decoded(None, str(exc))
     return Decoded(image, repaired=ct.repaired)
@@ -111,8 +116,8 @@ def _reserve(path: Path, store: Path) -> None:
 
 
 def write_report(path: Path, entries: list[dict[str, str]]) -> None:
-    """What ingest left out and why, one row per image: ``image_id,reason``."""
-    with atomic_path(path) as tmp:
+    """What ingest left out and why, one row per image: ``image_id,reason``; kept when ingest fails."""
+    with atomic_path(path, now=True) as tmp:
         pd.DataFrame(entries, columns=["image_id", "reason"]).to_csv(tmp, index=False)
 
 
@@ -122,12 +127,22 @@ def default_report(out_dir: Path) -> Path:
 
 
 def _prepare_target(out_dir: Path) -> None:
-    """Refuse to replace a directory holding anything but a store's own files (a whole store, or
-    what is left of one after Snakemake removed some of them for a rerun)."""
-    if out_dir.exists():
-        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in store_files.FILES)
-        if foreign:
-            raise FedmlpError(f"{out_dir}: exists and holds {foreign[0]!r}, which is not part of an image store; refusing to overwrite it")
+    """Replace only what is ours: nothing, an empty directory, or a store that 'fedmlp ingest' wrote
+    (its marker file, which Snakemake leaves when it removes the declared outputs for a rerun, or a
+    store manifest) holding nothing but store files. Never decided by file names alone."""
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if not out_dir.is_dir() or out_dir.is_symlink():
+        raise FedmlpError(f"{out_dir}: exists and is not a directory; refusing to replace it")
+    entries = sorted(p.name for p in out_dir.iterdir())
+    if not entries:
+        return
+    if not store_files.is_ours(out_dir):
+        raise FedmlpError(f"{out_dir}: exists and is not an image store written by 'fedmlp ingest' (it holds {entries[0]!r}); "
+                          "refusing to overwrite it")
+    foreign = [name for name in entries if name not in (*store_files.FILES, store_files.MARKER)]
+    if foreign:
+        raise FedmlpError(f"{out_dir}: exists and holds {foreign[0]!r}, which is not part of an image store; refusing to overwrite it")
 
 
 @dataclass(frozen=True)
@@ -152,6 +167,12 @@ def write_store(
     array is shrunk in place to the readable ones. ``candidates.txt`` keeps every candidate ID in
     source order, so that a split defined on the source (the paper's) stays exact even when an image
     cannot be read."""
+    with exclusive(out_dir):  # held to the end, the report included: a second ingest into out_dir fails at once
+        return _write_store(out_dir, candidates, decode, n_channels, size, manifest, workers, max_skipped_fraction, report)
+
+
+def _write_store(out_dir: Path, candidates: Candidates, decode: Callable[[Path], Decoded], n_channels: int, size: int,
+                 manifest: dict[str, Any], workers: int, max_skipped_fraction: float, report: Path | None) -> dict[str, Any]:
     _prepare_target(out_dir)
     report = default_report(out_dir) if report is None else report
     ids = candidates.ids
@@ -191,6 +212,7 @@ def write_store(
         table = candidates.labels.loc[kept, classes].rename_axis("image_id").reset_index()
         table.to_csv(tmp / store_files.LABELS, index=False)
         (tmp / store_files.CANDIDATES).write_text("\n".join(ids) + "\n")
+        (tmp / store_files.MARKER).write_text(store_files.MARKER_TEXT)
         manifest = {
             "format": 1,
             **manifest,
@@ -210,9 +232,46 @@ def write_store(
     return manifest
 
 
+SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+           (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory"))
+
+
+def file_kind(path: Path) -> str | None:
+    """None for a regular file (or a link to one); otherwise what it is. Never opens it: opening a
+    FIFO waits for a writer, reading a device may never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "a broken symbolic link" if os.path.islink(path) else "missing"
+    except OSError as exc:
+        return f"not accessible ({os.strerror(exc.errno).lower() if exc.errno else exc})"
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in SPECIAL if test(mode)), "not a regular file")
+
+
+def list_images(image_dir: Path, suffix: str) -> tuple[list[str], list[dict[str, str]]]:
+    """Names of the regular ``*suffix`` files in ``image_dir``, and the other entries so named, each
+    skipped with its reason (a FIFO, a socket, a directory ...)."""
+    regular, special = [], []
+    for name in sorted(os.listdir(image_dir)):
+        if not name.endswith(suffix):
+            continue
+        kind = file_kind(image_dir / name)
+        if kind is None:
+            regular.append(name)
+        else:
+            special.append({"image_id": name[: -len(suffix)] if suffix == ".dcm" else name,
+                            "reason": f"{image_dir / name}: {kind}, not a regular file; skipped without opening it"})
+    return regular, special
+
+
 def _require_layout(raw_dir: Path, label_file: str, image_dir: str, hint: str) -> tuple[Path, Path]:
     """The label file and image directory of a raw layout, or an error naming the missing one."""
     labels, images = raw_dir / label_file, raw_dir / image_dir
+    kind = file_kind(labels)
+    if kind not in (None, "missing"):
+        raise FedmlpError(f"{labels}: {kind}, not a regular file; refusing to read it as the label file")
     if not labels.is_file():
         raise FedmlpError(f"{labels}: label file not found ({hint}: {label_file} + {image_dir}/)")
     if not images.is_dir():
@@ -227,17 +286,19 @@ def ich_candidates(raw_dir: Path) -> Candidates:
     if parsed.duplicate_rows:
         log.info("%s: %d duplicate rows (%d images listed more than once); identical duplicates are merged",
                  label_path, parsed.duplicate_rows, len(parsed.duplicated_images))
-    on_disk = {name[:-4] for name in os.listdir(image_dir) if name.endswith(".dcm")}
+    regular, special = list_images(image_dir, ".dcm")
+    on_disk = {name[:-4] for name in regular}
     labelled = set(parsed.table.index)
     ids = sorted(labelled & on_disk)
-    labels_without_image = sorted(labelled - on_disk)
+    labels_without_image = sorted(labelled - on_disk - {entry["image_id"] for entry in special})
     if labels_without_image:
         log.warning("%d labelled images have no file in %s (first: %s)", len(labels_without_image), image_dir, labels_without_image[0])
     return Candidates(
         ids=ids,
         paths=[rsna.image_path(raw_dir, i) for i in ids],
         labels=parsed.table[list(rsna.CLASSES)],
-        skipped=[{"image_id": i, "reason": f"{rsna.image_path(raw_dir, i)}: no rows in the label file {label_path}"} for i in sorted(on_disk - labelled)],
+        skipped=special + [{"image_id": i, "reason": f"{rsna.image_path(raw_dir, i)}: no rows in the label file {label_path}"}
+                           for i in sorted(on_disk - labelled)],
         facts={
             "labelled_without_image": len(labels_without_image),
             "duplicate_label_rows": parsed.duplicate_rows,
@@ -267,6 +328,8 @@ def decode_png(path: Path, size: int) -> Decoded:
                 array = np.asarray(image.convert("L"), dtype=np.float32)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:  # truncated, corrupt or hostile files
         return Decoded(None, f"{path}: unreadable image ({type(exc).__name__}: {exc})")
+    if min(array.shape) < MIN_SIDE:
+        return Decoded(None, f"{path}: {array.shape[0]} × {array.shape[1]} px is smaller than {MIN_SIDE} × {MIN_SIDE}; not a usable image")
     return Decoded(to_uint8(resize(array[None], size)))
 
 
@@ -276,17 +339,19 @@ def chestxray14_candidates(raw_dir: Path, classes: list[str]) -> Candidates:
     frame = nih.read_data_entry(label_path)
     pa = nih.pa_rows(frame)
     labels = nih.multi_hot(pa, classes, label_path).set_index("image_id")
-    on_disk = set(os.listdir(image_dir))
+    regular, special = list_images(image_dir, ".png")
+    on_disk = set(regular)
     present = [i for i in labels.index if i in on_disk]
-    absent = [i for i in labels.index if i not in on_disk]
+    unusable = {entry["image_id"] for entry in special}
+    absent = [i for i in labels.index if i not in on_disk and i not in unusable]
     if absent:
         log.warning("%d of %d PA images listed in %s have no file in %s", len(absent), len(labels), label_path, image_dir)
-    unlabelled = sorted({name for name in on_disk if name.endswith(".png")} - set(frame["Image Index"]))
+    unlabelled = sorted(on_disk - set(frame["Image Index"]))
     return Candidates(
         ids=present,
         paths=[image_dir / i for i in present],
         labels=labels,
-        skipped=[{"image_id": i, "reason": f"{image_dir / i}: no row in the label file {label_path}"} for i in unlabelled],
+        skipped=special + [{"image_id": i, "reason": f"{image_dir / i}: no row in the label file {label_path}"} for i in unlabelled],
         facts={"pa_rows": len(pa), "labelled_without_image": len(absent), "views_left_out": int(len(frame) - len(pa))},
         unmatched=[{"image_id": i, "reason": f"listed in {label_path} but no file in {image_dir}"} for i in absent],
     )

@@ -17,13 +17,18 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedmlp.config import FederationConfig, SplitConfig, to_dict
 from fedmlp.errors import FedmlpError
+from fedmlp.inputs import id_list, read_json, require
 from fedmlp.seeding import numpy_rng
+
+if TYPE_CHECKING:
+    from fedmlp.store import ImageStore
 
 MIN_CLIENT_IMAGES = 2
 
@@ -170,3 +175,61 @@ def keep_stored(artifact: dict[str, Any], stored: set[str]) -> dict[str, Any]:
     artifact["test"] = [i for i in artifact["test"] if i in stored]
     artifact["meta"]["dropped_unreadable"] = dropped
     return artifact
+
+
+# --- reading split.json and partition.json back: hand-made files are checked, not trusted -----------
+
+def check_split(data: Any, path: Path, known: list[str]) -> Split:
+    """``split.json``: distinct train and test IDs, both non-empty, disjoint, all among ``known``
+    (the store's candidates)."""
+    require(isinstance(data, dict) and "train" in data and "test" in data, path, "not a split (expected a JSON object with train and test)")
+    train, test = id_list(data["train"], path, "train"), id_list(data["test"], path, "test")
+    shared = set(train) & set(test)
+    require(not shared, path, f"image {min(shared) if shared else ''!r} is in both train and test (test leakage)")
+    names = set(known)
+    unknown = next((i for i in train + test if i not in names), None)
+    require(unknown is None, path, f"image {unknown!r} is not in the store")
+    return Split(train=train, test=test)
+
+
+def check_partition(data: Any, path: Path, classes: list[str], stored: set[str]) -> dict[str, Any]:
+    """``partition.json``: the store's classes; clients with distinct IDs, at least one image each,
+    on no other client and not in the test set, annotating known classes (every class by one client at
+    least); a non-empty test set; every image in the store."""
+    require(isinstance(data, dict) and all(k in data for k in ("classes", "clients", "test")), path,
+            "not a partition (expected a JSON object with classes, clients and test)")
+    listed = id_list(data["classes"], path, "classes")
+    require(listed == classes, path, f"classes {listed} do not match the store's {classes}")
+    test = id_list(data["test"], path, "test")
+    clients = data["clients"]
+    require(isinstance(clients, list) and bool(clients), path, "clients: expected a non-empty list")
+    owner: dict[str, int] = dict.fromkeys(test, -1)
+    annotated_somewhere: set[str] = set()
+    for index, client in enumerate(clients):
+        require(isinstance(client, dict) and all(k in client for k in ("id", "images", "annotated_classes")), path,
+                f"clients[{index}]: expected an object with id, images and annotated_classes")
+        cid = client["id"]
+        require(isinstance(cid, int) and not isinstance(cid, bool) and cid >= 0, path, f"clients[{index}]: id {cid!r} is not a client number")
+        require(all(c["id"] != cid for c in clients[:index]), path, f"client {cid} is listed twice")
+        annotated = id_list(client["annotated_classes"], path, f"client {cid} annotated_classes")
+        unknown = [c for c in annotated if c not in classes]
+        require(not unknown, path, f"client {cid} annotates {unknown[0] if unknown else ''!r}, which is not one of the classes {classes}")
+        annotated_somewhere.update(annotated)
+        for image in id_list(client["images"], path, f"client {cid} images"):
+            if image in owner:
+                where = "the test set (test leakage)" if owner[image] < 0 else f"client {owner[image]} too"
+                raise FedmlpError(f"{path}: image {image!r} of client {cid} is also in {where}")
+            owner[image] = cid
+    orphan = [c for c in classes if c not in annotated_somewhere]
+    require(not orphan, path, f"no client annotates {orphan[0] if orphan else ''!r}")
+    missing = next((i for i in owner if i not in stored), None)
+    require(missing is None, path, f"image {missing!r} is not in the store")
+    return data
+
+
+def read_partition(path: Path, store: ImageStore) -> dict[str, Any]:
+    return check_partition(read_json(path), path, store.classes, set(store.image_ids))
+
+
+def read_split(path: Path, store: ImageStore) -> Split:
+    return check_split(read_json(path), path, store.candidates())

@@ -8,11 +8,15 @@ A store is a directory with four files:
 - ``labels.csv``: ``image_id`` plus one 0/1 column per class, row i describing image i;
 - ``manifest.json``: dataset, windowing, size, classes, counts, skipped files and SHA-256 checksums;
 - ``candidates.txt``: every image ingest tried, in source order (also those it had to skip).
+
+Opening a store checks what is cheap to check (:meth:`ImageStore.open`); the commands that train or
+evaluate also verify the checksum of the images.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -22,13 +26,29 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedmlp.errors import FedmlpError
+from fedmlp.errors import FedmlpError, one_line
 
 IMAGES = "images.npy"
 LABELS = "labels.csv"
 MANIFEST = "manifest.json"
 CANDIDATES = "candidates.txt"
 FILES = (IMAGES, LABELS, MANIFEST, CANDIDATES)
+MARKER = ".fedmlp-store"  # written by ingest, not a declared output: it survives Snakemake's cleanup before a rerun
+MARKER_TEXT = "An image store written by 'fedmlp ingest'; 'fedmlp ingest' may replace this directory.\n"
+
+
+def is_ours(root: Path) -> bool:
+    """Whether ``root`` holds a store (or what Snakemake left of one) that 'fedmlp ingest' wrote: its
+    marker, or a manifest in the store format (stores written before the marker existed)."""
+    if (root / MARKER).is_file():
+        return True
+    if not (root / MANIFEST).is_file():  # never open a FIFO or a device
+        return False
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == 1 and isinstance(manifest.get("sha256"), dict)
 
 
 def sha256(path: Path, chunk: int = 1 << 22) -> str:
@@ -37,6 +57,66 @@ def sha256(path: Path, chunk: int = 1 << 22) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _rerun(path: Path, problem: str) -> FedmlpError:
+    return FedmlpError(f"{path}: {problem}; rerun 'fedmlp ingest'")
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest, with the fields every reader relies on checked."""
+    try:
+        manifest = json.loads(path.read_text())
+        classes = manifest["classes"]
+        shape = [manifest[key] for key in ("n_images", "channels", "size")]
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise FedmlpError(f"{path}: not a store manifest ({type(exc).__name__}: {one_line(exc)}); rerun 'fedmlp ingest'") from None
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) and c for c in classes) and len(set(classes)) == len(classes)):
+        raise _rerun(path, f"not a store manifest (classes {classes!r}: expected distinct names)")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
+        raise _rerun(path, f"not a store manifest (n_images, channels, size {shape}: expected positive integers)")
+    if not isinstance(manifest.get("sha256", {}), dict):
+        raise _rerun(path, "not a store manifest (sha256 is not a mapping)")
+    return manifest
+
+
+def check_images(path: Path, images: np.ndarray, manifest: dict[str, Any]) -> None:
+    """dtype, shape and size of the image array against the manifest (the header only; the size of
+    the data was checked by the memory map)."""
+    if images.dtype != np.uint8:
+        raise _rerun(path, f"holds {images.dtype} values, expected uint8 as 'fedmlp ingest' writes them")
+    expected = (manifest["n_images"], manifest["channels"], manifest["size"], manifest["size"])
+    if images.shape != expected or manifest["channels"] not in (1, 3):
+        raise _rerun(path, f"shape {images.shape} does not match {MANIFEST} ({' × '.join(map(str, expected))})")
+    if images.dtype.hasobject or np.isfortran(images):
+        raise _rerun(path, "not a C-ordered uint8 array")
+
+
+def check_checksum(path: Path, data: bytes, manifest: dict[str, Any]) -> None:
+    """``data`` (the bytes of ``path``) against the SHA-256 the manifest records for it, if any."""
+    expected = manifest.get("sha256", {}).get(path.name)
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise _rerun(path, f"SHA-256 differs from the one {MANIFEST} records: the file was changed after ingest")
+
+
+def read_labels(path: Path, data: bytes, classes: list[str], n_images: int) -> tuple[list[str], np.ndarray]:
+    """Image IDs and the 0/1 label matrix of ``labels.csv``, row i describing image i."""
+    try:
+        table = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise _rerun(path, f"not a label table ({type(exc).__name__}: {one_line(exc)})") from None
+    if list(table.columns) != ["image_id", *classes] or len(table) != n_images:
+        raise FedmlpError(f"{path}: does not match {MANIFEST} (classes {classes}, {n_images} images)")
+    values = table[classes].to_numpy()
+    bad = ~np.isin(values, ["0", "1"])
+    if bad.any():
+        row, column = map(int, np.argwhere(bad)[0])
+        raise _rerun(path, f"line {row + 2}: label {values[row, column]!r} for {classes[column]} is not 0 or 1")
+    ids = table["image_id"]
+    if (ids == "").any() or ids.duplicated().any():
+        row = int((ids.duplicated() | (ids == "")).to_numpy().argmax())
+        raise _rerun(path, f"line {row + 2}: image ID {ids.iloc[row]!r} is empty or listed twice")
+    return ids.tolist(), (values == "1").astype(np.int8)
 
 
 @dataclass(frozen=True)
@@ -51,31 +131,38 @@ class ImageStore:
     manifest: dict[str, Any]
 
     @classmethod
-    def open(cls, root: Path) -> ImageStore:
+    def open(cls, root: Path, verify_images: bool = False) -> ImageStore:
+        """Open a store after the cheap checks: the manifest's fields, the image array's dtype and shape
+        against them, every label 0 or 1, unique image IDs, and the SHA-256 of ``labels.csv`` (read
+        anyway). With ``verify_images`` also the SHA-256 of ``images.npy`` (a pass over the whole file:
+        the training and evaluation commands ask for it; docs/errors.md has the costs)."""
         root = Path(root)
         for name in (IMAGES, LABELS, MANIFEST):
             if not (root / name).exists():
                 raise FedmlpError(f"{root / name}: missing; is {root} an image store written by 'fedmlp ingest'?")
-        try:
-            manifest = json.loads((root / MANIFEST).read_text())
-            classes = list(manifest["classes"])
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise FedmlpError(f"{root / MANIFEST}: not a store manifest ({type(exc).__name__}: {exc}); rerun 'fedmlp ingest'") from None
+            if not (root / name).is_file():
+                raise FedmlpError(f"{root / name}: not a regular file; is {root} an image store written by 'fedmlp ingest'?")
+        manifest = read_manifest(root / MANIFEST)
+        classes = list(manifest["classes"])
         try:
             images = np.load(root / IMAGES, mmap_mode="r")
-        except (OSError, ValueError) as exc:  # truncated or not an .npy array
-            raise FedmlpError(f"{root / IMAGES}: not a readable image array ({exc}); rerun 'fedmlp ingest'") from None
-        table = pd.read_csv(root / LABELS, dtype={"image_id": str})
-        if list(table.columns) != ["image_id", *classes] or len(table) != images.shape[0]:
-            raise FedmlpError(f"{root / LABELS}: does not match {MANIFEST} (classes {classes}, {images.shape[0]} images)")
-        return cls(
-            root=root,
-            images=images,
-            labels=table[classes].to_numpy(dtype=np.int8),
-            image_ids=table["image_id"].tolist(),
-            classes=classes,
-            manifest=manifest,
-        )
+        except (OSError, ValueError, EOFError) as exc:  # truncated or not an .npy array
+            raise FedmlpError(f"{root / IMAGES}: not a readable image array ({one_line(exc)}); rerun 'fedmlp ingest'") from None
+        check_images(root / IMAGES, images, manifest)
+        labels_bytes = (root / LABELS).read_bytes()
+        check_checksum(root / LABELS, labels_bytes, manifest)
+        image_ids, labels = read_labels(root / LABELS, labels_bytes, classes, images.shape[0])
+        store = cls(root=root, images=images, labels=labels, image_ids=image_ids, classes=classes, manifest=manifest)
+        if verify_images:
+            store.verify_images()
+        return store
+
+    def verify_images(self) -> None:
+        """The SHA-256 of ``images.npy`` against the manifest's (when it records one)."""
+        expected = self.manifest.get("sha256", {}).get(IMAGES)
+        if expected is not None and sha256(self.root / IMAGES) != expected:
+            raise FedmlpError(f"{self.root / IMAGES}: SHA-256 differs from the one {MANIFEST} records: the images were changed "
+                              "after ingest; rerun 'fedmlp ingest'")
 
     def rows(self, image_ids: list[str]) -> np.ndarray:
         """Store rows of ``image_ids``, in the given order."""
@@ -89,7 +176,14 @@ class ImageStore:
     def candidates(self) -> list[str]:
         """Every image ingest tried, in source order; the store's own IDs for stores without the file."""
         path = self.root / CANDIDATES
-        return path.read_text().split() if path.exists() else list(self.image_ids)
+        if not path.exists():
+            return list(self.image_ids)
+        data = path.read_bytes()
+        check_checksum(path, data, self.manifest)
+        ids = data.decode("utf-8", errors="replace").split()
+        if len(set(ids)) != len(ids) or not set(self.image_ids) <= set(ids):
+            raise FedmlpError(f"{path}: does not list every stored image exactly once; rerun 'fedmlp ingest'")
+        return ids
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         """The images of ``rows`` (any order), one positioned read per run of consecutive rows.

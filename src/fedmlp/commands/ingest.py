@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fedmlp.commands.common import count
+
 
 def cmd_ingest(args: argparse.Namespace) -> None:
     from fedmlp.config import ChestXray14Config, PreprocessConfig, from_json
@@ -25,6 +27,6 @@ def add_commands(add) -> None:
     p.add_argument("--dataset", default="synthetic-ich", choices=["synthetic-ich", "ich", "chestxray14"])
     p.add_argument("--settings", default="{}", help="JSON of the 'preprocess' config section")
     p.add_argument("--source-settings", default="{}", help="JSON of the 'chestxray14' config section (its classes)")
-    p.add_argument("--workers", type=int, default=1, help="decoding processes")
+    p.add_argument("--workers", type=count(1, 256), default=1, help="decoding processes")
     p.add_argument("--report", type=Path, default=None,
                    help="CSV of the images left out and why (default: beside the store, OUT.skipped.csv); written even when ingest fails")

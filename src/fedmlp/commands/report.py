@@ -3,18 +3,78 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
+from typing import Any
 
 from fedmlp.commands.common import read_json
+from fedmlp.errors import FedmlpError
+from fedmlp.inputs import require
+
+RUN_FIELDS = {"dataset": str, "setting": str, "method": str, "seed": int}
+
+
+def _number(value: Any, allow_missing: bool = True) -> bool:
+    if value is None:
+        return allow_missing
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and (allow_missing or math.isfinite(value))
+
+
+def check_metrics(data: Any, path: Path) -> dict[str, Any]:
+    """A metrics file as ``fedmlp evaluate`` writes it (NaN or null where a metric is undefined)."""
+    from fedmlp.metrics import METRICS
+
+    require(isinstance(data, dict) and all(isinstance(data.get(k), dict) for k in ("run", "overall", "per_class", "rounds")), path,
+            "not a metrics file (expected run, overall, per_class and rounds, as 'fedmlp evaluate' writes them)")
+    run = data["run"]
+    for field, kind in RUN_FIELDS.items():
+        require(isinstance(run.get(field), kind) and not isinstance(run.get(field), bool), path,
+                f"run.{field}: expected a {kind.__name__} (was it written by 'fedmlp evaluate --run'?)")
+    require(all(_number(data["overall"].get(m, "absent")) for m in METRICS), path, f"overall: expected a number for each of {', '.join(METRICS)}")
+    per_class = data["per_class"]
+    require(bool(per_class) and all(isinstance(v, dict) and _number(v.get("AUROC")) for v in per_class.values()), path,
+            "per_class: expected an AUROC (number or null) per class")
+    require(isinstance(data.get("undefined_classes", []), list), path, "undefined_classes: expected a list")
+    rounds = data["rounds"]
+    lists = [rounds.get(k) for k in ("round", "test_mAP", "test_AUROC")]
+    require(all(isinstance(v, list) and v and all(_number(x) for x in v) for v in lists) and len({len(v) for v in lists}) == 1, path,
+            "rounds: expected lists round, test_mAP and test_AUROC of one length")
+    require(all(_number(x, allow_missing=False) for x in rounds["round"]), path, "rounds.round: expected round numbers")
+    return data
+
+
+def check_runs(runs: list[dict[str, Any]], paths: list[Path]) -> None:
+    """Runs shown side by side: one class list per dataset and setting, and no run twice."""
+    seen: dict[tuple, Path] = {}
+    classes: dict[tuple, list[str]] = {}
+    for run, path in zip(runs, paths):
+        key = tuple(run["run"][f] for f in RUN_FIELDS)
+        if key in seen:
+            raise FedmlpError(f"{path}: the same run ({', '.join(map(str, key))}) as {seen[key]}")
+        seen[key] = path
+        group = key[:2]
+        names = list(run["per_class"])
+        if classes.setdefault(group, names) != names:
+            raise FedmlpError(f"{path}: classes {names} differ from the other runs of {group[0]} · {group[1]} ({classes[group]})")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     import pandas as pd
 
+    from fedmlp.diagnostics import COUNTS
+    from fedmlp.inputs import read_csv
     from fedmlp.report import write_report
 
-    diagnostics = pd.concat([pd.read_csv(p) for p in args.diagnostics]) if args.diagnostics else None
-    write_report([read_json(p) for p in args.metrics], args.summary, args.report, args.figure, diagnostics)
+    runs = [check_metrics(read_json(p), p) for p in args.metrics]
+    check_runs(runs, args.metrics)
+    columns = [*RUN_FIELDS, "round", "client", "class", *COUNTS]
+    tables = [read_csv(p, columns, numeric=["seed", "round", "client", *COUNTS]) for p in args.diagnostics]
+    for path, table in zip(args.diagnostics, tables):
+        negative = (table[COUNTS] < 0).any(axis=1)
+        if negative.any():
+            raise FedmlpError(f"{path}:{int(negative.to_numpy().argmax()) + 2}: a negative count")
+    diagnostics = pd.concat(tables) if tables else None
+    write_report(runs, args.summary, args.report, args.figure, diagnostics)
 
 
 def add_commands(add) -> None:

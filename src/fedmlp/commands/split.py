@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from fedmlp.commands.common import read_json
+from fedmlp.commands.common import count
 from fedmlp.errors import FedmlpError
 
 log = logging.getLogger("fedmlp")
@@ -35,18 +35,19 @@ def cmd_split(args: argparse.Namespace) -> None:
 def cmd_partition(args: argparse.Namespace) -> None:
     from fedmlp.atomic import write_json
     from fedmlp.config import FederationConfig, from_json
-    from fedmlp.partition import keep_stored, partition, partition_artifact
+    from fedmlp.partition import check_partition, keep_stored, partition, partition_artifact, read_split
     from fedmlp.store import ImageStore
 
     config = from_json(FederationConfig, args.settings, "federation")
     store = ImageStore.open(args.store)
-    split = read_json(args.split)
+    split = read_split(args.split, store)
     stored = set(store.image_ids)
     # The paper's sampler works on positions in the split's training list, unreadable images included.
-    train = split["train"] if config.partition == "paper" else [i for i in split["train"] if i in stored]
+    train = split.train if config.partition == "paper" else [i for i in split.train if i in stored]
     labels = store.labels[store.rows(train)] if config.partition == "dirichlet" else None
     clients = partition(train, labels, store.classes, config)
-    artifact = keep_stored(partition_artifact(store.classes, clients, split["test"], config), stored)
+    artifact = keep_stored(partition_artifact(store.classes, clients, split.test, config), stored)
+    check_partition(artifact, args.out, store.classes, stored)  # e.g. a client left without images that the store holds
     write_json(args.out, artifact)
     for client in artifact["clients"]:
         log.info("client %d: %d images, annotates %s", client["id"], len(client["images"]), ", ".join(client["annotated_classes"]))
@@ -89,5 +90,5 @@ def add_commands(add) -> None:
     p.add_argument("dataset", choices=["chestxray14"])
     p.add_argument("--data-entry", type=Path, required=True, help="Data_Entry_2017_v2020.csv (or .csv.gz)")
     p.add_argument("--out", type=Path, required=True, help="directory for partition.json")
-    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--clients", type=count(1, 10_000), default=8)
     p.add_argument("--classes", default=None, help="comma-separated classes, client k annotating class k (default: the ChestX-ray8 eight)")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fedmlp.commands.common import count
+from fedmlp.errors import FedmlpError
+
 
 def cmd_methods(args: argparse.Namespace) -> None:
     from fedmlp.methods import registry
@@ -19,9 +22,26 @@ def cmd_dicom2png(args: argparse.Namespace) -> None:
     from fedmlp.dicom import read_ct
     from fedmlp.windowing import resize, to_pil, to_uint8, window
 
+    refuse_foreign_output(args.input, args.output)
     image = to_uint8(resize(window(read_ct(args.input), args.windowing, str(args.input)), args.size))
     with atomic_path(args.output) as tmp:
         to_pil(image).save(tmp, format="PNG")
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def refuse_foreign_output(source: Path, output: Path) -> None:
+    """The PNG may replace only a PNG: never the input itself, nor any other kind of file."""
+    if not output.exists():
+        return
+    if source.exists() and output.samefile(source):
+        raise FedmlpError(f"{output}: is the input file; refusing to overwrite it with the PNG")
+    if not output.is_file():
+        raise FedmlpError(f"{output}: exists and is not a regular file; refusing to replace it")
+    with open(output, "rb") as handle:
+        if handle.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+            raise FedmlpError(f"{output}: exists and is not a PNG; refusing to overwrite it")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -44,21 +64,21 @@ def add_commands(add) -> None:
     p = add("bench", cmd_bench, "images/s, peak memory and fraction of the hardware's bound of the data path and of FedMLP's local rounds")
     p.add_argument("--stage", choices=["loader", "1", "2"], required=True,
                    help="loader: read and augment batches only; 1: a warm-up local round; 2: a stage-2 round (detection + local update)")
-    p.add_argument("--size", type=int, default=224, help="image size in pixels of the generated store (default 224)")
-    p.add_argument("--images", type=int, default=256, help="images in the benched client (default 256)")
+    p.add_argument("--size", type=count(16, 1024), default=224, help="image size in pixels of the generated store (default 224)")
+    p.add_argument("--images", type=count(1, 1_000_000), default=256, help="images in the benched client (default 256)")
     p.add_argument("--model", choices=["resnet18", "compact-cnn"], default="resnet18")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="auto: bf16 on CUDA and on CPUs with AVX-512 BF16 or AMX, fp32 elsewhere")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=count(2, 65536), default=32)
     p.add_argument("--channels", type=int, choices=[1, 3], default=3, help="channels of the generated store (default 3)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--threads", type=count(1, 1024), default=None, help="torch CPU threads (default: all cores)")
     p.add_argument("--store", type=Path, default=None, help="bench on an existing store instead of generated random images")
     p.add_argument("--repeats", type=int, default=3, help="time the stage and its bound this many times, alternately; the fastest counts")
     p.add_argument("--json", type=Path, default=None, help="also write the result as JSON to this file")
 
     p = add("dicom2png", cmd_dicom2png, "window one DICOM file into a PNG (RGB for bsb, grayscale for header)")
     p.add_argument("--windowing", choices=["bsb", "header"], required=True)
-    p.add_argument("--size", type=int, default=None, help="output size in pixels (default: native)")
+    p.add_argument("--size", type=count(1, 8192), default=None, help="output size in pixels (default: native)")
     p.add_argument("input", type=Path)
     p.add_argument("output", type=Path)

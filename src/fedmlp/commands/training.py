@@ -7,14 +7,15 @@ train → write rounds → save checkpoint → clear resume state sequence (:fun
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedmlp.commands.common import parse_json_option, read_json
+from fedmlp.commands.common import count, parse_json_option, read_json, seed
 from fedmlp.errors import FedmlpError
+
+ROUND_COLUMNS = ("round", "train_loss", "test_mAP", "test_AUROC")  # a training run's rounds.csv
 
 
 @dataclass
@@ -30,14 +31,20 @@ class TrainingInputs:
 def training_inputs(args: argparse.Namespace) -> TrainingInputs:
     """Store, partition, method, settings and runtime shared by the training commands."""
     from fedmlp import methods, runtime
-    from fedmlp.config import ModelConfig, TrainConfig, from_json
+    from fedmlp.config import MAX_ROUNDS, ModelConfig, TrainConfig, from_json
+    from fedmlp.partition import read_partition
     from fedmlp.store import ImageStore
 
     train = from_json(TrainConfig, args.train, "train")
     model_config = from_json(ModelConfig, args.model, "model")
     method = methods.create(args.method, parse_json_option(args.method_settings, "--method-settings"))
+    rounds = method.n_rounds(train)
+    if not 1 <= rounds <= MAX_ROUNDS:
+        raise FedmlpError(f"method {args.method!r}: a schedule of {rounds} rounds; expected 1 to {MAX_ROUNDS} (check its config section)")
+    store = ImageStore.open(args.store, verify_images=True)
+    partition = read_partition(args.partition, store)
     rt = runtime.resolve(train.device, train.precision, train.threads, train.deterministic)
-    return TrainingInputs(ImageStore.open(args.store), read_json(args.partition), method, train, model_config, rt)
+    return TrainingInputs(store, partition, method, train, model_config, rt)
 
 
 def staged(inputs: TrainingInputs, args: argparse.Namespace):
@@ -112,7 +119,7 @@ def load_warmup(path: Path, inputs: TrainingInputs):
     from fedmlp.config import to_dict
 
     model, meta = checkpoint.load(path)
-    if meta["classes"] != inputs.store.classes or meta["model"] != {**to_dict(inputs.model_config), "pretrained": meta["model"]["pretrained"]}:
+    if meta["classes"] != inputs.store.classes or meta["model"] != {**to_dict(inputs.model_config), "pretrained": meta["model"].get("pretrained")}:
         raise FedmlpError(f"{path}: was trained for another model or class list than this run's config")
     return model.to(inputs.runtime.device)
 
@@ -136,25 +143,27 @@ def cmd_pseudolabel(args: argparse.Namespace) -> None:
 
 
 def cmd_teacher(args: argparse.Namespace) -> None:
-    import pandas as pd
-
     from fedmlp.diagnostics import pseudo_label_quality
+    from fedmlp.inputs import read_csv
+    from fedmlp.pseudolabels import check_artifact
 
+    run_info = parse_json_option(args.run, "--run")
+    if not isinstance(run_info, dict):
+        raise FedmlpError(f"--run: expected a JSON object (dataset, setting, method, seed), got {args.run!r}")
     inputs = training_inputs(args)
     method = staged(inputs, args)
-    artifact = read_json(args.pseudolabels)
-    if artifact.get("method") != method.name:
-        raise FedmlpError(f"{args.pseudolabels}: made for method {artifact.get('method')!r}, not {method.name!r}")
+    artifact = check_artifact(read_json(args.pseudolabels), args.pseudolabels, method.name, inputs.store, inputs.partition)
     method.preload(artifact)
     model = load_warmup(args.warmup_model, inputs)
-    run_info = json.loads(args.run)
+    warmup = read_csv(args.warmup_rounds, ROUND_COLUMNS, numeric=ROUND_COLUMNS, allow_nan=ROUND_COLUMNS[1:])
+    if warmup["round"].tolist() != list(range(1, method.first_stage2_round + 1)):
+        raise FedmlpError(f"{args.warmup_rounds}: rounds {warmup['round'].tolist()}, expected the warm-up's 1 to {method.first_stage2_round}")
 
     def record(round_number, clients, states):
         return [{**run_info, **row} for row in pseudo_label_quality(round_number, inputs.store, clients, states)]
 
     stage2 = range(method.first_stage2_round, method.n_rounds(inputs.train))
-    warmup = pd.read_csv(args.warmup_rounds).to_dict(orient="records")
-    result = train_and_save(args, inputs, stage2, initial_model=model, on_round_end=record, earlier_rounds=warmup,
+    result = train_and_save(args, inputs, stage2, initial_model=model, on_round_end=record, earlier_rounds=warmup.to_dict(orient="records"),
                             resume_files=(args.warmup_model, args.pseudolabels))
     write_rounds(args.out_diagnostics, result.round_rows)
 
@@ -164,7 +173,7 @@ def add_commands(add) -> None:
         p.add_argument("--store", type=Path, required=True)
         p.add_argument("--partition", type=Path, required=True)
         p.add_argument("--method", required=True, help="a registered method (fedmlp methods lists them)")
-        p.add_argument("--seed", type=int, required=True)
+        p.add_argument("--seed", type=seed, required=True)
         p.add_argument("--train", default="{}", help="JSON of the 'train' config section")
         p.add_argument("--model", default="{}", help="JSON of the 'model' config section")
         p.add_argument("--method-settings", default="{}", help="JSON of the method's own config section")
@@ -172,7 +181,7 @@ def add_commands(add) -> None:
     def resume_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--resume-state", type=Path, default=None,
                        help="file for the state between rounds: saved as training goes, continued if present, removed at the end")
-        p.add_argument("--resume-every", type=int, default=1, help="save the state every N rounds")
+        p.add_argument("--resume-every", type=count(1), default=1, help="save the state every N rounds")
 
     def outputs(p: argparse.ArgumentParser) -> None:
         p.add_argument("--out-model", type=Path, required=True)

@@ -18,6 +18,7 @@ have multi-valued WindowCenter/WindowWidth. Everything is a pure function of the
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from scipy.ndimage import gaussian_filter
 
+from fedmlp.atomic import exclusive
 from fedmlp.config import SyntheticConfig
 from fedmlp.errors import FedmlpError
 from fedmlp.progress import bar
@@ -237,15 +239,40 @@ def image_ids(n: int, rng: np.random.Generator) -> list[str]:
     return list(ids)
 
 
+MARKER = ".fedmlp-synthetic"  # not a declared output: Snakemake's cleanup before a rerun leaves it
+
+
+def claim(out_dir: Path) -> None:
+    """Write into ``out_dir`` only if it is ours: missing, empty, or marked by an earlier run of this
+    generator; mark it before writing anything, so that a run killed half way leaves it ours."""
+    if out_dir.exists() or out_dir.is_symlink():
+        if not out_dir.is_dir():
+            raise FedmlpError(f"{out_dir}: exists and is not a directory; refusing to replace it")
+        entries = sorted(p.name for p in out_dir.iterdir())
+        if entries and not (out_dir / MARKER).is_file():
+            raise FedmlpError(f"{out_dir}: exists, holds {entries[0]!r} and was not written by 'fedmlp synth'; "
+                              "refusing to write a synthetic dataset into it (choose an empty or new directory)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MARKER).write_text("A synthetic dataset written by 'fedmlp synth'; 'fedmlp synth' may replace what is here.\n")
+
+
 def generate(config: SyntheticConfig, out_dir: Path) -> pd.DataFrame:
     """Write ``out_dir/stage_2_train/*.dcm`` and ``out_dir/stage_2_train.csv``; return the label table."""
     if config.n_images < 1:
         raise FedmlpError(f"config key 'synthetic.n_images': expected at least 1, got {config.n_images}")
     if config.image_size < 32:
         raise FedmlpError(f"config key 'synthetic.image_size': expected at least 32, got {config.image_size}")
+    with exclusive(out_dir):  # a second 'fedmlp synth' into out_dir fails at once
+        return _generate(config, out_dir)
+
+
+def _generate(config: SyntheticConfig, out_dir: Path) -> pd.DataFrame:
     ids = image_ids(config.n_images, numpy_rng(config.seed, "ids"))
     labels = draw_labels(config, numpy_rng(config.seed, "labels"))
+    claim(out_dir)
     image_dir = out_dir / rsna.IMAGE_DIR
+    if image_dir.is_dir():
+        shutil.rmtree(image_dir)  # ours (claim checked): no DICOM of an earlier, larger dataset stays behind
     image_dir.mkdir(parents=True, exist_ok=True)
     for index, image_id in enumerate(bar(ids, desc="synthetic DICOM", unit="img")):
         rng = numpy_rng(config.seed, "image", index)
