@@ -17,12 +17,11 @@ from fedmlp.methods.cbafed import (
     labelled_entries,
     official_loss,
     positive_counts,
-    positive_weights,
     select_pseudo,
     thresholds,
     warmup_rounds,
 )
-from fedmlp.methods.fedmlp import UNLABELLED
+from fedmlp.methods.common import UNLABELLED
 from fedmlp.store import ImageStore
 
 TRAIN = TrainConfig(rounds=3, batch_size=8, precision="fp32", device="cpu")
@@ -87,12 +86,6 @@ def test_pseudo_label_selection_from_known_probabilities() -> None:
     pseudo = select_pseudo(probabilities, missing, tau)
     assert pseudo.dtype == torch.int8
     assert pseudo.tolist() == [[-1, 1, 1], [-1, 0, 0], [-1, 1, -1], [-1, 0, 0]]
-
-
-def test_positive_weights_use_observed_counts_only() -> None:
-    observed = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
-    weights = positive_weights(observed, torch.tensor([True, True, False]))
-    assert weights.tolist() == [2.0, 1.0, 1.0]  # N/n⁺; no positive: 1; missing: 1
 
 
 def test_clean_loss_on_known_values() -> None:

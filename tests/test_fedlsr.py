@@ -17,7 +17,6 @@ from fedmlp.methods.fedlsr import (
     js_bernoulli,
     js_official,
     mixed_prediction,
-    positive_weights,
     ramp_rounds,
     sharpen,
 )
@@ -79,12 +78,6 @@ def test_ramp_of_the_distillation_weight() -> None:
     assert ramp_rounds(0.01, 20) == 1 and ramp_rounds(0.0, 20) == 0
     assert [distill_weight(t, 4, 0.4) for t in range(6)] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.4])
     assert distill_weight(0, 0, 0.4) == 0.4
-
-
-def test_positive_weights_from_observed_labels_only() -> None:
-    observed = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
-    weights = positive_weights(observed, torch.tensor([True, True, False]))
-    assert weights.tolist() == [2.0, 1.0, 1.0]  # 4 / 2; annotated without positives; missing
 
 
 def test_fit_loss_clean_and_double_sigmoid() -> None:

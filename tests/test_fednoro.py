@@ -12,7 +12,7 @@ import torch
 from fedmlp import federated, methods, runtime
 from fedmlp.config import ModelConfig, TrainConfig
 from fedmlp.methods import ServerContext, Upload
-from fedmlp.methods.fedmlp import class_prior, logit_offset
+from fedmlp.methods.common import class_prior, logit_offset
 from fedmlp.methods.fednoro import daagg_weights, kd_term, model_distance, ramp, supervised_term
 from fedmlp.store import ImageStore
 

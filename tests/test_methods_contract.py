@@ -26,6 +26,7 @@ SETTINGS = {
     "fedmlp": {"warmup_rounds": 1, "rounds": 2},
     "fedmlp-fixed": {"warmup_rounds": 1, "rounds": 2, **FIXED},
     "fedmlp-official": {"warmup_rounds": 1, "rounds": 2, **FIXED},
+    "cbafed": {"tau_base": 0.0, "tau_min": 0.505},  # thresholds a 3-round model's outputs reach
 }
 NAMES = registry.names()
 

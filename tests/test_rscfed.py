@@ -13,15 +13,10 @@ from fedmlp.config import ModelConfig, TrainConfig
 from fedmlp.methods.rscfed import (
     dma_weights,
     draw_groups,
-    ema_alpha,
-    ema_pairs,
-    ema_update_,
     group_size,
     model_distance,
-    positive_weight,
     sharpen,
 )
-from fedmlp.models import build_model
 from fedmlp.store import ImageStore
 
 TRAIN = TrainConfig(rounds=3, batch_size=8, precision="fp32", device="cpu")
@@ -73,44 +68,12 @@ def test_groups_are_drawn_from_the_generator_with_size_k() -> None:
     assert len({tuple(g) for g in groups}) > 1  # groups differ within a round
 
 
-def test_ema_update_with_warm_start() -> None:
-    assert ema_alpha(0, 0.999, warm_start=True) == 0.0  # the first update copies the student
-    assert ema_alpha(1, 0.999, warm_start=True) == 0.5
-    assert ema_alpha(3, 0.999, warm_start=True) == 0.75
-    assert ema_alpha(10_000, 0.999, warm_start=True) == 0.999
-    assert ema_alpha(0, 0.999, warm_start=False) == 0.999
-    teacher, student = [torch.tensor([1.0, 2.0])], [torch.tensor([3.0, 6.0])]
-    ema_update_(teacher, student, ema_alpha(1, 0.999, warm_start=True))
-    assert teacher[0].tolist() == [2.0, 4.0]  # 0.5 · teacher + 0.5 · student
-    ema_update_(teacher, student, 0.75)
-    assert teacher[0].tolist() == [2.25, 4.5]
-    ema_update_(teacher, student, 0.0)
-    assert teacher[0].tolist() == [3.0, 6.0]
-
-
-def test_ema_pairs_cover_parameters_and_running_statistics() -> None:
-    teacher, student = build_model(MODEL, 3), build_model(MODEL, 3)
-    t_all, s_all = ema_pairs(teacher, student, buffers=True)
-    t_params, _ = ema_pairs(teacher, student, buffers=False)
-    n_params = len(list(student.parameters()))
-    assert len(t_params) == n_params and len(t_all) > n_params and len(t_all) == len(s_all)
-    assert all(t.is_floating_point() for t in t_all)
-    ema_update_(t_all, s_all, 0.0)  # the views write through to the teacher's modules
-    assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), student.state_dict().values()))
-
-
 def test_sharpening_formula() -> None:
     p = torch.tensor([0.5, 0.8, 0.2, 0.99])
     sharp = sharpen(p, 0.5)
     assert sharp.tolist() == pytest.approx([0.5, 0.64 / (0.64 + 0.04), 0.04 / (0.04 + 0.64), 0.99**2 / (0.99**2 + 0.01**2)])
     assert torch.allclose(sharp, torch.sigmoid(torch.logit(p) / 0.5))  # σ(logit(p) / T)
     assert torch.allclose(sharpen(p, 1.0), p)
-
-
-def test_positive_weight_uses_observed_annotated_labels_only() -> None:
-    observed = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
-    weight = positive_weight(observed, torch.tensor([True, True, False]))
-    assert weight.tolist() == [2.0, 1.0, 1.0]  # N / n⁺; no positive: 1; missing: 1
 
 
 @pytest.mark.parametrize("variant", ["clean", "official-code"])

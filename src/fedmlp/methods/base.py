@@ -9,8 +9,8 @@ plain values) and is saved for resuming by the loop, not by each method.
 
 Client side (sees only :class:`LocalContext`: its own data, its own state, the broadcast): the
 prepare answer (:meth:`Method.client_prepare`), a hook before training (:meth:`Method.before_training`),
-the loss per batch (:meth:`Method.loss`), a hook after every optimiser step (:meth:`Method.after_step`),
-the upload's payload and aggregation weight. The default local update is one Adam optimiser (created
+the loss per batch (:meth:`Method.loss`), hooks after every optimiser step (:meth:`Method.after_step`)
+and after training (:meth:`Method.after_training`), the upload's payload and aggregation weight. The default local update is one Adam optimiser (created
 anew each round, as in the published code) over ``train.local_epochs`` shuffled epochs.
 
 The loop (:mod:`fedmlp.federated`) and the Flower app run both halves through these calls only.
@@ -130,6 +130,10 @@ class Method(ABC):
     def after_step(self, ctx: LocalContext) -> None:
         """Called after every optimiser step (EMA teachers)."""
 
+    def after_training(self, ctx: LocalContext) -> None:
+        """Called at the end of a local update, before the upload is built (e.g. to store an EMA
+        teacher back into the client's state)."""
+
     def upload_payload(self, ctx: LocalContext) -> dict[str, Any]:
         return {}
 
@@ -154,6 +158,7 @@ class Method(ABC):
                 total += float(loss.detach()) * len(batch.positions)
                 seen += len(batch.positions)
                 ctx.on_batch()
+        self.after_training(ctx)
         return Upload(
             client_id=ctx.client.client_id,
             n_samples=len(ctx.client),

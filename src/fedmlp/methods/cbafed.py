@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from fedmlp.config import from_dict
 from fedmlp.loader import Batch, ClientData, iterate_rows
 from fedmlp.methods.base import LocalContext, Method, ServerContext, weighted_average
-from fedmlp.methods.fedmlp import UNLABELLED, masked_mean
+from fedmlp.methods.common import UNLABELLED, masked_mean, positive_weights
 from fedmlp.methods.messages import Upload, Weights
 from fedmlp.methods.registry import register
 from fedmlp.schema import setting
@@ -84,13 +84,6 @@ class CBAFedConfig:
 def warmup_rounds(total_rounds: int, fraction: float) -> int:
     """Stage-1 rounds: ``fraction`` of the run, rounded half up, at least 1 and at most the run."""
     return min(total_rounds, max(1, math.floor(fraction * total_rounds + 0.5)))
-
-
-def positive_weights(observed: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
-    """pos_weight per class: N / n⁺ for annotated classes with a positive, 1 otherwise (missing classes too)."""
-    positives = observed.sum(0)
-    ratio = observed.shape[0] / positives.clamp(min=1)
-    return torch.where(annotated & (positives > 0), ratio, torch.ones_like(ratio))
 
 
 def thresholds(counts: torch.Tensor, base: float, low: float, high: float) -> torch.Tensor:

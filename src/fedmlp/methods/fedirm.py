@@ -35,9 +35,9 @@ from fedmlp.config import from_dict
 from fedmlp.errors import FedmlpError
 from fedmlp.loader import Batch, ClientData
 from fedmlp.methods.base import LocalContext, Method, ServerContext, weighted_average
+from fedmlp.methods.common import ema_alpha, ema_pairs, ema_update_, masked_mean, positive_weights
 from fedmlp.methods.messages import Upload, Weights
 from fedmlp.methods.registry import register
-from fedmlp.models import Classifier
 from fedmlp.schema import setting
 
 log = logging.getLogger(__name__)
@@ -99,14 +99,6 @@ def sigmoid_rampup(t: float, length: float) -> float:
         return 1.0
     phase = 1.0 - min(max(t / length, 0.0), 1.0)
     return math.exp(-5.0 * phase * phase)
-
-
-def positive_weight(observed: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
-    """BCE pos_weight per class: N / n⁺ for annotated classes with positives (from observed labels
-    only), 1 for missing classes and for classes without a positive."""
-    positives = observed.sum(0)
-    weight = observed.shape[0] / positives.clamp(min=1)
-    return torch.where(annotated & (positives > 0), weight, torch.ones_like(weight))
 
 
 def relation_sums(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,32 +163,6 @@ def official_relation_divergence(source: torch.Tensor, target: torch.Tensor, eps
     return 0.5 * ((t * (t.log() - s.log())).sum() + (s * (s.log() - t.log())).sum()) / source.shape[0]
 
 
-def ema_alpha(step: int, decay: float) -> float:
-    """The EMA's weight on the old teacher at its ``step`` (0 for the first update): min(1 − 1/(step + 1), decay)."""
-    return min(1 - 1 / (step + 1), decay)
-
-
-@torch.no_grad()
-def ema_update_(teacher: list[torch.Tensor], student: list[torch.Tensor], alpha: float) -> None:
-    """teacher ← α · teacher + (1 − α) · student, in place."""
-    for t, s in zip(teacher, student):
-        t.mul_(alpha).add_(s.to(t.dtype), alpha=1 - alpha)
-
-
-def ema_pairs(teacher: Classifier, student: Classifier, buffers: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The tensors an EMA step updates: the parameters, and with ``buffers`` the floating-point
-    buffers too (BatchNorm's running statistics); integer buffers never."""
-    names = {name for name, _ in student.named_parameters()}
-    t_state, s_state = teacher.state_dict(), student.state_dict()  # views of the modules' tensors
-    keys = [k for k, v in s_state.items() if v.is_floating_point() and (buffers or k in names)]
-    return [t_state[k] for k in keys], [s_state[k] for k in keys]
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1)
-
-
 # ---------------------------------------------------------------------------------------------
 
 
@@ -243,7 +209,7 @@ class FedIRM(Method):
     # --- client side ---------------------------------------------------------------------------
 
     def init_client_state(self, client: ClientData) -> dict[str, Any]:
-        return {"pos_weight": positive_weight(client.observed, client.annotated), "step": 0, "mask_rate": float("nan")}
+        return {"pos_weight": positive_weights(client.observed, client.annotated), "step": 0, "mask_rate": float("nan")}
 
     def before_training(self, ctx: LocalContext) -> None:
         start = self.phase1(ctx.total_rounds)
@@ -258,11 +224,9 @@ class FedIRM(Method):
                 ctx.state["step"] = 0
             ctx.scratch.load_state_dict(ctx.state["teacher"])
 
-    def local_update(self, ctx: LocalContext) -> Upload:
-        upload = super().local_update(ctx)
+    def after_training(self, ctx: LocalContext) -> None:
         if ctx.round >= self.phase1(ctx.total_rounds):
             ctx.state["teacher"] = {k: v.detach().cpu().clone() for k, v in ctx.scratch.state_dict().items()}
-        return upload
 
     def loss(self, ctx: LocalContext, batch: Batch) -> torch.Tensor:
         config = self.config

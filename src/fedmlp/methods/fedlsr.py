@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from fedmlp.config import from_dict
 from fedmlp.loader import Batch, ClientData
 from fedmlp.methods.base import LocalContext, Method
+from fedmlp.methods.common import positive_weights
 from fedmlp.methods.registry import register
 from fedmlp.schema import setting
 
@@ -66,14 +67,6 @@ class FedLSRConfig:
 
 # ---------------------------------------------------------------------------------------------
 # The method's pieces as pure functions (tested on hand-made inputs).
-
-
-def positive_weights(observed: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
-    """pos_weight per class from the client's observed labels: N / n⁺ for an annotated class with
-    positives, 1 for a missing class (its targets are all 0) or an annotated one without positives."""
-    positives = observed.sum(0)
-    weights = observed.shape[0] / positives.clamp(min=1)
-    return torch.where(annotated & (positives > 0), weights, torch.ones_like(weights))
 
 
 def sharpen(p: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:

@@ -33,6 +33,7 @@ from fedmlp.augment import to_float
 from fedmlp.config import from_dict
 from fedmlp.loader import Batch, ClientData, iterate_rows
 from fedmlp.methods.base import LocalContext, ServerContext, StagedMethod
+from fedmlp.methods.common import UNLABELLED, class_prior, logit_offset, masked_mean
 from fedmlp.methods.messages import Upload
 from fedmlp.methods.registry import register
 from fedmlp.models import Classifier
@@ -82,22 +83,9 @@ class FedMLPConfig:
 
 log = logging.getLogger(__name__)
 
-UNLABELLED = -1
 
 # ---------------------------------------------------------------------------------------------
 # The method's pieces as pure functions (tested on hand-made inputs).
-
-
-def class_prior(observed: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
-    """π_kc = positives / N_k with Laplace smoothing ((pos + 1) / (N + 2)), which keeps it away
-    from 0 and 1; 0.5 (no adjustment) for missing classes."""
-    prior = (observed.sum(0) + 1) / (observed.shape[0] + 2)
-    return torch.where(annotated, prior, torch.full_like(prior, 0.5))
-
-
-def logit_offset(prior: torch.Tensor) -> torch.Tensor:
-    """Added to the logits during training (logit adjustment): log(π / (1 − π))."""
-    return torch.log(prior) - torch.log1p(-prior)
 
 
 def prototypes(features: torch.Tensor, labels: torch.Tensor, annotated: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,11 +172,6 @@ def stage2_targets(
     bce_mask = ~missing | labelled
     cr_mask = missing & ~labelled if variant == "paper" else torch.zeros_like(missing)
     return targets, bce_mask, cr_mask
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from fedmlp.config import from_dict
 from fedmlp.loader import Batch, ClientData
 from fedmlp.methods.base import LocalContext, Method, ServerContext, weighted_average
-from fedmlp.methods.fedmlp import class_prior, logit_offset, masked_mean
+from fedmlp.methods.common import class_prior, logit_offset, masked_mean
 from fedmlp.methods.messages import Upload, Weights
 from fedmlp.methods.registry import register
 from fedmlp.schema import setting

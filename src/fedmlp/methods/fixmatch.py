@@ -33,6 +33,7 @@ from fedmlp.augment import strong
 from fedmlp.config import from_dict
 from fedmlp.loader import Batch, ClientData
 from fedmlp.methods.base import LocalContext, Method
+from fedmlp.methods.common import positive_weights
 from fedmlp.methods.registry import register
 from fedmlp.schema import setting
 
@@ -72,14 +73,6 @@ class FixMatchConfig:
 
 # ---------------------------------------------------------------------------------------------
 # The method's pieces as pure functions (tested on hand-made inputs).
-
-
-def positive_weights(observed: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
-    """pos_weight per class from the client's observed labels: N / n⁺ for an annotated class with
-    positives, 1 otherwise (missing classes have only zero targets)."""
-    positives = observed.sum(0)
-    weights = observed.shape[0] / positives.clamp(min=1)
-    return torch.where(annotated & (positives > 0), weights, torch.ones_like(weights))
 
 
 def pseudo_labels(probabilities: torch.Tensor) -> torch.Tensor:
@@ -132,14 +125,12 @@ class FedAvgFixMatch(Method):
         self.normalisation = "selected" if official else config.normalisation
         self.cutout_pixels = OFFICIAL_CUTOUT_PIXELS if official else None
         self.use_pos_weight = config.pos_weight or official
-        self._masked: torch.Tensor | None = None  # this local update's mask counts (on the device)
-        self._entries: torch.Tensor | None = None
 
     def init_client_state(self, client: ClientData) -> dict[str, Any]:
         return {"pos_weight": positive_weights(client.observed, client.annotated), "mask_rate": None}
 
     def before_training(self, ctx: LocalContext) -> None:
-        self._masked = self._entries = None
+        ctx.state["counts"] = None  # this local update's (masked, entries), on the device until after_training
 
     def strong_view(self, ctx: LocalContext, images: torch.Tensor) -> torch.Tensor:
         config = self.config
@@ -159,18 +150,17 @@ class FedAvgFixMatch(Method):
         if config.lambda_u > 0:
             unsupervised = unsupervised_loss(z_strong, pseudo_labels(probabilities), mask, missing, self.normalisation)
             loss = loss + config.lambda_u * unsupervised
-        masked, entries = mask.sum(), missing.sum() * mask.shape[0]
-        self._masked = masked if self._masked is None else self._masked + masked
-        self._entries = entries if self._entries is None else self._entries + entries
+        counts = torch.stack([mask.sum(), missing.sum() * mask.shape[0]])
+        ctx.state["counts"] = counts if ctx.state["counts"] is None else ctx.state["counts"] + counts
         return loss
 
-    def upload_payload(self, ctx: LocalContext) -> dict[str, Any]:
-        """Nothing to upload; records the round's mask rate in the client's state (one sync per round)."""
-        if self._entries is not None and int(self._entries) > 0:
-            ctx.state["mask_rate"] = float(self._masked) / int(self._entries)
+    def after_training(self, ctx: LocalContext) -> None:
+        """Record the round's mask rate in the client's state (one sync per round)."""
+        counts = ctx.state.pop("counts")
+        if counts is not None and int(counts[1]) > 0:
+            ctx.state["mask_rate"] = float(counts[0]) / int(counts[1])
             log.debug("%s client %d round %d: mask rate %.3f", self.name, ctx.client.client_id, ctx.round + 1,
                       ctx.state["mask_rate"])
-        return {}
 
 
 @register("fedavg-fixmatch", section="fedavg_fixmatch", config=FixMatchConfig,

@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from fedmlp.config import from_dict
 from fedmlp.loader import Batch, ClientData
 from fedmlp.methods.base import LocalContext, Method, ServerContext
+from fedmlp.methods.common import ema_alpha, ema_pairs, ema_update_, masked_mean, positive_weights
 from fedmlp.methods.messages import Upload, Weights
 from fedmlp.methods.registry import register
-from fedmlp.models import Classifier
 from fedmlp.schema import setting
 
 log = logging.getLogger(__name__)
@@ -72,40 +72,10 @@ class RSCFedConfig:
 # The method's pieces as pure functions (tested on hand-made inputs).
 
 
-def positive_weight(observed: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
-    """BCE pos_weight per class: N / n⁺ for annotated classes with positives (from observed labels
-    only), 1 for missing classes and for classes without a positive."""
-    positives = observed.sum(0)
-    weight = observed.shape[0] / positives.clamp(min=1)
-    return torch.where(annotated & (positives > 0), weight, torch.ones_like(weight))
-
-
 def sharpen(p: torch.Tensor, temperature: float) -> torch.Tensor:
     """Binary sharpening p^(1/T) / (p^(1/T) + (1 − p)^(1/T)), i.e. σ(logit(p) / T)."""
     a, b = p ** (1 / temperature), (1 - p) ** (1 / temperature)
     return a / (a + b)
-
-
-def ema_alpha(step: int, decay: float, warm_start: bool) -> float:
-    """The EMA's weight on the old teacher at the client's ``step`` (0 for the first update):
-    min(1 − 1/(step + 1), decay) with the mean-teacher warm-start, else ``decay``."""
-    return min(1 - 1 / (step + 1), decay) if warm_start else decay
-
-
-@torch.no_grad()
-def ema_update_(teacher: list[torch.Tensor], student: list[torch.Tensor], alpha: float) -> None:
-    """teacher ← α · teacher + (1 − α) · student, in place."""
-    for t, s in zip(teacher, student):
-        t.mul_(alpha).add_(s.to(t.dtype), alpha=1 - alpha)
-
-
-def ema_pairs(teacher: Classifier, student: Classifier, buffers: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The tensors an EMA step updates: the parameters, and with ``buffers`` the floating-point
-    buffers too (BatchNorm's running statistics); integer buffers never."""
-    names = {name for name, _ in student.named_parameters()}
-    t_state, s_state = teacher.state_dict(), student.state_dict()  # views of the modules' tensors
-    keys = [k for k, v in s_state.items() if v.is_floating_point() and (buffers or k in names)]
-    return [t_state[k] for k in keys], [s_state[k] for k in keys]
 
 
 def group_size(n_clients: int, cap: int, fraction: float) -> int:
@@ -198,17 +168,15 @@ class RSCFed(Method):
     # --- client side ---------------------------------------------------------------------------
 
     def init_client_state(self, client: ClientData) -> dict[str, Any]:
-        return {"pos_weight": positive_weight(client.observed, client.annotated), "step": 0}
+        return {"pos_weight": positive_weights(client.observed, client.annotated), "step": 0}
 
     def before_training(self, ctx: LocalContext) -> None:
         if "teacher" not in ctx.state:  # the first local update: the teacher starts as the received model
             ctx.state["teacher"] = {k: v.detach().cpu().clone() for k, v in ctx.model.state_dict().items()}
         ctx.scratch.load_state_dict(ctx.state["teacher"])
 
-    def local_update(self, ctx: LocalContext) -> Upload:
-        upload = super().local_update(ctx)
+    def after_training(self, ctx: LocalContext) -> None:
         ctx.state["teacher"] = {k: v.detach().cpu().clone() for k, v in ctx.scratch.state_dict().items()}
-        return upload
 
     def loss(self, ctx: LocalContext, batch: Batch) -> torch.Tensor:
         config = self.config
@@ -231,11 +199,6 @@ class RSCFed(Method):
         alpha = ema_alpha(ctx.state["step"], self.config.ema_decay, warm_start=not self.official)
         ema_update_(*ema_pairs(ctx.scratch, ctx.model, buffers=True), alpha)
         ctx.state["step"] += 1
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
 @register("rscfed", section="rscfed", config=RSCFedConfig,

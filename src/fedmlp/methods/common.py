@@ -1,0 +1,62 @@
+"""Pieces several methods share: positive weights and logit adjustment from observed labels, EMA
+teachers, masked means, the pseudo-label matrix convention.
+
+Kept apart from any one method so that a method importing them does not depend on another method's
+module (a method's jobs rerun when the modules it imports change; see fedmlp.fingerprint).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fedmlp.models import Classifier
+
+UNLABELLED = -1  # a pseudo-label matrix entry (int8) that holds no pseudo-label; 0 and 1 are labels
+
+
+def positive_weights(observed: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
+    """pos_weight per class from the client's observed labels: N / n⁺ for an annotated class with
+    positives, 1 otherwise (a missing class has only zero targets; a class without positives)."""
+    positives = observed.sum(0)
+    weights = observed.shape[0] / positives.clamp(min=1)
+    return torch.where(annotated & (positives > 0), weights, torch.ones_like(weights))
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over the entries where ``mask`` is set (0 if none is)."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def ema_alpha(step: int, decay: float, warm_start: bool = True) -> float:
+    """The EMA's weight on the old teacher at its ``step`` (0 for the first update):
+    min(1 − 1/(step + 1), decay) with the mean-teacher warm-start, else ``decay``."""
+    return min(1 - 1 / (step + 1), decay) if warm_start else decay
+
+
+@torch.no_grad()
+def ema_update_(teacher: list[torch.Tensor], student: list[torch.Tensor], alpha: float) -> None:
+    """teacher ← α · teacher + (1 − α) · student, in place."""
+    for t, s in zip(teacher, student):
+        t.mul_(alpha).add_(s.to(t.dtype), alpha=1 - alpha)
+
+
+def ema_pairs(teacher: Classifier, student: Classifier, buffers: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The tensors an EMA step updates: the parameters, and with ``buffers`` the floating-point
+    buffers too (BatchNorm's running statistics); integer buffers never."""
+    names = {name for name, _ in student.named_parameters()}
+    t_state, s_state = teacher.state_dict(), student.state_dict()  # views of the modules' tensors
+    keys = [k for k, v in s_state.items() if v.is_floating_point() and (buffers or k in names)]
+    return [t_state[k] for k in keys], [s_state[k] for k in keys]
+
+
+def class_prior(observed: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
+    """π_kc = positives / N_k with Laplace smoothing ((pos + 1) / (N + 2)), which keeps it away
+    from 0 and 1; 0.5 (no adjustment) for missing classes."""
+    prior = (observed.sum(0) + 1) / (observed.shape[0] + 2)
+    return torch.where(annotated, prior, torch.full_like(prior, 0.5))
+
+
+def logit_offset(prior: torch.Tensor) -> torch.Tensor:
+    """Added to the logits during training (logit adjustment): log(π / (1 − π))."""
+    return torch.log(prior) - torch.log1p(-prior)
