@@ -1,4 +1,4 @@
-"""CBAFed (Li, Li & Wang, CVPR 2023) adapted to missing classes, as docs/baselines/cbafed.md describes it.
+"""CBAFed (Li, Li & Wang, CVPR 2023) adapted to missing classes, as docs/baselines.md § CBAFed describes it.
 
 Two stages inside the run's ``train.rounds`` rounds: stage 1 (the first ``warmup_fraction`` of the
 rounds, at least one) trains on annotated classes only; stage 2 adds pseudo-labels for the missing
@@ -50,7 +50,7 @@ from fedmlp.schema import setting
 
 @dataclass(frozen=True)
 class CBAFedConfig:
-    """CBAFed (docs/baselines/cbafed.md): warm-up on annotated classes, then fixed pseudo-labels for
+    """CBAFed (docs/baselines.md § CBAFed): warm-up on annotated classes, then fixed pseudo-labels for
     missing classes under class-balanced thresholds, residual server averaging."""
 
     warmup_fraction: float = setting(

@@ -1,4 +1,4 @@
-"""FedIRM (Liu et al., MICCAI 2021) for missing classes, as docs/baselines/fedirm.md describes it.
+"""FedIRM (Liu et al., MICCAI 2021) for missing classes, as docs/baselines.md § FedIRM describes it.
 
 Two phases. Phase 1 (the first rounds, ``phase1_fraction`` of the run): every client trains BCE on
 its annotated classes over two augmented views. Phase 2 (the rest): the same supervised term plus,
@@ -48,7 +48,7 @@ ACCUMULATOR = "relation_accumulator"
 
 @dataclass(frozen=True)
 class FedIRMConfig:
-    """FedIRM (docs/baselines/fedirm.md): supervised warm-up, then EMA-teacher consistency and inter-client
+    """FedIRM (docs/baselines.md § FedIRM): supervised warm-up, then EMA-teacher consistency and inter-client
     relation matching on the missing classes."""
 
     phase1_fraction: float = setting(

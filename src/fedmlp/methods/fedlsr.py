@@ -1,7 +1,7 @@
 """FedLSR (Jiang et al., CIKM 2022): local self-regularisation against noisy labels, for missing classes.
 
 Missing classes are stored as 0 and treated as noisy negatives; each client regularises its own
-training so that it does not fit them too closely (docs/baselines/fedlsr.md). Per batch, two views
+training so that it does not fit them too closely (docs/baselines.md § FedLSR). Per batch, two views
 of each image go through the model in one forward (logits z¹, z²):
 
 - implicit regularisation: the two views' predictions are mixed with m ~ Beta(1, 1) (one draw per
@@ -43,7 +43,7 @@ CLAMP = 1e-6  # probabilities in the divergence are kept in [CLAMP, 1 − CLAMP]
 
 @dataclass(frozen=True)
 class FedLSRConfig:
-    """FedLSR (docs/baselines/fedlsr.md): mixed, sharpened two-view predictions fitted to the observed
+    """FedLSR (docs/baselines.md § FedLSR): mixed, sharpened two-view predictions fitted to the observed
     labels (missing = 0, as noisy labels), plus a ramped self-distillation between the views."""
 
     beta_max: float = setting(0.4, "Weight of the self-distillation term after its ramp (β_max).", minimum=0)
@@ -62,7 +62,7 @@ class FedLSRConfig:
                                       "observed positives; 1 for missing classes). variant official-code turns it on.")
     variant: Literal["clean", "official-code"] = setting(
         "clean", "official-code: the published FedMLP code's loss (double sigmoid, its JS, 8 % ramp, pos_weight, "
-        "no entropy term; see docs/baselines/fedlsr.md).")
+        "no entropy term; see docs/baselines.md § FedLSR).")
 
 
 # ---------------------------------------------------------------------------------------------

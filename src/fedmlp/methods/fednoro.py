@@ -1,4 +1,4 @@
-"""FedNoRo (Wu et al., IJCAI 2023) adapted to missing classes, as docs/baselines/fednoro.md describes it.
+"""FedNoRo (Wu et al., IJCAI 2023) adapted to missing classes, as docs/baselines.md § FedNoRo describes it.
 
 FedNoRo finds the clients with noisy labels and trains them with knowledge distillation from the
 global model. Here a client's "noise" is known exactly: its missing classes, stored as 0. Every
@@ -49,7 +49,7 @@ from fedmlp.schema import setting
 
 @dataclass(frozen=True)
 class FedNoRoConfig:
-    """FedNoRo (docs/baselines/fednoro.md): logit-adjusted BCE on annotated classes, distillation from
+    """FedNoRo (docs/baselines.md § FedNoRo): logit-adjusted BCE on annotated classes, distillation from
     the global model on missing classes with a ramped weight; DaAgg when some clients annotate every class."""
 
     kd_weight: float = setting(0.8, "a: the distillation weight λ_t at the end of its ramp.", minimum=0, maximum=1)

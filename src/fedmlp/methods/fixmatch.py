@@ -1,5 +1,5 @@
 """FedAvg + FixMatch (Sohn et al., NeurIPS 2020) for missing classes: pseudo-labels from a weak view
-train a strong view, on the classes a client does not annotate (docs/baselines/fedavg-fixmatch.md).
+train a strong view, on the classes a client does not annotate (docs/baselines.md § FedAvg + FixMatch).
 
 Per batch, a weak view (``weak`` policy) and a strong view (RandAugment + Cutout, the ``strong``
 policy of :mod:`fedmlp.augment`) go through the model in one forward (logits z^w, z^s):
@@ -45,7 +45,7 @@ OFFICIAL_CUTOUT_PIXELS = 16  # FixMatch's CIFAR value (half of a 32-px image), w
 
 @dataclass(frozen=True)
 class FixMatchConfig:
-    """FedAvg + FixMatch (docs/baselines/fedavg-fixmatch.md): weak-view pseudo-labels on missing
+    """FedAvg + FixMatch (docs/baselines.md § FedAvg + FixMatch): weak-view pseudo-labels on missing
     classes, where confident, train the strong view."""
 
     threshold_high: float = setting(0.8, "τ⁺: a missing entry with weak-view probability above it gets pseudo-label 1.",
@@ -68,7 +68,7 @@ class FixMatchConfig:
                                       "(client size over its observed positives). variant official-code turns it on.")
     variant: Literal["clean", "official-code"] = setting(
         "clean", "official-code: the published FedMLP code's version (sample AND gate, |I|·|M| normalisation, 16-px "
-        "Cutout, pos_weight; see docs/baselines/fedavg-fixmatch.md).")
+        "Cutout, pos_weight; see docs/baselines.md § FedAvg + FixMatch).")
 
 
 # ---------------------------------------------------------------------------------------------

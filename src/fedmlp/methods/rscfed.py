@@ -1,4 +1,4 @@
-"""RSCFed (Liang et al., CVPR 2022) for missing classes, as docs/baselines/rscfed.md describes it.
+"""RSCFed (Liang et al., CVPR 2022) for missing classes, as docs/baselines.md § RSCFed describes it.
 
 Client: a student trained from the received global model with BCE on its annotated classes and a
 mean-teacher consistency on its missing classes. The teacher is the client's own exponential moving
@@ -44,7 +44,7 @@ OFFICIAL_DIST_SCALE = 0.01
 
 @dataclass(frozen=True)
 class RSCFedConfig:
-    """RSCFed (docs/baselines/rscfed.md): sub-consensus models from random client groups, distance-reweighted
+    """RSCFed (docs/baselines.md § RSCFed): sub-consensus models from random client groups, distance-reweighted
     aggregation, per-client EMA teacher on the missing classes."""
 
     lambda_u: float = setting(1.0, "Weight of the consistency to the EMA teacher on missing classes (the published code: 1; "
