@@ -68,7 +68,8 @@ class CBAFedConfig:
         0.2, "Stage 1: weight of the new average in a residual mix (the rest goes to the kept model).", minimum=0, maximum=1)
     residual_stage2: float = setting(0.5, "Stage 2: weight of the new average in a residual mix.", minimum=0, maximum=1)
     pos_weight: bool = setting(
-        True, "Weight annotated positives by N_k / n⁺_kc (the client's observed counts; 1 where it has no positive).")
+        False, "Positive weight N_k / n⁺_kc in the BCE of annotated classes, from the client's observed labels (1 where a class has "
+        "no positive); off by default like the FedAvg reference points; official-code turns it on, as the published code.")
     pseudo_view: Literal["weak", "none"] = setting("weak", "View of the images in the clean labelling pass.")
     variant: Literal["clean", "official-code"] = setting(
         "clean", "official-code: pseudo-labels from the training forward per batch, ratio weights, per-class sum, "
@@ -224,7 +225,8 @@ class CBAFed(Method):
 
     def init_client_state(self, client: ClientData) -> dict[str, Any]:
         n_classes = client.observed.shape[1]
-        pos_weight = positive_weights(client.observed, client.annotated) if self.config.pos_weight else torch.ones(n_classes)
+        pos_weight = (positive_weights(client.observed, client.annotated) if self.config.pos_weight or self.official
+                      else torch.ones(n_classes))
         return {
             "pos_weight": pos_weight,
             "pseudo": torch.full(client.observed.shape, UNLABELLED, dtype=torch.int8),

@@ -72,8 +72,9 @@ class FedIRMConfig:
                                          "above confidence_high.", minimum=0, maximum=1)
     pseudo_threshold: float = setting(0.5, "Pseudo-label 1 where the probability of a missing class exceeds it.",
                                       minimum=0, maximum=1)
-    pos_weight: bool = setting(True, "Positive weight N_k / n⁺_kc in the BCE of annotated classes, from the client's observed "
-                                     "labels (1 where a class has no positive).")
+    pos_weight: bool = setting(
+        False, "Positive weight N_k / n⁺_kc in the BCE of annotated classes, from the client's observed labels (1 where a class has "
+        "no positive); off by default like the FedAvg reference points; official-code turns it on, as the published code.")
     variant: Literal["clean", "official-code"] = setting(
         "clean", "official-code: the published FedMLP code's FedIRM (pseudo-labels on every class, 0.5 rows where a class "
                  "has no positive, uploaded rows averaged per batch and aggregated by client size, a KL over the "
@@ -235,7 +236,7 @@ class FedIRM(Method):
         logits = ctx.model(images).float()
         z1 = logits[:b]
         annotated = batch.annotated[None, :].expand_as(z1)
-        pos_weight = ctx.state["pos_weight"].to(logits.device) if config.pos_weight else None
+        pos_weight = ctx.state["pos_weight"].to(logits.device) if config.pos_weight or self.official else None
         loss = sum(masked_mean(F.binary_cross_entropy_with_logits(z, batch.observed, pos_weight=pos_weight, reduction="none"),
                                annotated) for z in (z1, logits[b:]))  # the two views' mean BCEs, summed
         accumulator = ctx.state.get(ACCUMULATOR)
