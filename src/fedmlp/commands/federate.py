@@ -65,7 +65,7 @@ def cmd_federate(args: argparse.Namespace) -> None:
     node_configs = [{"store": str(args.store.resolve()), "client-id": int(c["id"]), "partition": str(args.partition.resolve()),
                      "state-dir": str(state_dir)} for c in partition["clients"]]
     begin = time.perf_counter()
-    run = run_federation(LocalRun(work, node_configs, run_config, write_app(work / "app"), timeout=args.timeout))
+    run = run_federation(LocalRun(work, node_configs, run_config, write_app(work / "app"), timeout=args.timeout, secure=args.secure))
     seconds = time.perf_counter() - begin
     outcome = json.loads(out_federation.read_text()) if out_federation.exists() else None
     if outcome is None or outcome.get("status") != "completed":
@@ -91,6 +91,14 @@ def _federate(args: argparse.Namespace) -> None:
         raise SystemExit(1) from None
 
 
+def cmd_flower_app(args: argparse.Namespace) -> None:
+    """The Flower app directory (a pyproject.toml naming our ServerApp and ClientApp and declaring
+    every run-config key) that a coordinator submits with ``flwr run``."""
+    from fedmlp.flower.app import write_app
+
+    print(write_app(args.out) / "pyproject.toml")
+
+
 def add_commands(add) -> None:
     p = add("federate", _federate, "one method and seed as a Flower federation on this machine (one SuperNode per client)")
     p.add_argument("--store", type=Path, required=True, help="the sites' image store (each site reads only its own images)")
@@ -114,3 +122,8 @@ def add_commands(add) -> None:
     p.add_argument("--out-model", type=Path, required=True)
     p.add_argument("--out-rounds", type=Path, required=True)
     p.add_argument("--out-federation", type=Path, default=None, help="sites, drops and times (default: federation.json beside --out-model)")
+    p.add_argument("--secure", action="store_true",
+                   help="TLS (a throwaway CA and certificate for 127.0.0.1) and SuperNode authentication (keys registered with the SuperLink)")
+
+    p = add("flower-app", cmd_flower_app, "write the Flower app directory a coordinator submits with 'flwr run' (README: Running across sites)")
+    p.add_argument("out", type=Path, help="directory to write pyproject.toml into")

@@ -205,14 +205,21 @@ def signals_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def wait_healthy(port: int, process: subprocess.Popen, what: str, log_path: Path, timeout: float = 60.0) -> None:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+def wait_healthy(port: int, process: subprocess.Popen, what: str, log_path: Path, timeout: float = 60.0,
+                 ca_cert: Path | None = None) -> None:
+    handlers: list[Any] = [urllib.request.ProxyHandler({})]
+    if ca_cert is not None:
+        import ssl
+
+        handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=str(ca_cert))))
+    opener = urllib.request.build_opener(*handlers)
+    scheme = "https" if ca_cert is not None else "http"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise FedmlpError(f"{what} exited with status {process.returncode} while starting (see {log_path})")
         try:
-            with opener.open(f"http://127.0.0.1:{port}/health", timeout=1) as response:
+            with opener.open(f"{scheme}://127.0.0.1:{port}/health", timeout=1) as response:
                 if response.status == 200:
                     return
         except OSError:
@@ -228,6 +235,7 @@ class LocalRun:
     run_config: dict[str, Any]
     app_dir: Path
     timeout: float = 0.0  # the whole run; 0: no limit
+    secure: bool = False  # TLS on every connection to the SuperLink, and SuperNode authentication
     status: str = ""
     run_id: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
@@ -268,17 +276,31 @@ def run_federation(run: LocalRun) -> LocalRun:
     begin = time.perf_counter()
     try:
         link_log = logs / "superlink.log"
-        link = processes.start("superlink", [str(bin_dir() / "flower-superlink"), "--insecure", "--host", "127.0.0.1",
+        link_args = ["--insecure"]
+        connection: dict[str, Any] = {"address": f"127.0.0.1:{link_port}", "insecure": True}
+        if run.secure:
+            from fedmlp.flower.tls import make_credentials
+
+            creds = make_credentials(run.work / "credentials", n)
+            link_args = ["--ssl-ca-certfile", str(creds.ca_cert), "--ssl-certfile", str(creds.server_cert),
+                         "--ssl-keyfile", str(creds.server_key), "--enable-supernode-auth"]
+            connection = {"address": f"127.0.0.1:{link_port}", "root-certificates": str(creds.ca_cert)}
+        link = processes.start("superlink", [str(bin_dir() / "flower-superlink"), *link_args, "--host", "127.0.0.1",
                                              "--port", str(link_port), "--disable-runtime-dependency-installation"],
                                env, link_log, run.work)
-        wait_healthy(link_port, link, "the SuperLink", link_log)
+        wait_healthy(link_port, link, "the SuperLink", link_log, ca_cert=creds.ca_cert if run.secure else None)
+        (Path(env["FLWR_HOME"]) / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: connection}}))
         for i, (config, port) in enumerate(zip(run.node_configs, node_ports)):
+            node_args = ["--insecure"]
+            if run.secure:  # the coordinator admits each SuperNode by its public key first
+                registered = _flwr(["supernode", "register", str(creds.node_public_keys[i]), CONNECTION, "--format", "json"], env, run.work)
+                if registered.returncode != 0 or not _json_out(registered).get("success", True):
+                    raise FedmlpError(f"flwr supernode register failed: {' '.join((registered.stdout + registered.stderr).split())[-400:]}")
+                node_args = ["--root-certificates", str(creds.ca_cert), "--auth-supernode-private-key", str(creds.node_private_keys[i])]
             processes.start(f"supernode {i}", [
-                str(bin_dir() / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link_port}",
+                str(bin_dir() / "flower-supernode"), *node_args, "--superlink", f"127.0.0.1:{link_port}",
                 "--host", "127.0.0.1", "--port", str(port), "--max-wait-time", "120", "--node-config", node_config_text(config)],
                 env, logs / f"supernode{i}.log", run.work)
-        (Path(env["FLWR_HOME"]) / "config.toml").write_text(tomli_w.dumps(
-            {"superlink": {"default": CONNECTION, CONNECTION: {"address": f"127.0.0.1:{link_port}", "insecure": True}}}))
         run_toml = run.work / "run-config.toml"
         run_toml.write_text(tomli_w.dumps(run.run_config))
         run.seconds["start"] = time.perf_counter() - begin
