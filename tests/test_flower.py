@@ -414,3 +414,23 @@ def test_federate_refuses_bad_options_in_one_line(store: ImageStore, partition_f
     result = fedmlp_command("federate", *common_args(store, partition_file, "fedavg-partial", tmp_path), "--min-sites", "4")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == "fedmlp federate: error: --min-sites: expected 1 to 3 (the partition's clients), got 4"
+
+
+def test_federate_reports_a_site_failure_in_one_line_with_status_1(store: ImageStore, partition_file: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from fedmlp import cli
+    from fedmlp.flower import local
+
+    def failed_run(run: local.LocalRun) -> local.LocalRun:
+        error = "site 1 (node 7) failed in round 2 (train): RuntimeError: disk"
+        # as the ServerApp, another process, writes it (not through this command's output group)
+        Path(run.run_config["out-federation"]).write_text(json.dumps({"status": "failed", "error": error, "site_failure": True}))
+        run.status = "finished:failed"
+        return run
+
+    monkeypatch.setattr(local, "run_federation", failed_run)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["federate", *common_args(store, partition_file, "fedavg-partial", tmp_path / "out"), "--work-dir", str(tmp_path / "w")])
+    assert exit_info.value.code == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == f"fedmlp federate: error: site 1 (node 7) failed in round 2 (train): RuntimeError: disk (logs in {tmp_path / 'w' / 'logs'})"

@@ -70,7 +70,7 @@ def cmd_federate(args: argparse.Namespace) -> None:
     outcome = json.loads(out_federation.read_text()) if out_federation.exists() else None
     if outcome is None or outcome.get("status") != "completed":
         error = (outcome or {}).get("error") or f"the run ended as {run.status or 'unknown'} without a result"
-        raise SiteFailed(f"{error} (logs in {work / 'logs'})") if "site" in error else FedmlpError(f"{error} (logs in {work / 'logs'})")
+        raise (SiteFailed if (outcome or {}).get("site_failure") else FedmlpError)(f"{error} (logs in {work / 'logs'})")
     if outcome.get("dropped"):
         log.warning("sites dropped during the run (min-sites %d): %s", args.min_sites,
                     "; ".join(f"client {d['client_id']} in round {d['round']} ({d['exchange']}): {d['reason']}" for d in outcome["dropped"]))

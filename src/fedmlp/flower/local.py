@@ -129,6 +129,7 @@ class Processes:
     started: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
     seen: set[int] = field(default_factory=set)
     logs: dict[str, Path] = field(default_factory=dict)
+    gone: set[str] = field(default_factory=set)
 
     def start(self, name: str, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> subprocess.Popen:
         with open(log_path, "ab") as out:
@@ -154,9 +155,14 @@ class Processes:
         return found
 
     def check(self) -> None:
+        """Fail if the SuperLink died. A SuperNode that exits is a site that disappeared: the
+        ServerApp's failure policy deals with it (the SuperLink reports the node as unavailable)."""
         for name, process in self.started:
-            if process.poll() is not None:
-                raise FedmlpError(f"{name} exited with status {process.returncode} during the run (see {self.logs[name]})")
+            if process.poll() is not None and name not in self.gone:
+                if not name.startswith("supernode"):
+                    raise FedmlpError(f"{name} exited with status {process.returncode} during the run (see {self.logs[name]})")
+                log.warning("%s exited with status %s during the run (see %s)", name, process.returncode, self.logs[name])
+                self.gone.add(name)
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM the SuperNodes, then the SuperLink (their process groups), then SIGKILL what is left."""

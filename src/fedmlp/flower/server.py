@@ -73,6 +73,7 @@ class Outcome:
     dropped: list[dict[str, Any]] = field(default_factory=list)
     rounds_done: int = 0
     resumed_after: int | None = None
+    site_failure: bool = False  # the run stopped by the failure policy (not by a bad input or setting)
 
 
 def wait_for_nodes(transport: Transport, wanted: int, timeout: float, poll: float = 0.5) -> list[int]:
@@ -293,7 +294,7 @@ class Coordinator:
         o = self.outcome
         return {"status": o.status, "error": o.error, "method": self.job.method_name, "seed": self.job.seed,
                 "sites": [vars(s) for s in o.sites], "dropped": o.dropped, "rounds_done": o.rounds_done,
-                "resumed_after": o.resumed_after, "seconds": round(seconds, 1)}
+                "resumed_after": o.resumed_after, "site_failure": o.site_failure, "seconds": round(seconds, 1)}
 
 
 def serve(job: Job, settings: ServerSettings, transport: Transport) -> Coordinator:
@@ -307,6 +308,7 @@ def serve(job: Job, settings: ServerSettings, transport: Transport) -> Coordinat
     except BaseException as exc:
         coordinator.outcome.status = "failed"
         coordinator.outcome.error = one_line(exc) if isinstance(exc, FedmlpError) else f"{type(exc).__name__}: {one_line(exc)}"
+        coordinator.outcome.site_failure = isinstance(exc, SiteFailure)
         raise
     finally:
         if settings.out_federation:
