@@ -93,6 +93,7 @@ def exclusive(target: Path) -> Iterator[None]:
         return
     while True:
         try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         except OSError as exc:
             exc.filename = str(target)

@@ -25,11 +25,13 @@ def read_json(path: Path) -> Any:
         raise FedmlpError(f"{path}: cannot read JSON ({one_line(exc)})") from None
 
 
-def read_csv(path: Path, columns: Sequence[str], numeric: Sequence[str] = (), allow_nan: Sequence[str] = ()) -> pd.DataFrame:
+def read_csv(path: Path, columns: Sequence[str], numeric: Sequence[str] = (), allow_nan: Sequence[str] = (),
+             text: Sequence[str] = ()) -> pd.DataFrame:
     """A CSV with at least ``columns`` and a row or more; ``numeric`` columns must hold numbers, finite
-    except in ``allow_nan`` columns (where an empty cell or NaN means "not measured")."""
+    except in ``allow_nan`` columns (where an empty cell or NaN means "not measured"); ``text``
+    columns are read as strings (not as the numbers or booleans they may look like)."""
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, dtype={c: str for c in text}, keep_default_na=not text)
     except pd.errors.EmptyDataError:
         raise FedmlpError(f"{path}: empty file (expected the columns {', '.join(columns)})") from None
     except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
@@ -44,7 +46,7 @@ def read_csv(path: Path, columns: Sequence[str], numeric: Sequence[str] = (), al
         bad = values.isna() & frame[column].notna() if column in allow_nan else ~values.map(_finite)
         if bad.any():
             row = int(bad.to_numpy().argmax())
-            raise FedmlpError(f"{path}:{row + 2}: {column} {frame[column].iloc[row]!r} is not a {'number' if column in allow_nan else 'finite number'}")
+            raise FedmlpError(f"{path}:{row + 2}: {column} {str(frame[column].iloc[row])!r} is not a {'number' if column in allow_nan else 'finite number'}")
         frame[column] = values
     return frame
 

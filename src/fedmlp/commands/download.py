@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fedmlp.errors import FedmlpError
+
 
 def cmd_download(args: argparse.Namespace) -> None:
     from fedmlp.atomic import write_text
@@ -17,9 +19,23 @@ def cmd_download(args: argparse.Namespace) -> None:
     else:
         from fedmlp.sources import nih
 
-        nih.download(args.out, from_json(ChestXray14Config, args.settings, "chestxray14"))
+        config = from_json(ChestXray14Config, args.settings, "chestxray14")
+        for key in ("archive_base_url", "metadata_base_url"):
+            check_url(getattr(config, key), f"chestxray14.{key}")
+        nih.download(args.out, config)
     if args.done is not None:
         write_text(args.done, f"{args.dataset} downloaded into {args.out}\n")
+
+
+def check_url(url: str | None, key: str) -> None:
+    """An http(s) URL with a host, or null; anything else would fail deep inside urllib."""
+    from urllib.parse import urlsplit
+
+    if url is None:
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise FedmlpError(f"config key '{key}': {url!r} is not an http:// or https:// URL")
 
 
 def add_commands(add) -> None:

@@ -32,7 +32,7 @@ def check_metrics(data: Any, path: Path) -> dict[str, Any]:
                 f"run.{field}: expected a {kind.__name__} (was it written by 'fedmlp evaluate --run'?)")
     require(all(_number(data["overall"].get(m, "absent")) for m in METRICS), path, f"overall: expected a number for each of {', '.join(METRICS)}")
     per_class = data["per_class"]
-    require(bool(per_class) and all(isinstance(v, dict) and _number(v.get("AUROC")) for v in per_class.values()), path,
+    require(bool(per_class) and all(isinstance(v, dict) and "AUROC" in v and _number(v["AUROC"]) for v in per_class.values()), path,
             "per_class: expected an AUROC (number or null) per class")
     require(isinstance(data.get("undefined_classes", []), list), path, "undefined_classes: expected a list")
     rounds = data["rounds"]
@@ -68,7 +68,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     runs = [check_metrics(read_json(p), p) for p in args.metrics]
     check_runs(runs, args.metrics)
     columns = [*RUN_FIELDS, "round", "client", "class", *COUNTS]
-    tables = [read_csv(p, columns, numeric=["seed", "round", "client", *COUNTS]) for p in args.diagnostics]
+    tables = [read_csv(p, columns, numeric=["seed", "round", "client", *COUNTS], text=["dataset", "setting", "method", "class"])
+              for p in args.diagnostics]
     for path, table in zip(args.diagnostics, tables):
         negative = (table[COUNTS] < 0).any(axis=1)
         if negative.any():

@@ -37,7 +37,10 @@ def training_inputs(args: argparse.Namespace) -> TrainingInputs:
 
     train = from_json(TrainConfig, args.train, "train")
     model_config = from_json(ModelConfig, args.model, "model")
-    method = methods.create(args.method, parse_json_option(args.method_settings, "--method-settings"))
+    settings = parse_json_option(args.method_settings, "--method-settings")
+    if not isinstance(settings, dict):
+        raise FedmlpError(f"--method-settings: expected a JSON object (the method's config section), got {args.method_settings!r}")
+    method = methods.create(args.method, settings)
     rounds = method.n_rounds(train)
     if not 1 <= rounds <= MAX_ROUNDS:
         raise FedmlpError(f"method {args.method!r}: a schedule of {rounds} rounds; expected 1 to {MAX_ROUNDS} (check its config section)")
