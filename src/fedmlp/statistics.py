@@ -1,0 +1,66 @@
+"""Paired comparisons between methods over seeds.
+
+Runs with the same seed share the round-0 model, the data order and every other random stream that
+does not depend on the method, so the comparison of two methods is paired by seed: the differences
+d_s = metric(method, s) − metric(reference, s) are what vary between seeds, and their mean, a t
+interval and a paired t-test say whether a difference is beyond the seed noise. With several methods
+compared to one reference, the p-values are Holm-adjusted (family-wise error over the methods).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    method: str
+    reference: str
+    metric: str
+    n: int  # seeds present for both
+    mean: float  # mean of method − reference
+    low: float  # 95 % t interval of the mean difference
+    high: float
+    p: float  # two-sided paired t-test
+    p_holm: float = float("nan")
+
+
+def paired_difference(values: pd.Series, reference: pd.Series, method: str, reference_name: str, metric: str) -> PairedDifference:
+    """``values`` and ``reference`` indexed by seed; only seeds in both count."""
+    seeds = values.index.intersection(reference.index)
+    d = (values[seeds] - reference[seeds]).to_numpy(dtype=float)
+    n = len(d)
+    if n < 2:
+        mean = float(d.mean()) if n else float("nan")
+        return PairedDifference(method, reference_name, metric, n, mean, float("nan"), float("nan"), float("nan"))
+    mean, sem = float(d.mean()), float(d.std(ddof=1) / np.sqrt(n))
+    half = float(stats.t.ppf(0.975, n - 1) * sem)
+    p = float(stats.ttest_1samp(d, 0.0).pvalue) if sem > 0 else (0.0 if mean != 0 else 1.0)
+    return PairedDifference(method, reference_name, metric, n, mean, mean - half, mean + half, p)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment (NaN stays NaN and does not count)."""
+    indexed = [(p, i) for i, p in enumerate(p_values) if not np.isnan(p)]
+    adjusted = [float("nan")] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(sorted(indexed)):
+        running = max(running, min(1.0, (len(indexed) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def compare_to(block: pd.DataFrame, reference: str, metric: str) -> list[PairedDifference]:
+    """Every other method of ``block`` (long form: method, seed, metric, value) against ``reference``."""
+    rows = block[block["metric"] == metric]
+    by_method = {m: g.set_index("seed")["value"] for m, g in rows.groupby("method", sort=False)}
+    if reference not in by_method:
+        return []
+    results = [paired_difference(values, by_method[reference], method, reference, metric)
+               for method, values in by_method.items() if method != reference]
+    adjusted = holm([r.p for r in results])
+    return [PairedDifference(**{**r.__dict__, "p_holm": a}) for r, a in zip(results, adjusted)]

@@ -1,0 +1,44 @@
+"""Paired differences, intervals and Holm's adjustment against hand-computed values and scipy."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+from scipy import stats
+
+from fedmlp.statistics import compare_to, holm, paired_difference
+
+
+def test_paired_difference_matches_a_paired_t_test() -> None:
+    a = pd.Series([0.70, 0.72, 0.69, 0.75], index=[0, 1, 2, 3])
+    b = pd.Series([0.65, 0.66, 0.66, 0.70, 0.9], index=[0, 1, 2, 3, 4])  # seed 4 has no pair: left out
+    result = paired_difference(a, b, "x", "y", "mAP")
+    d = [0.05, 0.06, 0.03, 0.05]
+    assert result.n == 4 and result.mean == pytest.approx(sum(d) / 4)
+    assert result.p == pytest.approx(stats.ttest_rel(a.values, b.values[:4]).pvalue)
+    half = stats.t.ppf(0.975, 3) * pd.Series(d).std() / 2
+    assert (result.low, result.high) == pytest.approx((result.mean - half, result.mean + half))
+
+
+def test_too_few_seeds_give_no_interval() -> None:
+    result = paired_difference(pd.Series([0.5], index=[0]), pd.Series([0.4], index=[0]), "x", "y", "mAP")
+    assert result.n == 1 and math.isnan(result.p) and math.isnan(result.low)
+
+
+def test_holm_adjustment() -> None:
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    adjusted = holm([0.2, float("nan"), 0.01])
+    assert adjusted[0] == pytest.approx(0.2) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.02)
+
+
+def test_compare_to_a_reference_over_methods() -> None:
+    rows = [{"method": m, "seed": s, "metric": "mAP", "value": v}
+            for m, values in {"fedmlp": [0.6, 0.62, 0.61], "a": [0.5, 0.51, 0.53], "b": [0.6, 0.63, 0.6]}.items()
+            for s, v in enumerate(values)]
+    results = {r.method: r for r in compare_to(pd.DataFrame(rows), "fedmlp", "mAP")}
+    assert set(results) == {"a", "b"}
+    assert results["a"].mean == pytest.approx(-0.0966667, rel=1e-4) and results["a"].high < 0
+    assert results["b"].low < 0 < results["b"].high
+    assert results["a"].p_holm >= results["a"].p
