@@ -271,7 +271,7 @@ def test_non_finite_float_integers_and_unbounded_values_are_refused(config: dict
         (TrainConfig, "train", '{"rounds": 0}', "config key 'train.rounds': 0 is less than the minimum of 1"),
         (TrainConfig, "train", '{"batch_size": 0}', "config key 'train.batch_size': 0 is less than the minimum of 2"),
         (TrainConfig, "train", '{"rounds": 20.0}', "config key 'train.rounds': expected an integer, got 20.0"),
-        (TrainConfig, "train", '{"augment": {"scale_min": -1}}', "config key 'train.augment.scale_min': -1 is less than or equal to"),
+        (TrainConfig, "train", '{"augment": {"scale_min": -1}}', "config key 'train.augment.scale_min': -1.0 is less than or equal to"),
         (PreprocessConfig, "preprocess", '{"size": 64.0}', "config key 'preprocess.size': expected an integer, got 64.0"),
         (PreprocessConfig, "preprocess", '{"size": 0}', "config key 'preprocess.size': 0 is less than the minimum of 16"),
         (SyntheticConfig, "synthetic", '{"seed": 4294967296}', "config key 'synthetic.seed': 4294967296 is greater than the maximum"),

@@ -173,3 +173,20 @@ def test_full_disk_simulated_at_the_allocation(raw_dataset: Path, tmp_path: Path
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"fedmlp ingest: error: {tmp_path / 'store'}: no space left on device")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_two_ingests_into_one_store(slow_raw: Path, tmp_path: Path) -> None:
+    """A second ingest into a store being written fails at once with one line; the first one's
+    temporary directory and its skipped-files report are left alone, and it completes."""
+    out = tmp_path / "stores" / "header32"
+    first = ingest(slow_raw, out)
+    wait_for(lambda: out.parent.is_dir() and temporaries(out.parent), process=first)
+    (live,) = temporaries(out.parent)
+    second = ingest(slow_raw, out)
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{out}: another process is writing it right now" in err
+    assert live.exists() and first.poll() is None, "the first ingest goes on"
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert ImageStore.open(out).images.shape == (N_SLOW, 1, 32, 32) and temporaries(out.parent) == []

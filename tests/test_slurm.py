@@ -152,7 +152,8 @@ def test_results_equal_a_local_run(slurm_run: Path, local_run: Path) -> None:
 def test_cancelled_training_resumes_on_rerun(slurm_run: Path, local_run: Path, tmp_path: Path) -> None:
     """scancel mid-training, then the same command: the new job continues after the last saved round
     and ends with the checkpoint of an uninterrupted run."""
-    long = {**CONFIG, "train": {**CONFIG["train"], "rounds": LONG_ROUNDS}}
+    long = {**CONFIG, "train": {**CONFIG["train"], "rounds": LONG_ROUNDS},  # one round budget: FedMLP's 1 + LONG_ROUNDS - 1
+            "fedmlp": {**CONFIG["fedmlp"], "rounds": LONG_ROUNDS - CONFIG["fedmlp"]["warmup_rounds"]}}
     reference, workdir = tmp_path / "local", tmp_path / "slurm"
     for source, copy in ((local_run, reference), (slurm_run, workdir)):
         # the data and the other runs as they are (copies keep mtimes); this run not trained yet

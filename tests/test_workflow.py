@@ -99,7 +99,8 @@ def test_rerunning_ingest_rebuilds_the_store(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"train": {**TINY["train"], "rounds": 3}}, {"train": 6, "evaluate": 6, "report": 1, "all": 1}),
+        ({"train": {**TINY["train"], "rounds": 3}, "fedmlp": {**TINY["fedmlp"], "rounds": 2}},  # one round budget for all methods
+         {"train": 6, "teacher": 4, "evaluate": 10, "report": 1, "all": 1}),
         ({"federation": {**TINY["federation"], "seed": 5}}, {"partition": 2, **AFTER_PARTITION}),
         ({"preprocess": {"size": 24, "windowing": "header"}}, {}),  # same values spelled out: nothing
         ({"seeds": [0, 1]}, AFTER_PARTITION),
