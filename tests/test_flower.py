@@ -407,7 +407,7 @@ def test_interrupted_federation_stops_every_process_and_resumes(store: ImageStor
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "out/federation.json").read_text())["resumed_after"] == 1
     assert sha256(tmp_path / "out/model.pt") == sha256(simulated("fedavg-partial") / "model.pt")
-    assert not state.exists() and flower_processes(tmp_path / "work") == []
+    assert not state.exists() and not (tmp_path / "resume/state.pt.sites").exists() and flower_processes(tmp_path / "work") == []
 
 
 def test_federate_refuses_bad_options_in_one_line(store: ImageStore, partition_file: Path, tmp_path: Path) -> None:
@@ -434,3 +434,17 @@ def test_federate_reports_a_site_failure_in_one_line_with_status_1(store: ImageS
     assert exit_info.value.code == 1
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line == f"fedmlp federate: error: site 1 (node 7) failed in round 2 (train): RuntimeError: disk (logs in {tmp_path / 'w' / 'logs'})"
+
+
+def test_a_site_that_never_connects(store: ImageStore, federation: dict, tmp_path: Path) -> None:
+    nodes = node_configs(tmp_path, store, federation)
+    del nodes[1001]
+    job = Job.from_run_config(run_config(tmp_path, store, "fedavg-partial"))
+    config = run_config(tmp_path, store, "fedavg-partial", **{"connect-timeout": 0.2})
+    with pytest.raises(SiteFailure, match=r"only 2 of 3 sites connected within 0 s \(run config 'connect-timeout'\)"):
+        serve(job, ServerSettings.from_run_config(config), LoopbackTransport(job, nodes))
+    config = run_config(tmp_path, store, "fedavg-partial", **{"connect-timeout": 0.2, "min-sites": 2})
+    serve(job, ServerSettings.from_run_config(config), LoopbackTransport(job, nodes))
+    report = json.loads((tmp_path / "out/federation.json").read_text())
+    assert report["status"] == "completed" and [s["client_id"] for s in report["sites"]] == [0, 2]
+    assert report["dropped"][0]["exchange"] == "connect"

@@ -77,6 +77,8 @@ def cmd_federate(args: argparse.Namespace) -> None:
     log.info("federate: %d sites, %d rounds in %.1f s (start %.1f s, run %.1f s, stop %.1f s); wrote %s, %s, %s",
              len(outcome["sites"]), outcome["rounds_done"], seconds, run.seconds.get("start", 0), run.seconds.get("run", 0),
              run.seconds.get("stop", 0), args.out_model, args.out_rounds, out_federation)
+    if resume is not None:  # the run is complete: the sites' saved state is no longer needed
+        shutil.rmtree(state_dir, ignore_errors=True)
     if temporary:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -262,7 +262,11 @@ def _json_out(result: subprocess.CompletedProcess) -> dict[str, Any]:
 
 
 def run_status(env: dict[str, str], cwd: Path, run_id: str) -> str:
-    result = _flwr(["ls", CONNECTION, "--run-id", run_id, "--format", "json"], env, cwd)
+    """Flower's status of the run (``finished:completed`` ...), or "" if ``flwr ls`` did not say."""
+    try:
+        result = _flwr(["ls", CONNECTION, "--run-id", run_id, "--format", "json"], env, cwd)
+    except subprocess.TimeoutExpired:
+        return ""
     runs = _json_out(result).get("runs") or [{}]
     return str(runs[0].get("status", ""))
 
@@ -337,8 +341,11 @@ def run_federation(run: LocalRun) -> LocalRun:
             if run.status.startswith("finished"):
                 break
             time.sleep(0.5)
-        shown = _flwr(["log", run.run_id, CONNECTION, "--show"], env, run.work, timeout=60)
-        (logs / "serverapp.log").write_text(shown.stdout + shown.stderr)
+        try:
+            shown = _flwr(["log", run.run_id, CONNECTION, "--show"], env, run.work, timeout=60)
+            (logs / "serverapp.log").write_text(shown.stdout + shown.stderr)
+        except subprocess.TimeoutExpired:
+            log.warning("flwr log did not answer; the ServerApp's log is not in %s", logs)
     finally:
         with signals_deferred():
             stop_begin = time.perf_counter()

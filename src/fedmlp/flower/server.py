@@ -76,13 +76,16 @@ class Outcome:
     site_failure: bool = False  # the run stopped by the failure policy (not by a bad input or setting)
 
 
-def wait_for_nodes(transport: Transport, wanted: int, timeout: float, poll: float = 0.5) -> list[int]:
+def wait_for_nodes(transport: Transport, wanted: int, timeout: float, required: int | None = None, poll: float = 0.5) -> list[int]:
+    """The connected nodes, once ``wanted`` are; after ``timeout`` s, those there if at least ``required``."""
     deadline = time.monotonic() + timeout
     while True:
         nodes = sorted(transport.nodes())
         if len(nodes) >= wanted:
             return nodes
         if time.monotonic() > deadline:
+            if len(nodes) >= (required or wanted):
+                return nodes
             raise SiteFailure(f"only {len(nodes)} of {wanted} sites connected within {timeout:.0f} s (run config 'connect-timeout')")
         time.sleep(poll)
 
@@ -192,7 +195,12 @@ class Coordinator:
 
     def join(self, store_classes: list[str]) -> None:
         """Wait for the sites, learn who they are, check that they hold the server's classes."""
-        nodes = wait_for_nodes(self.transport, self.settings.num_sites, self.settings.connect_timeout)
+        nodes = wait_for_nodes(self.transport, self.settings.num_sites, self.settings.connect_timeout, self.settings.required_sites)
+        if len(nodes) < self.settings.num_sites:
+            reason = f"{self.settings.num_sites - len(nodes)} of {self.settings.num_sites} sites not connected within " \
+                     f"{self.settings.connect_timeout:.0f} s"
+            log.warning("%s; the run goes on with %d (min-sites %d)", reason, len(nodes), self.settings.min_sites)
+            self.outcome.dropped.append({"client_id": None, "node_id": None, "round": 0, "exchange": "connect", "reason": reason})
         replies = self.transport.ask({n: ("hello", None) for n in nodes}, self.settings.round_timeout)
         failed = {}
         for node in nodes:
@@ -242,8 +250,9 @@ class Coordinator:
         resume = ResumePoint(Path(settings.resume_state), settings.resume_key, every=settings.resume_every) if settings.resume_state else None
         saved = resume.load() if resume is not None else None
         if saved is not None:
-            if sorted(saved["client_ids"]) != sorted(self.node_of):
-                raise FedmlpError(f"{settings.resume_state}: saved with sites {saved['client_ids']}, now {sorted(self.node_of)}")
+            missing = sorted(set(saved["client_ids"]) - set(self.node_of))
+            if missing:
+                raise SiteFailure(f"{settings.resume_state}: saved with sites {saved['client_ids']}; site {missing[0]} did not join")
             global_model.load_state_dict(saved["global"])
             method.load_state_dict(saved["method"])
             history = [federated.RoundRecord(**r) for r in saved["history"]]
