@@ -448,3 +448,25 @@ def test_a_site_that_never_connects(store: ImageStore, federation: dict, tmp_pat
     report = json.loads((tmp_path / "out/federation.json").read_text())
     assert report["status"] == "completed" and [s["client_id"] for s in report["sites"]] == [0, 2]
     assert report["dropped"][0]["exchange"] == "connect"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda info: {**info, "code": "0123456789abcdef"}, r"site 1 \(node 1001\) runs other fedmlp code than the server"),
+    (lambda info: {**info, "store": json.dumps({**json.loads(info["store"]), "size": 64})},
+     r"site 1 \(node 1001\) has a store with size 64, the server's test store 32"),
+])
+def test_a_site_with_other_code_or_preprocessing_is_refused(store: ImageStore, federation: dict, tmp_path: Path, change,
+                                                            message: str) -> None:
+    nodes = node_configs(tmp_path, store, federation)
+    config = run_config(tmp_path, store, "fedavg-partial", **{"min-sites": 1})
+    job = Job.from_run_config(config)
+
+    class Other(LoopbackTransport):
+        def ask(self, requests, timeout):
+            replies = super().ask(requests, timeout)
+            if 1001 in replies and requests[1001][0] == "hello":
+                replies[1001].content = change(replies[1001].content)
+            return replies
+
+    with pytest.raises(SiteFailure, match=message):
+        serve(job, ServerSettings.from_run_config(config), Other(job, nodes))

@@ -5,6 +5,7 @@ keys, declared with their defaults in the app's ``pyproject.toml`` (:func:`fedml
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from fedmlp.errors import FedmlpError
@@ -117,3 +118,19 @@ class ServerSettings:
     @property
     def required_sites(self) -> int:
         return self.min_sites or self.num_sites
+
+
+@cache
+def code_fingerprint(method: str) -> str:
+    """The fingerprint of the fedmlp code a run of ``method`` executes, on either side (the
+    workflow's notion, :mod:`fedmlp.fingerprint`): the server and every site must run the same code,
+    or the same method would not compute the same thing."""
+    from fedmlp import fingerprint
+    from fedmlp.methods import registry
+
+    return fingerprint.code_fingerprint("fedmlp.flower.site", "fedmlp.flower.server", registry.spec(method).module)
+
+
+def preprocessing(store: Any) -> dict[str, Any]:
+    """What must match between the sites' stores and the server's: classes, windowing, size, channels."""
+    return {"classes": store.classes, **{k: store.manifest.get(k) for k in ("windowing", "size", "channels")}}

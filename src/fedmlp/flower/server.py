@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from fedmlp.errors import FedmlpError, one_line
 from fedmlp.flower import codec
-from fedmlp.flower.job import Job, ServerSettings
+from fedmlp.flower.job import Job, ServerSettings, code_fingerprint, preprocessing
 from fedmlp.methods.messages import Broadcast, Upload
 
 log = logging.getLogger(__name__)
@@ -193,8 +193,10 @@ class Coordinator:
 
     # --- the run -------------------------------------------------------------------------------
 
-    def join(self, store_classes: list[str]) -> None:
-        """Wait for the sites, learn who they are, check that they hold the server's classes."""
+    def join(self, store: Any) -> None:
+        """Wait for the sites, learn who they are, check that their stores match the server's test
+        store (classes, windowing, size) and that they run the same fedmlp code."""
+        ours = preprocessing(store)
         nodes = wait_for_nodes(self.transport, self.settings.num_sites, self.settings.connect_timeout, self.settings.required_sites)
         if len(nodes) < self.settings.num_sites:
             reason = f"{self.settings.num_sites - len(nodes)} of {self.settings.num_sites} sites not connected within " \
@@ -213,9 +215,14 @@ class Coordinator:
             if client_id in self.node_of:
                 raise SiteFailure(f"nodes {self.node_of[client_id]} and {node} both say they are client {client_id} "
                                   "(node config 'client-id' must be unique)")
-            classes = json.loads(str(info["classes"]))
-            if classes != store_classes:
-                raise SiteFailure(f"site {client_id} (node {node}) has classes {classes}, the test store {store_classes}")
+            theirs = json.loads(str(info["store"]))
+            if theirs != ours:
+                key = next(k for k in ours if theirs.get(k) != ours[k])
+                raise SiteFailure(f"site {client_id} (node {node}) has a store with {key} {theirs.get(key)!r}, "
+                                  f"the server's test store {ours[key]!r}")
+            if info["code"] != code_fingerprint(self.job.method_name):
+                raise SiteFailure(f"site {client_id} (node {node}) runs other fedmlp code than the server (fingerprint "
+                                  f"{info['code']}, the server's {code_fingerprint(self.job.method_name)}): install the same version everywhere")
             self.node_of[client_id] = node
             self.outcome.sites.append(SiteInfo(client_id, node, int(info["n_samples"]), json.loads(str(info["annotated"]))))
         if len(self.node_of) + len(failed) > self.settings.num_sites:
@@ -242,7 +249,7 @@ class Coordinator:
         store = ImageStore.open(Path(settings.test_store))
         test_rows = store.rows(test_image_ids(settings, store))
         test_labels = store.labels[test_rows]
-        self.join(store.classes)
+        self.join(store)
 
         global_model = federated.init_model(model_config, len(store.classes), job.seed, runtime)
         rounds = range(method.n_rounds(train))

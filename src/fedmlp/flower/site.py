@@ -159,9 +159,13 @@ class SiteRunner:
         self.files = StateFiles(site.state_dir / job.job_id / f"client{site.client_id}")
 
     def hello(self) -> dict[str, Any]:
-        """Who this site is (its client id, number of images) and what its store holds (classes)."""
-        return {"client_id": self.client.client_id, "n_samples": len(self.client), "classes": json.dumps(self.store.classes),
-                "annotated": json.dumps([c for c, a in zip(self.store.classes, self.client.annotated.tolist()) if a])}
+        """Who this site is (client id, number of images, annotated classes), what its store holds
+        (classes, windowing, size) and which fedmlp code it runs (a fingerprint)."""
+        from fedmlp.flower.job import code_fingerprint, preprocessing
+
+        return {"client_id": self.client.client_id, "n_samples": len(self.client), "store": json.dumps(preprocessing(self.store)),
+                "annotated": json.dumps([c for c, a in zip(self.store.classes, self.client.annotated.tolist()) if a]),
+                "code": code_fingerprint(self.job.method_name)}
 
     def _site(self):
         from fedmlp import federated
