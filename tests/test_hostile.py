@@ -275,7 +275,7 @@ def test_non_finite_float_integers_and_unbounded_values_are_refused(config: dict
         (PreprocessConfig, "preprocess", '{"size": 64.0}', "config key 'preprocess.size': expected an integer, got 64.0"),
         (PreprocessConfig, "preprocess", '{"size": 0}', "config key 'preprocess.size': 0 is less than the minimum of 16"),
         (SyntheticConfig, "synthetic", '{"seed": 4294967296}', "config key 'synthetic.seed': 4294967296 is greater than the maximum"),
-        (SyntheticConfig, "synthetic", '{"prevalence": {"epidural": 2}}', "config key 'synthetic.prevalence.epidural': 2 is greater than"),
+        (SyntheticConfig, "synthetic", '{"prevalence": {"epidural": 2}}', "config key 'synthetic.prevalence.epidural': 2.0 is greater than"),
         (FederationConfig, "federation", '{"n_clients": -3}', "config key 'federation.n_clients': -3 is less than the minimum of 1"),
         (TrainConfig, "train", '{"rounds": ' + "9" * 5000 + "}", "settings for 'train' are not valid JSON"),
         (TrainConfig, "train", "[" * 100000, "settings for 'train' are not valid JSON"),
