@@ -81,7 +81,7 @@ class PreprocessConfig:
     more than this share of all image files (a systematic problem, not a few corrupt files)."""
 
     windowing: Literal["header", "bsb"] = "header"
-    size: int = bounded(64, minimum=16, maximum=1024)
+    size: int = bounded(32, minimum=16, maximum=1024)
     max_skipped_fraction: float = bounded(0.05, minimum=0, maximum=1)
 
 
@@ -129,7 +129,7 @@ class TrainConfig:
     rounds: int = bounded(20, minimum=1, maximum=MAX_ROUNDS)
     local_epochs: int = bounded(1, minimum=1, maximum=1000)
     batch_size: int = bounded(32, minimum=2, maximum=65536)
-    lr: float = bounded(1e-3, exclusiveMinimum=0)
+    lr: float = bounded(3e-3, exclusiveMinimum=0)
     weight_decay: float = bounded(0.0, minimum=0)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
