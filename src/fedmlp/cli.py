@@ -59,12 +59,15 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    levels = logging.getLogger().level, log.level  # restored on the way out: main() may run inside another program
     configure_logging(args.log_level, args.library_log_level)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return _run(args)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        logging.getLogger().setLevel(levels[0])
+        log.setLevel(levels[1])
 
 
 def _run(args: argparse.Namespace) -> int:
