@@ -496,3 +496,19 @@ def test_a_fifo_as_the_label_file_is_never_opened(tmp_path: Path, capsys: pytest
     os.mkfifo(tmp_path / rsna.LABEL_FILE)
     assert main(["ingest", "--dataset", "ich", "--raw", str(tmp_path), "--out", str(tmp_path / "store")]) == 2
     assert "stage_2_train.csv: a FIFO, not a regular file; refusing to read it" in one_error_line(capsys.readouterr().err)
+
+
+def test_writes_leave_no_lock_files_behind(tmp_path: Path) -> None:
+    """A lock is released and its file removed when the write ends, also for writes grouped until
+    the command ends (a lock file left beside an output would be versioned with it by DVC)."""
+    from fedmlp.atomic import atomic_path, output_group, write_text
+
+    with output_group():
+        write_text(tmp_path / "a.md", "a\n")
+        with atomic_path(tmp_path / "b.csv") as tmp:
+            tmp.write_text("b\n")
+    write_text(tmp_path / "c.txt", "c\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.md", "b.csv", "c.txt"]
+    with output_group():  # and the same targets can be written again at once
+        write_text(tmp_path / "a.md", "again\n")
+    assert (tmp_path / "a.md").read_text() == "again\n"

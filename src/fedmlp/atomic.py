@@ -70,7 +70,7 @@ def remove_stale(target: Path) -> None:
                 entry.unlink(missing_ok=True)
 
 
-_HELD: dict[Path, int] = {}  # lock file → how many writes of this process hold it
+_HELD: dict[Path, list[int]] = {}  # lock file → [how many writes of this process hold it, its descriptor]
 
 
 def lock_path(target: Path) -> Path:
@@ -85,11 +85,11 @@ def exclusive(target: Path) -> Iterator[None]:
     or replaced between opening and locking it is opened again (the holder unlinks before closing)."""
     lock = lock_path(target)
     if lock in _HELD:
-        _HELD[lock] += 1
+        _HELD[lock][0] += 1
         try:
             yield
         finally:
-            _HELD[lock] -= 1
+            _release(lock)
         return
     while True:
         try:
@@ -113,16 +113,21 @@ def exclusive(target: Path) -> Iterator[None]:
         if same:
             break
         os.close(fd)
-    _HELD[lock] = 1
+    _HELD[lock] = [1, fd]
     try:
         yield
     finally:
-        _HELD[lock] -= 1
-        if not _HELD[lock]:
-            del _HELD[lock]
-            with contextlib.suppress(OSError):
-                lock.unlink()
-            os.close(fd)
+        _release(lock)
+
+
+def _release(lock: Path) -> None:
+    """Drop one hold of ``lock``; the last one removes the lock file, then unlocks (closes) it."""
+    _HELD[lock][0] -= 1
+    if not _HELD[lock][0]:
+        _, fd = _HELD.pop(lock)
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
 
 
 @dataclass
