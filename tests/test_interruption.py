@@ -27,8 +27,11 @@ N_SLOW = 600  # about 3 s of decoding: long enough to interrupt in the middle
 
 def start(*args: str) -> subprocess.Popen:
     env = {**os.environ, "FEDMLP_PROGRESS": "0"}
+    # SIGINT back to its default in the child: a shell that starts a job in the background ignores it,
+    # the child would inherit that, and Python then never turns Ctrl-C into KeyboardInterrupt.
     return subprocess.Popen([f"{bin_dir()}/fedmlp", "--log-level", "ERROR", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(condition, process: subprocess.Popen, timeout: float = 60) -> None:
