@@ -43,7 +43,8 @@ def test_schema_violation_is_one_line_naming_the_key(config: dict, message: str)
     assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
 
 
-def _defaults(**sections: dict) -> dict:
+def default_config(**sections: dict) -> dict:
+    """config/config.yaml with some sections changed, validated and with the defaults filled in."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     for name, values in sections.items():
         config[name] = {**config[name], **values} if isinstance(config[name], dict) else values
@@ -64,7 +65,7 @@ def _defaults(**sections: dict) -> dict:
     ],
 )
 def test_impossible_combination_names_the_key(sections: dict, message: str) -> None:
-    config = _defaults(**copy.deepcopy(sections))
+    config = default_config(**copy.deepcopy(sections))
     with pytest.raises(FedmlpError, match=re.escape(message)):
         check_combinations(config)
 

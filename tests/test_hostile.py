@@ -23,6 +23,7 @@ import pytest
 import yaml
 from conftest import REPO, bin_dir
 from pydicom.data import get_testdata_file
+from test_bad_config import default_config
 from test_bad_input import HEAD_CT, label_rows, one_error_line
 from test_workflow import TINY, snakemake
 
@@ -288,14 +289,6 @@ def test_stage_settings_refuse_what_the_schema_refuses(cls, section: str, text: 
     assert str(caught.value).startswith(message), str(caught.value)
 
 
-def _defaults(**sections: dict) -> dict:
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    for name, values in sections.items():
-        config[name] = {**config[name], **values} if isinstance(config[name], dict) else values
-    check_schema(config, SCHEMA)
-    return config
-
-
 @pytest.mark.parametrize(
     ("sections", "message"),
     [
@@ -306,12 +299,12 @@ def _defaults(**sections: dict) -> dict:
 )
 def test_one_round_budget_per_experiment(sections: dict, message: str) -> None:
     with pytest.raises(FedmlpError) as caught:
-        check_combinations(_defaults(**copy.deepcopy(sections)))
+        check_combinations(default_config(**copy.deepcopy(sections)))
     assert message in str(caught.value)
 
 
 def test_the_round_budget_binds_only_with_fedmlp_listed() -> None:
-    check_combinations(_defaults(methods=["fedavg-full", "fedavg-masked"], train={"rounds": 30}))
+    check_combinations(default_config(methods=["fedavg-full", "fedavg-masked"], train={"rounds": 30}))
 
 
 DUPLICATES = [
