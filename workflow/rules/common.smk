@@ -22,7 +22,7 @@ def _check_schema():
     from fedmlp.workflow_config import check_config_files, check_schema
 
     check_config_files(workflow.configfiles)
-    check_schema(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
+    check_schema(config, workflow.source_path("../schemas/config.schema.yaml"))  # also where a module is used from
 
 
 _check_schema()
