@@ -52,7 +52,7 @@ def command(workdir: Path, config: dict, *args: str) -> tuple[list[str], dict[st
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "PATH": f"{bin_dir()}{os.pathsep}{os.environ['PATH']}", "FEDMLP_PROGRESS": "0"}
-    return [f"{bin_dir()}/snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+    return [f"{bin_dir()}/snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(workdir),
             "--configfile", str(config_path), "--cores", "2", *args], env
 
 

@@ -31,8 +31,8 @@ def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedPr
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "PATH": f"{bin_dir()}{os.pathsep}{os.environ['PATH']}", "FEDMLP_PROGRESS": "0"}
-    command = [f"{bin_dir()}/snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-               "--configfile", str(config_path), "--cores", "2", *args]
+    command = [f"{bin_dir()}/snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(workdir),
+               "--configfile", str(config_path), "--cores", "2", "--workflow-profile", str(REPO / "profiles" / "default"), *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
 
 
