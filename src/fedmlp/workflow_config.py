@@ -8,6 +8,7 @@ and the combinations of values that a schema cannot express.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,90 @@ def check_finite(value: Any, path: tuple = ()) -> None:
             check_finite(item, (*path, index))
 
 
+# Strings read as the schema's other types (YAML 1.2 core schema, stricter): Snakemake hands nested
+# ``--config`` values over as strings. Left out on purpose: YAML 1.1's yes/no/on/off/y/n (strings in
+# YAML 1.2), leading zeros (octal in YAML 1.1, decimal in 1.2), 0x/0o, digit separators, .inf/.nan.
+_NULLS = frozenset({"", "~", "null", "Null", "NULL"})
+_BOOLEANS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+_INTEGER = re.compile(r"[-+]?(0|[1-9][0-9]*)")
+_NUMBER = re.compile(r"[-+]?(\.[0-9]+|(0|[1-9][0-9]*)(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+_ANY_TYPE = frozenset({"string", "number", "integer", "boolean", "null", "array", "object"})
+
+
+def _branches(schema: Any) -> list[dict[str, Any]]:
+    """The schema and the alternatives it allows (anyOf, oneOf, allOf), flattened."""
+    if not isinstance(schema, dict):
+        return []
+    out = [schema]
+    for keyword in ("anyOf", "oneOf", "allOf"):
+        for branch in schema.get(keyword, ()):
+            out += _branches(branch)
+    return out
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "string" if isinstance(value, str) else "other"
+
+
+def _allowed_types(schema: Any) -> frozenset[str]:
+    """JSON types a value may have; every type where some branch does not say (so no coercion)."""
+    types: set[str] = set()
+    for branch in _branches(schema):
+        if "type" in branch:
+            types |= {branch["type"]} if isinstance(branch["type"], str) else set(branch["type"])
+        elif "enum" in branch:
+            types |= {_json_type(v) for v in branch["enum"]}
+        elif not any(k in branch for k in ("anyOf", "oneOf", "allOf")):
+            return _ANY_TYPE
+    return frozenset(types) if types else _ANY_TYPE
+
+
+def _from_string(text: str, types: frozenset[str]) -> Any:
+    """``text`` as the first of null, boolean, integer, number that ``types`` allows and it spells
+    exactly; otherwise ``text`` itself (validation then names the key)."""
+    if "string" in types:
+        return text
+    if "null" in types and text in _NULLS:
+        return None
+    if "boolean" in types and text in _BOOLEANS:
+        return _BOOLEANS[text]
+    if types & {"integer", "number"} and _INTEGER.fullmatch(text):
+        return int(text)
+    if "number" in types and _NUMBER.fullmatch(text):
+        return float(text)
+    return text
+
+
+def coerce_strings(value: Any, schema: Any) -> Any:
+    """A copy of ``value`` with strings turned into what ``schema`` expects where it expects no string
+    and they spell that type unambiguously (``snakemake --config "fedmlp={lambda_cr: 0.5}"`` gives
+    ``{"lambda_cr": "0.5"}``). Strings where a string is allowed are kept as they are."""
+    if isinstance(value, str):
+        return _from_string(value, _allowed_types(schema))
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            sub: Any = None
+            for branch in _branches(schema):
+                if key in branch.get("properties", {}):
+                    sub = branch["properties"][key]
+                    break
+                if isinstance(branch.get("additionalProperties"), dict):
+                    sub = branch["additionalProperties"]
+            out[key] = coerce_strings(item, sub) if sub is not None else item
+        return out
+    if isinstance(value, list):
+        items = next((b["items"] for b in _branches(schema) if isinstance(b.get("items"), dict)), None)
+        return [coerce_strings(item, items) for item in value] if items is not None else list(value)
+    return value
+
+
 def _validator(schema: dict[str, Any]):
     """Draft 2020-12, except that ``integer`` means an integer, not also a float such as 64.0 (which
     would end up in paths as ``header64.0``); ``from_dict`` refuses those too."""
@@ -43,14 +128,17 @@ def _validator(schema: dict[str, Any]):
 
 def check_schema(config: dict[str, Any], schema_path: str | Path) -> None:
     """Validate the workflow config against its JSON schema (with the methods' sections added, see
-    :mod:`fedmlp.schema`), then fill in the defaults. The first problem is one line naming the key
-    and what is allowed (Snakemake's own message spans a screen and names the key only at the end)."""
+    :mod:`fedmlp.schema`), then fill in the defaults. Strings spelling the type a key expects are read
+    as that type first (:func:`coerce_strings`; nested ``--config`` values arrive as strings). The
+    first problem is one line naming the key and what is allowed (Snakemake's own message spans a
+    screen and names the key only at the end)."""
     import jsonschema
 
     from fedmlp.schema import fill_defaults, workflow_schema
 
-    check_finite(config)
     schema = workflow_schema(schema_path)
+    config.update(coerce_strings(config, schema))  # in place: Snakemake's config object
+    check_finite(config)
     error = jsonschema.exceptions.best_match(_validator(schema).iter_errors(config))
     if error is None:
         fill_defaults(config, schema)
@@ -64,6 +152,8 @@ def check_schema(config: dict[str, Any], schema_path: str | Path) -> None:
         raise FedmlpError(f"config key '{key}': {error.instance!r} is not one of {', '.join(map(str, error.validator_value))}")
     if error.validator == "type" and isinstance(error.instance, float) and error.instance.is_integer():
         raise FedmlpError(f"config key '{key}': {error.instance!r} is not an integer (write {int(error.instance)})")
+    if error.validator == "type" and error.validator_value == "boolean" and isinstance(error.instance, str):
+        raise FedmlpError(f"config key '{key}': {error.instance!r} is not of type 'boolean' (write true or false)")
     raise FedmlpError(f"config key '{key or '(top level)'}': {one_line(error.message)}")
 
 
