@@ -4,10 +4,23 @@ rule report:
         metrics=final_files("metrics.json"),
         diagnostics=final_files("diagnostics.csv", staged_methods()),
     output:
-        summary="results/summary.csv",
-        report="results/report.md",
-        figure="results/figures/map_per_round.png",
-        **({"pseudo_figure": "results/figures/pseudolabels.png"} if staged_methods() else {}),
+        summary=report("results/summary.csv", caption="../report/summary.rst", category="Results", subcategory="Tables"),
+        report=report("results/report.md", caption="../report/report.rst", category="Results", subcategory="Tables"),
+        figure=report(
+            "results/figures/map_per_round.png", caption="../report/map_per_round.rst", category="Results", subcategory="Figures"
+        ),
+        **(
+            {
+                "pseudo_figure": report(
+                    "results/figures/pseudolabels.png",
+                    caption="../report/pseudolabels.rst",
+                    category="Results",
+                    subcategory="Figures",
+                )
+            }
+            if staged_methods()
+            else {}
+        ),
     params:
         code=CODE["report"],
     conda:
