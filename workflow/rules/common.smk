@@ -5,11 +5,21 @@ import re
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 from fedmlp.fingerprint import code_fingerprint
 from fedmlp.methods import registry
 from fedmlp.sources import nih, rsna
+
+# Rules call `fedmlp` by name: take the one beside the Python that runs Snakemake, so that
+# `.venv/bin/snakemake` works without activating the venv. The directory is not resolved (a venv's
+# python is a symlink to the base interpreter, whose bin has no fedmlp). Jobs inherit this PATH; a
+# rule's conda env (`--sdm conda`) is activated inside the job's shell, which puts its bin first,
+# and cluster jobs re-run this file with the same interpreter.
+_BIN = str(Path(sys.executable).parent)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != _BIN:
+    os.environ["PATH"] = os.pathsep.join(filter(None, [_BIN, os.environ.get("PATH")]))
 
 
 configfile: "config/config.yaml"
