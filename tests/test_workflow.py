@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
@@ -178,4 +179,68 @@ def test_schema_violations_name_the_key(tmp_path: Path) -> None:
     result = snakemake(tmp_path, {**TINY, "methods": ["fedavg-fulll"]}, "--dry-run")
     assert result.returncode != 0 and "fedavg-fulll" in result.stderr + result.stdout
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_html_report_embeds_the_results(tiny_run: Path, tmp_path: Path) -> None:
+    """`snakemake --report report.html` is one self-contained file: the summary as a table, the Markdown
+    report's text, a description of this run's config, and both figures as the bytes the workflow wrote."""
+    html_path = tmp_path / "report.html"
+    result = snakemake(tiny_run, TINY, "--report", str(html_path))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    html = html_path.read_text()
+    for method in TINY["methods"]:
+        assert f"<td>{method}</td>" in html, method  # summary.csv, rendered as a table in its caption
+    assert ">metric</th>" in html and "<td>mAP</td>" in html and "<td>iid-k3-a3</td>" in html
+    assert "Per-class test AUROC" in html and "mAP gap closed" in html  # report.md's text
+    assert "Federation: 3 clients" in html  # the workflow description, from the run's config
+    embedded = {m[1]: base64.b64decode(m[2]) for m in re.finditer(r"data:image/png;[^,]*filename=([^;,]+);base64,([A-Za-z0-9+/=]+)", html)}
+    for figure in ("map_per_round.png", "pseudolabels.png"):
+        assert embedded.get(figure) == (tiny_run / "results" / "figures" / figure).read_bytes(), figure
+
+
+def module_snakefile(workflow: Path, configfile: str | None) -> str:
+    """Another project's Snakefile that takes every rule of ours (the Snakemake workflow catalog's way)."""
+    read = f'configfile: "{configfile}"\n\n\n' if configfile else ""
+    return f'{read}module fedmlp:\n    snakefile:\n        "{workflow}"\n    config:\n        config\n\n\nuse rule * from fedmlp\n'
+
+
+def snakemake_in(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """Snakemake as a user runs it in their own directory: its Snakefile, no profile of ours."""
+    env = {**os.environ, "PATH": f"{bin_dir()}{os.pathsep}{os.environ['PATH']}", "FEDMLP_PROGRESS": "0"}
+    return subprocess.run([f"{bin_dir()}/snakemake", "--cores", "2", *args], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_the_workflow_runs_as_a_module_of_another_snakefile(tmp_path: Path) -> None:
+    """A Snakefile in another directory uses our rules (`module` with its own config, `use rule *`): the
+    schema and the captions are found beside our files, its config (with the schema's defaults) decides
+    the run, and the results land in its directory."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "Snakefile").write_text(module_snakefile(REPO / "workflow" / "Snakefile", "config.yaml"))
+    config = {**TINY, "methods": ["fedavg-partial", "fedmlp"], "federation": {"n_clients": 3, "annotated_per_client": 2}}
+    (project / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake_in(project, "--dry-run")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    planned = planned_rules(result.stdout)
+    assert (planned["train"], planned["warmup"], planned["pseudolabel"], planned["teacher"], planned["all"]) == (1, 1, 1, 1, 1)
+    result = snakemake_in(project)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = pd.read_csv(project / "results" / "summary.csv")
+    assert set(summary["method"]) == {"fedavg-partial", "fedmlp"} and set(summary["setting"]) == {"iid-k3-a2"}
+    result = snakemake_in(project, "--report", "report.html")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    html = (project / "report.html").read_text()
+    assert "<td>fedavg-partial</td>" in html and "FedMLP and the methods it is compared with" in html
+
+    defaults = tmp_path / "defaults"  # no config at all: the schema's defaults, the default experiment
+    defaults.mkdir()
+    (defaults / "Snakefile").write_text(module_snakefile(REPO / "workflow" / "Snakefile", None))
+    result = snakemake_in(defaults, "--dry-run")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    for method in schema["properties"]["methods"]["default"]:
+        assert f"/iid-k5-a1/{method}/seed2/" in result.stdout, method
 
