@@ -1,4 +1,6 @@
-"""Collect per-run metrics into ``summary.csv`` (long form), ``report.md`` and a per-round plot."""
+"""Collect per-run metrics into ``summary.csv`` (long form), ``report.md`` and a per-round plot, and
+for DVC (``dvc metrics show``, ``dvc exp show``, ``dvc plots show``) a small metrics file and the
+per-round curves as CSV."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from fedmlp.atomic import atomic_path, write_text  # noqa: E402
+from fedmlp.atomic import atomic_dir, atomic_path, write_json, write_text  # noqa: E402
 from fedmlp.diagnostics import COUNTS, rates  # noqa: E402
 from fedmlp.errors import FedmlpError  # noqa: E402
 from fedmlp.metrics import METRICS  # noqa: E402
@@ -206,11 +208,73 @@ def markdown(runs: list[dict[str, Any]], summary: pd.DataFrame, figure: str, ext
     return "\n".join(out)
 
 
+DVC_METRICS = ("mAP", "AUROC")  # the headline metrics DVC shows per experiment
+
+
+def _group_name(dataset: str, setting: str, datasets: set[str]) -> str:
+    """A setting's key in the DVC files: the setting alone, unless the runs span several datasets."""
+    return setting if len(datasets) == 1 else f"{dataset}-{setting}"
+
+
+def _float_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None  # JSON has no NaN
+
+
+def dvc_metrics(summary: pd.DataFrame) -> dict[str, dict[str, dict[str, float | int | None]]]:
+    """Per setting and method: mean and sample SD over seeds of the final-round mAP and AUROC, and the
+    number of seeds (null where undefined). DVC flattens the keys (``iid-k5-a1.fedmlp.mAP_mean``)."""
+    datasets = set(summary["dataset"])
+    out: dict[str, dict[str, dict[str, float | int | None]]] = {}
+    for (dataset, setting, method), block in summary.groupby(["dataset", "setting", "method"], sort=False):
+        entry: dict[str, float | int | None] = {}
+        for metric in DVC_METRICS:
+            values = block.loc[block["metric"] == metric, "value"].astype(float).dropna()
+            entry[f"{metric}_mean"] = _float_or_none(values.mean()) if len(values) else None
+            entry[f"{metric}_sd"] = _float_or_none(values.std(ddof=1)) if len(values) > 1 else None
+        entry["n_seeds"] = int(block["seed"].nunique())
+        out.setdefault(_group_name(dataset, setting, datasets), {})[method] = entry
+    return out
+
+
+def round_curves(runs: list[dict[str, Any]]) -> dict[tuple[str, str], pd.DataFrame]:
+    """Per (setting key, method): test mAP and AUROC per round, mean over seeds; rounds without a test
+    score (``train.eval_every``) are left out."""
+    datasets = {r["run"]["dataset"] for r in runs}
+    groups: dict[tuple[str, str], list[pd.DataFrame]] = {}
+    for run in runs:
+        key = (_group_name(run["run"]["dataset"], run["run"]["setting"], datasets), run["run"]["method"])
+        rounds = run["rounds"]
+        groups.setdefault(key, []).append(pd.DataFrame(
+            {"round": rounds["round"], "test_mAP": rounds["test_mAP"], "test_AUROC": rounds["test_AUROC"]}, dtype=float))
+    curves = {}
+    for key, frames in groups.items():
+        mean = pd.concat(frames).groupby("round").mean().dropna(how="all").reset_index()
+        mean["round"] = mean["round"].astype(int)
+        mean["n_seeds"] = len(frames)
+        curves[key] = mean
+    return curves
+
+
+def write_plot_data(runs: list[dict[str, Any]], directory: Path) -> None:
+    """``<directory>/<setting>/<method>.csv`` (round, test_mAP, test_AUROC, n_seeds): one file per method,
+    so that DVC draws one line per method whatever the methods of the experiment are."""
+    with atomic_dir(directory) as tmp:
+        for (group, method), curve in round_curves(runs).items():
+            (tmp / group).mkdir(exist_ok=True)
+            curve.to_csv(tmp / group / f"{method}.csv", index=False, float_format="%.6f")
+
+
 def write_report(
-    runs: list[dict[str, Any]], summary_path: Path, report_path: Path, figure_path: Path, diagnostics: pd.DataFrame | None = None
+    runs: list[dict[str, Any]], summary_path: Path, report_path: Path, figure_path: Path, diagnostics: pd.DataFrame | None = None,
+    metrics_path: Path | None = None, plot_data: Path | None = None,
 ) -> None:
-    """Write summary.csv, the mAP plot and report.md; with diagnostics also pseudolabels.png beside the plot."""
+    """Write summary.csv, the mAP plot and report.md; with diagnostics also pseudolabels.png beside the plot;
+    with ``metrics_path`` and ``plot_data`` DVC's metrics file and per-round curves."""
     summary = summary_frame(runs)
+    if metrics_path is not None:
+        write_json(metrics_path, dvc_metrics(summary))
+    if plot_data is not None:
+        write_plot_data(runs, plot_data)
     with atomic_path(summary_path) as tmp:
         summary.to_csv(tmp, index=False, float_format="%.6f")
     plot_rounds(runs, figure_path)

@@ -1,5 +1,5 @@
 rule report:
-    """summary.csv (long form), report.md, the per-round test mAP plot and, with FedMLP, the pseudo-label plot."""
+    """summary.csv (long form), report.md, the per-round test mAP plot and, with FedMLP, the pseudo-label plot; DVC's metrics and plot data."""
     input:
         metrics=final_files("metrics.json"),
         diagnostics=final_files("diagnostics.csv", staged_methods()),
@@ -21,6 +21,8 @@ rule report:
             if staged_methods()
             else {}
         ),
+        dvc_metrics="results/metrics.json",  # mean and SD of mAP and AUROC per method, for dvc metrics show / dvc exp show
+        plot_data=directory("results/plots/map_per_round"),  # per-round test mAP per method, for dvc plots show
     params:
         code=CODE["report"],
     conda:
@@ -29,4 +31,5 @@ rule report:
         "logs/report/report.log",
     shell:
         "fedmlp report {input.metrics:q} --diagnostics {input.diagnostics:q} --summary {output.summary:q}"
-        " --report {output.report:q} --figure {output.figure:q} > {log:q} 2>&1"
+        " --report {output.report:q} --figure {output.figure:q} --dvc-metrics {output.dvc_metrics:q}"
+        " --plot-data {output.plot_data:q} > {log:q} 2>&1"

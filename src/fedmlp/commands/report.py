@@ -75,14 +75,18 @@ def cmd_report(args: argparse.Namespace) -> None:
         if negative.any():
             raise FedmlpError(f"{path}:{int(negative.to_numpy().argmax()) + 2}: a negative count")
     diagnostics = pd.concat(tables) if tables else None
-    write_report(runs, args.summary, args.report, args.figure, diagnostics)
+    write_report(runs, args.summary, args.report, args.figure, diagnostics, args.dvc_metrics, args.plot_data)
 
 
 def add_commands(add) -> None:
-    p = add("report", cmd_report, "summary.csv, report.md and the per-round plots from metrics (and diagnostics) files")
+    p = add("report", cmd_report, "summary.csv, report.md and the per-round plots from metrics (and diagnostics) files; DVC's metrics and plot data")
     p.add_argument("metrics", type=Path, nargs="+")
     p.add_argument("--diagnostics", type=Path, nargs="*", default=[],
                    help="pseudo-label diagnostics CSVs; their plot goes to pseudolabels.png beside --figure")
     p.add_argument("--summary", type=Path, required=True)
     p.add_argument("--report", type=Path, required=True)
     p.add_argument("--figure", type=Path, required=True)
+    p.add_argument("--dvc-metrics", type=Path, default=None,
+                   help="also write mean and SD over seeds of mAP and AUROC per setting and method (JSON, for dvc metrics show)")
+    p.add_argument("--plot-data", type=Path, default=None,
+                   help="also write the per-round test mAP and AUROC, mean over seeds, as DIR/<setting>/<method>.csv (for dvc plots show)")
