@@ -33,8 +33,8 @@ CONFIG = {
     "fedmlp": {"warmup_rounds": 1, "rounds": 1, "tau0": {"fixed": 0.3}, "tau1": {"fixed": 0.3}},
 }
 SLURM_JOBS = {"synthesize": 1, "ingest": 1, "split": 1, "partition": 1, "train": 1, "warmup": 1,
-              "pseudolabel": 1, "teacher": 1, "evaluate": 2, "report": 1}  # `all` runs locally
-GPU_RULES = {"train", "warmup", "pseudolabel", "teacher", "evaluate"}
+              "pseudolabel": 1, "teacher": 1, "report": 1}  # `all` runs locally
+GPU_RULES = {"train", "warmup", "pseudolabel", "teacher"}
 LONG_ROUNDS = 150  # about 10 s of training here: time enough for scancel to land mid-training
 TRAIN_RUN = "synthetic-ich/header24/iid-k3-a2/fedavg-masked/seed0"
 PROFILE = ["--profile", str(REPO / "profiles" / "slurm"), "--workflow-profile", "none"]

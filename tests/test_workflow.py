@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ TINY = {
     "train": {"rounds": 2, "batch_size": 8},
     "fedmlp": {"warmup_rounds": 1, "rounds": 1, "tau0": {"fixed": 0.3}, "tau1": {"fixed": 0.3}},
 }
-AFTER_PARTITION = {"train": 6, "warmup": 2, "pseudolabel": 4, "teacher": 4, "evaluate": 10, "report": 1, "all": 1}
+AFTER_PARTITION = {"train": 6, "warmup": 2, "pseudolabel": 4, "teacher": 4, "report": 1, "all": 1}
 
 
 def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
@@ -66,7 +67,7 @@ def test_end_to_end_outputs(tiny_run: Path) -> None:
     assert "mAP gap closed" in report and "Pseudo-labels (diagnostics" in report
     for figure in ("map_per_round.png", "pseudolabels.png"):
         assert (tiny_run / "results" / "figures" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for rule in ("synthesize", "ingest", "split", "partition", "train", "warmup", "pseudolabel", "teacher", "evaluate", "report"):
+    for rule in ("synthesize", "ingest", "split", "partition", "train", "warmup", "pseudolabel", "teacher", "report"):
         assert list((tiny_run / "logs" / rule).rglob("*.log")), f"no log for rule {rule}"
     run = tiny_run / "results/runs/synthetic-ich/header24/iid-k3-a2/fedavg-masked/seed0"
     assert {p.name for p in run.iterdir()} >= {"model.pt", "rounds.csv", "metrics.json", "predictions.csv"}
@@ -77,6 +78,24 @@ def test_end_to_end_outputs(tiny_run: Path) -> None:
     diagnostics = pd.read_csv(staged / "diagnostics.csv")
     assert set(diagnostics["class"]) == {"epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural"}
     assert (diagnostics["round"] == 2).all() and diagnostics["precision_negative"].between(0, 1).any()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["fedavg-masked", "fedmlp"])
+def test_training_jobs_score_as_fedmlp_evaluate_does(tiny_run: Path, tmp_path: Path, method: str) -> None:
+    """The training jobs score their final checkpoint themselves; `fedmlp evaluate` on the same files
+    writes the same bytes (one job start-up fewer per run, the same numbers)."""
+    setting = "synthetic-ich/header24/iid-k3-a2"
+    run = tiny_run / f"results/runs/{setting}/{method}/seed0"
+    identity = {"dataset": "synthetic-ich", "setting": "iid-k3-a2", "method": method, "seed": 0}
+    command = [f"{bin_dir()}/fedmlp", "evaluate", "--store", str(tiny_run / "resources/synthetic-ich/store/header24"),
+               "--partition", str(tiny_run / f"results/runs/{setting}/partition.json"), "--model", str(run / "model.pt"),
+               "--rounds", str(run / "rounds.csv"), "--run", json.dumps(identity, sort_keys=True, separators=(",", ":")),
+               "--device", "cpu", "--out-metrics", str(tmp_path / "metrics.json"), "--out-predictions", str(tmp_path / "predictions.csv")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("metrics.json", "predictions.csv"):
+        assert (tmp_path / name).read_bytes() == (run / name).read_bytes(), name
 
 
 @pytest.mark.slow
@@ -101,16 +120,16 @@ def test_rerunning_ingest_rebuilds_the_store(tmp_path: Path) -> None:
     ("change", "expected"),
     [
         ({"train": {**TINY["train"], "rounds": 3}, "fedmlp": {**TINY["fedmlp"], "rounds": 2}},  # one round budget for all methods
-         {"train": 6, "teacher": 4, "evaluate": 10, "report": 1, "all": 1}),
+         {"train": 6, "teacher": 4, "report": 1, "all": 1}),
         ({"federation": {**TINY["federation"], "seed": 5}}, {"partition": 2, **AFTER_PARTITION}),
         ({"preprocess": {"size": 24, "windowing": "header"}}, {}),  # same values spelled out: nothing
         ({"seeds": [0, 1]}, AFTER_PARTITION),
         ({"preprocess": {"size": 20}}, {"ingest": 1, "split": 1, "partition": 2, **AFTER_PARTITION}),
         ({"federation": {**TINY["federation"], "annotated_per_client": [3, 4]}},
-         {"partition": 1, "train": 3, "warmup": 1, "pseudolabel": 2, "teacher": 2, "evaluate": 5, "report": 1, "all": 1}),
-        ({"fedmlp": {**TINY["fedmlp"], "lambda_cr": 0.5}}, {"teacher": 4, "evaluate": 4, "report": 1, "all": 1}),
-        ({"fedmlp": {**TINY["fedmlp"], "tau1": {"max": 0.5}}}, {"pseudolabel": 4, "teacher": 4, "evaluate": 4, "report": 1, "all": 1}),
-        ({"fedmlp": {**TINY["fedmlp"], "lambda_dis": 0.5}}, {"warmup": 2, "pseudolabel": 4, "teacher": 4, "evaluate": 4, "report": 1, "all": 1}),
+         {"partition": 1, "train": 3, "warmup": 1, "pseudolabel": 2, "teacher": 2, "report": 1, "all": 1}),
+        ({"fedmlp": {**TINY["fedmlp"], "lambda_cr": 0.5}}, {"teacher": 4, "report": 1, "all": 1}),
+        ({"fedmlp": {**TINY["fedmlp"], "tau1": {"max": 0.5}}}, {"pseudolabel": 4, "teacher": 4, "report": 1, "all": 1}),
+        ({"fedmlp": {**TINY["fedmlp"], "lambda_dis": 0.5}}, {"warmup": 2, "pseudolabel": 4, "teacher": 4, "report": 1, "all": 1}),
     ],
 )
 def test_config_changes_rerun_only_what_depends_on_them(tiny_run: Path, change: dict, expected: dict) -> None:
@@ -129,7 +148,7 @@ def test_a_training_killed_after_a_config_change_is_rerun(tiny_run: Path, tmp_pa
     changed = {**TINY, "train": {**TINY["train"], "lr": 0.01}}
     assert snakemake(workdir, changed, "--until", "train").returncode == 0
     run = workdir / "results/runs/synthetic-ich/header24/iid-k3-a2/fedavg-masked/seed0"
-    for output in ("model.pt", "rounds.csv"):  # what Snakemake removes before running the job
+    for output in ("model.pt", "rounds.csv", "metrics.json", "predictions.csv"):  # what Snakemake removes before running the job
         (run / output).unlink()
     result = snakemake(workdir, changed, "--dry-run")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -160,7 +179,7 @@ def test_paper_setups_plan_from_download_to_report(tmp_path: Path, paper_config:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     planned = planned_rules(result.stdout)
     assert planned == {"download": 1, "ingest": 1, "split": 1, "partition": 1, "train": 3, "warmup": 1,
-                       "pseudolabel": 3, "teacher": 3, "evaluate": 6, "report": 1, "all": 1}
+                       "pseudolabel": 3, "teacher": 3, "report": 1, "all": 1}
     assert not re.search(r"warn|error|exception|deprecat", result.stdout + result.stderr, re.I)
 
 

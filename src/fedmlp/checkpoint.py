@@ -24,6 +24,15 @@ def save(path: Path, model: Classifier, meta: dict[str, Any]) -> None:
         torch.save({"format": FORMAT, "state_dict": state, "meta": meta}, handle)
 
 
+def as_loaded(model: Classifier, meta: dict[str, Any]) -> Classifier:
+    """The model exactly as :func:`load` rebuilds it from the file :func:`save` writes (fresh, contiguous
+    CPU parameters), without the file: a command can score what it saves before its outputs are in place."""
+    config = from_dict(ModelConfig, {**meta["model"], "pretrained": False, "weights_path": None}, "model")
+    rebuilt = build_model(config, len(meta["classes"]))
+    rebuilt.load_state_dict({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+    return rebuilt
+
+
 def load(path: Path) -> tuple[Classifier, dict[str, Any]]:
     """Rebuild the model a checkpoint describes. Refuses pickled code and foreign architectures."""
     try:

@@ -81,7 +81,6 @@ CODE = {
         "ingest": "ingest",
         "split": "split",
         "partition": "split",
-        "evaluate": "evaluate",
         "report": "report",
     }.items()
 }
@@ -113,13 +112,9 @@ def train_for_fedmlp():
     return {key: value for key, value in config["train"].items() if key != "rounds"}
 
 
-def training_settings(wildcards):
-    """Every config value the training of this run reads. Evaluation carries it too, as a param: Snakemake
-    removes a job's old outputs before rerunning it, so a training job killed after a config change
-    leaves no checkpoint to compare, and only a changed param downstream brings it back."""
-    if METHODS[wildcards.method].staged:
-        return json_arg({"train": train_for_fedmlp(), "model": config["model"], "fedmlp": config["fedmlp"]})
-    return json_arg({"train": config["train"], "model": config["model"], "method": method_settings(wildcards.method)})
+def run_identity(wildcards):
+    """What a run's metrics say about it (dataset, setting, method, seed): the report groups by it."""
+    return json_arg({"dataset": wildcards.dataset, "setting": wildcards.setting, "method": wildcards.method, "seed": int(wildcards.seed)})
 
 
 def training_runtime(rounds):

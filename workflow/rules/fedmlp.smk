@@ -63,7 +63,8 @@ rule pseudolabel:
 
 
 rule teacher:
-    """FedMLP stage 2: pseudo-labels plus consistency with the global teacher, from the warm-up."""
+    """FedMLP stage 2: pseudo-labels plus consistency with the global teacher, from the warm-up; then
+    the final model's metrics on the fully labelled test set."""
     input:
         **store_files(),
         partition=PARTITION,
@@ -74,15 +75,15 @@ rule teacher:
         model=f"{RUN}/model.pt",
         rounds=f"{RUN}/rounds.csv",
         diagnostics=f"{RUN}/diagnostics.csv",
+        metrics=f"{RUN}/metrics.json",
+        predictions=f"{RUN}/predictions.csv",
     wildcard_constraints:
         method=STAGED,
     params:
         train=json_arg(train_for_fedmlp()),
         model=json_arg(config["model"]),
         fedmlp=json_arg(config["fedmlp"]),
-        run=lambda wildcards: json_arg(
-            {"dataset": wildcards.dataset, "setting": wildcards.setting, "method": wildcards.method, "seed": int(wildcards.seed)}
-        ),
+        run=run_identity,
         store=parent_of("manifest"),
         resume=resume_file("teacher", RUN_ID),
         code=method_code("fedmlp"),
@@ -101,4 +102,5 @@ rule teacher:
         " --seed {wildcards.seed:q} --train {params.train:q} --model {params.model:q} --method-settings {params.fedmlp:q}"
         " --warmup-model {input.warmup:q} --warmup-rounds {input.warmup_rounds:q} --pseudolabels {input.pseudolabels:q}"
         " --run {params.run:q} --out-model {output.model:q} --out-rounds {output.rounds:q}"
-        " --out-diagnostics {output.diagnostics:q} --resume-state {params.resume:q} > {log:q} 2>&1"
+        " --out-diagnostics {output.diagnostics:q} --out-metrics {output.metrics:q} --out-predictions {output.predictions:q}"
+        " --resume-state {params.resume:q} > {log:q} 2>&1"

@@ -1,15 +1,19 @@
 rule train:
-    """Federated training of one method with one seed (methods trained in one stage)."""
+    """Federated training of one method with one seed (methods trained in one stage), then the final
+    model's metrics on the fully labelled test set."""
     input:
         **store_files(),
         partition=PARTITION,
     output:
         model=f"{RUN}/model.pt",
         rounds=f"{RUN}/rounds.csv",
+        metrics=f"{RUN}/metrics.json",
+        predictions=f"{RUN}/predictions.csv",
     params:
         train=json_arg(config["train"]),
         model=json_arg(config["model"]),
         method=lambda wildcards: json_arg(method_settings(wildcards.method)),
+        run=run_identity,
         store=parent_of("manifest"),
         resume=resume_file("train", RUN_ID),
         code=lambda wildcards: method_code(wildcards.method),
@@ -28,4 +32,5 @@ rule train:
     shell:
         "fedmlp train --store {params.store:q} --partition {input.partition:q} --method {wildcards.method:q}"
         " --seed {wildcards.seed:q} --train {params.train:q} --model {params.model:q} --method-settings {params.method:q}"
-        " --out-model {output.model:q} --out-rounds {output.rounds:q} --resume-state {params.resume:q} > {log:q} 2>&1"
+        " --run {params.run:q} --out-model {output.model:q} --out-rounds {output.rounds:q} --out-metrics {output.metrics:q}"
+        " --out-predictions {output.predictions:q} --resume-state {params.resume:q} > {log:q} 2>&1"
