@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torchvision
 
 from fedmlp.config import ModelConfig
 from fedmlp.errors import FedmlpError
@@ -68,6 +67,9 @@ def compact_cnn(width: int) -> tuple[nn.Module, int]:
 
 
 def resnet18(config: ModelConfig) -> nn.Module:
+    # imported here: torchvision pulls in torch._dynamo (about 2 s per job start-up) and only ResNet-18 needs it
+    import torchvision
+
     if config.weights_path:
         path = Path(config.weights_path)
         if not path.exists():
