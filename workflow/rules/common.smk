@@ -16,10 +16,12 @@ from fedmlp.sources import nih, rsna
 # `.venv/bin/snakemake` works without activating the venv. The directory is not resolved (a venv's
 # python is a symlink to the base interpreter, whose bin has no fedmlp). Jobs inherit this PATH; a
 # rule's conda env (`--sdm conda`) is activated inside the job's shell, which puts its bin first,
-# and cluster jobs re-run this file with the same interpreter.
+# and cluster jobs re-run this file with the same interpreter. PATH is set here, not required from
+# the user, so it is no `envvars:` entry (which would also ship this host's PATH to remote executors).
 _BIN = str(Path(sys.executable).parent)
-if os.environ.get("PATH", "").split(os.pathsep)[0] != _BIN:
-    os.environ["PATH"] = os.pathsep.join(filter(None, [_BIN, os.environ.get("PATH")]))
+_PATH = os.environ.get("PATH", "")
+if _PATH.split(os.pathsep)[0] != _BIN:
+    os.environ.update(PATH=os.pathsep.join(filter(None, [_BIN, _PATH])))
 
 
 configfile: "config/config.yaml"
