@@ -70,11 +70,37 @@ def closure(*roots: str, exclude: tuple[str, ...] = ()) -> list[str]:
     return sorted(seen)
 
 
+def code_files(*roots: str) -> list[Path]:
+    """The source files of the modules ``roots`` (and the CLI entry point) import, in module order."""
+    return [module_path(name) for name in closure(*ENTRY, *roots, exclude=ENTRY)]
+
+
 def code_fingerprint(*roots: str) -> str:
     """Hash of the sources of the modules ``roots`` (and the CLI entry point) import."""
     digest = hashlib.sha256()
-    for name in closure(*ENTRY, *roots, exclude=ENTRY):
-        path = module_path(name)
+    for path in code_files(*roots):
         digest.update(path.relative_to(SRC).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+# The command module (fedmlp.commands.<module>) each workflow rule runs: the rules' code params
+# (workflow/rules/common.smk) and the DVC stages' code dependencies (fedmlp.versioning) both come from it.
+RULE_COMMANDS = {
+    "synthesize": "synth",
+    "download": "download",
+    "ingest": "ingest",
+    "split": "split",
+    "partition": "split",
+    "train": "training",
+    "warmup": "training",
+    "pseudolabel": "training",
+    "teacher": "training",
+    "report": "report",
+}
+TRAINING_RULES = ("train", "warmup", "pseudolabel", "teacher")  # these add their method's module
+
+
+def rule_roots(rule: str, *method_modules: str) -> tuple[str, ...]:
+    """The modules a rule's code params follow: its command module, plus the method's for training."""
+    return (f"{PACKAGE}.commands.{RULE_COMMANDS[rule]}", *(method_modules if rule in TRAINING_RULES else ()))

@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from fedmlp.fingerprint import code_fingerprint
+from fedmlp.fingerprint import RULE_COMMANDS, TRAINING_RULES, code_fingerprint, rule_roots
 from fedmlp.methods import registry
 from fedmlp.sources import nih, rsna
 
@@ -74,23 +74,14 @@ def json_arg(value):
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-# Each rule's code: the modules its command imports (fedmlp.fingerprint); training jobs add their method's.
-CODE = {
-    name: code_fingerprint(f"fedmlp.commands.{command}")
-    for name, command in {
-        "synthesize": "synth",
-        "download": "download",
-        "ingest": "ingest",
-        "split": "split",
-        "partition": "split",
-        "report": "report",
-    }.items()
-}
+# Each rule's code: the modules its command imports (fedmlp.fingerprint, whose table of the rules'
+# commands the DVC stages' code dependencies follow too); training jobs add their method's.
+CODE = {rule: code_fingerprint(*rule_roots(rule)) for rule in RULE_COMMANDS if rule not in TRAINING_RULES}
 
 
 def method_code(method):
     """Training code of one method: the training commands plus the method's own module."""
-    return code_fingerprint("fedmlp.commands.training", METHODS[method].module)
+    return code_fingerprint(*rule_roots("train", METHODS[method].module))
 
 
 def method_settings(method):

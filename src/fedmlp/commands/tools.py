@@ -1,4 +1,4 @@
-"""Tools beside the workflow: ``fedmlp methods``, ``fedmlp dicom2png``, ``fedmlp bench``."""
+"""Tools beside the workflow: ``fedmlp methods``, ``fedmlp dicom2png``, ``fedmlp bench``, ``fedmlp dvc-yaml``, ``fedmlp dvc-fetch``."""
 
 from __future__ import annotations
 
@@ -58,7 +58,32 @@ def cmd_bench(args: argparse.Namespace) -> None:
         bench.write_json(result, args.json)
 
 
+def cmd_dvc_yaml(args: argparse.Namespace) -> None:
+    from fedmlp import versioning
+    from fedmlp.atomic import write_text
+
+    if args.check:
+        versioning.check(args.out)
+        print(f"{args.out}: agrees with the code")
+    else:
+        write_text(args.out, versioning.render())
+
+
+def cmd_dvc_fetch(args: argparse.Namespace) -> None:
+    from fedmlp import versioning
+
+    outputs = versioning.fetch_outputs(args.root)
+    print(f"fetched into the DVC cache: {', '.join(outputs) if outputs else 'nothing was missing'}")
+
+
 def add_commands(add) -> None:
+    p = add("dvc-yaml", cmd_dvc_yaml, "write dvc.yaml's stages from the code the rules run (their code fingerprints) and the config sections they read")
+    p.add_argument("--out", type=Path, default=Path("dvc.yaml"), help="the file to write or check (default dvc.yaml)")
+    p.add_argument("--check", action="store_true", help="write nothing; fail in one line where the file disagrees")
+
+    p = add("dvc-fetch", cmd_dvc_fetch, "dvc fetch the outputs of dvc.lock into the DVC cache; fail in one line, naming the remote, if it lacks any")
+    p.add_argument("--root", type=Path, default=Path("."), help="the repository (default: here)")
+
     add("methods", cmd_methods, "list the registered methods, their config sections and what each does")
 
     p = add("bench", cmd_bench, "images/s, peak memory and fraction of the hardware's bound of the data path and of FedMLP's local rounds")
