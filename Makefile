@@ -47,8 +47,11 @@ lint: $(BIN)/.installed
 have-env:
 	@test -f $(BIN)/.installed || $(MAKE) --no-print-directory $(BIN)/.installed
 
+# dvc fetch into the cache first: a remote that lacks any output of dvc.lock stops here, in one line
+# naming it, before anything in the workspace is touched; then dvc checkout puts the files in place.
 pull: have-env
-	$(BIN)/dvc pull
+	@$(BIN)/fedmlp dvc-fetch
+	$(BIN)/dvc checkout
 	$(BIN)/snakemake --cores 1 --touch --forceall --quiet
 	@$(BIN)/snakemake --dry-run > .snakemake-pull-check.log 2>&1; \
 	if grep -q "Nothing to be done" .snakemake-pull-check.log; then echo "make pull: all outputs present and up to date"; rm -f .snakemake-pull-check.log; \
