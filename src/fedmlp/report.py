@@ -16,7 +16,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from fedmlp.atomic import atomic_dir, atomic_path, write_json, write_text  # noqa: E402
+from fedmlp.atomic import atomic_path, write_json, write_text  # noqa: E402
 from fedmlp.diagnostics import COUNTS, rates  # noqa: E402
 from fedmlp.errors import FedmlpError  # noqa: E402
 from fedmlp.metrics import METRICS  # noqa: E402
@@ -236,9 +236,9 @@ def dvc_metrics(summary: pd.DataFrame) -> dict[str, dict[str, dict[str, float | 
     return out
 
 
-def round_curves(runs: list[dict[str, Any]]) -> dict[tuple[str, str], pd.DataFrame]:
-    """Per (setting key, method): test mAP and AUROC per round, mean over seeds; rounds without a test
-    score (``train.eval_every``) are left out."""
+def round_curves(runs: list[dict[str, Any]]) -> pd.DataFrame:
+    """Test mAP and AUROC per setting, method and round, mean over seeds, in long form; rounds without
+    a test score (``train.eval_every``) are left out."""
     datasets = {r["run"]["dataset"] for r in runs}
     groups: dict[tuple[str, str], list[pd.DataFrame]] = {}
     for run in runs:
@@ -246,22 +246,19 @@ def round_curves(runs: list[dict[str, Any]]) -> dict[tuple[str, str], pd.DataFra
         rounds = run["rounds"]
         groups.setdefault(key, []).append(pd.DataFrame(
             {"round": rounds["round"], "test_mAP": rounds["test_mAP"], "test_AUROC": rounds["test_AUROC"]}, dtype=float))
-    curves = {}
-    for key, frames in groups.items():
+    curves = []
+    for (setting, method), frames in groups.items():
         mean = pd.concat(frames).groupby("round").mean().dropna(how="all").reset_index()
-        mean["round"] = mean["round"].astype(int)
-        mean["n_seeds"] = len(frames)
-        curves[key] = mean
-    return curves
+        curves.append(mean.assign(round=mean["round"].astype(int), setting=setting, method=method, n_seeds=len(frames)))
+    columns = ["setting", "method", "round", "test_mAP", "test_AUROC", "n_seeds"]
+    return pd.concat(curves)[columns] if curves else pd.DataFrame(columns=columns)
 
 
-def write_plot_data(runs: list[dict[str, Any]], directory: Path) -> None:
-    """``<directory>/<setting>/<method>.csv`` (round, test_mAP, test_AUROC, n_seeds): one file per method,
-    so that DVC draws one line per method whatever the methods of the experiment are."""
-    with atomic_dir(directory) as tmp:
-        for (group, method), curve in round_curves(runs).items():
-            (tmp / group).mkdir(exist_ok=True)
-            curve.to_csv(tmp / group / f"{method}.csv", index=False, float_format="%.6f")
+def write_plot_data(runs: list[dict[str, Any]], path: Path) -> None:
+    """The per-round curves as one CSV: ``dvc plots show`` draws a line per setting and method (the
+    template in .dvc/plots/ colours by them), whatever the methods of the experiment are."""
+    with atomic_path(path) as tmp:
+        round_curves(runs).to_csv(tmp, index=False, float_format="%.6f")
 
 
 def write_report(

@@ -22,7 +22,7 @@ rule report:
             else {}
         ),
         dvc_metrics="results/metrics.json",  # mean and SD of mAP and AUROC per method, for dvc metrics show / dvc exp show
-        plot_data=directory("results/plots/map_per_round"),  # per-round test mAP per method, for dvc plots show
+        plot_data="results/plots/map_per_round.csv",  # per-round test mAP per method, for dvc plots show
     params:
         code=CODE["report"],
     conda:

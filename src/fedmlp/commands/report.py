@@ -89,4 +89,4 @@ def add_commands(add) -> None:
     p.add_argument("--dvc-metrics", type=Path, default=None,
                    help="also write mean and SD over seeds of mAP and AUROC per setting and method (JSON, for dvc metrics show)")
     p.add_argument("--plot-data", type=Path, default=None,
-                   help="also write the per-round test mAP and AUROC, mean over seeds, as DIR/<setting>/<method>.csv (for dvc plots show)")
+                   help="also write the per-round test mAP and AUROC per setting and method, mean over seeds, as CSV (for dvc plots show)")
