@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import bin_dir
 
 from fedmlp.errors import FedmlpError
 from fedmlp.loader import batches, make_client, prefetched
 from fedmlp.store import ImageStore
-
-from conftest import bin_dir
 
 FIELDS = {"stage", "images", "size", "images_per_second", "seconds", "peak_rss_mb", "device", "precision", "gpu_peak_memory_mb"}
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from httpserver import Files, serve
 from PIL import Image
 
 from fedmlp.cli import main
@@ -22,7 +23,6 @@ from fedmlp.errors import FedmlpError
 from fedmlp.ingest import ingest_chestxray14
 from fedmlp.sources import nih
 from fedmlp.store import ImageStore
-from httpserver import Files, serve
 
 DATA_ENTRY = Path(str(package_files("torchxrayvision") / "data" / "Data_Entry_2017_v2020.csv.gz"))
 

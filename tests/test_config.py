@@ -45,8 +45,8 @@ def test_schema_defaults_are_the_default_config() -> None:
     import copy
 
     import yaml
-
     from conftest import REPO
+
     from fedmlp.workflow_config import check_schema
 
     schema = REPO / "workflow" / "schemas" / "config.schema.yaml"

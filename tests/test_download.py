@@ -11,11 +11,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from httpserver import Files, serve
 
 from fedmlp.archives import extract_tar, extract_zip
 from fedmlp.download import fetch, is_complete
 from fedmlp.errors import FedmlpError
-from httpserver import Files, serve
 
 BODY = os.urandom(3 * (1 << 20) + 12345)  # several chunks
 MD5 = hashlib.md5(BODY).hexdigest()

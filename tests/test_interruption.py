@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import bin_dir
 from pydicom.data import get_testdata_file
 
-from conftest import bin_dir
 from fedmlp.atomic import atomic_path
 from fedmlp.cli import main
 from fedmlp.sources import rsna

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import REPO, bin_dir
 
 CONFIG = {
