@@ -205,11 +205,13 @@ def run(
     initial_model: Classifier | None = None,
     on_round_end: RoundCallback | None = None,
     resume: ResumePoint | None = None,
+    on_record: Callable[[RoundRecord], None] | None = None,
 ) -> RunResult:
     """Train ``rounds`` (default: all of the method's rounds) from ``initial_model`` (default: the
     seed's initialisation). Round indices are absolute, so a run split into stages (FedMLP's warm-up,
     then stage 2) draws the same random streams as one uninterrupted run. With ``resume``, the state
-    after every ``resume.every`` rounds is saved, and a saved state of the same run is continued."""
+    after every ``resume.every`` rounds is saved, and a saved state of the same run is continued.
+    ``on_record`` gets each round's record as it is completed, the restored rounds' first on resume."""
     rounds = rounds if rounds is not None else range(method.n_rounds(train))
     clients = build_clients(store, partition, method)
     global_model = initial_model if initial_model is not None else init_model(model_config, len(store.classes), seed, runtime)
@@ -226,6 +228,8 @@ def run(
         history = [RoundRecord(**record) for record in saved["history"]]
         round_rows = saved["round_rows"]
         rounds = range(saved["round"], rounds.stop)
+    for record in history if on_record is not None else ():
+        on_record(record)
     test_rows = store.rows(partition["test"])
     test_labels = store.labels[test_rows]
     sizes = {c.client_id: n_batches(len(c), train.batch_size) * train.local_epochs for c in clients}
@@ -248,6 +252,8 @@ def run(
                               last or (round_index + 1) % train.eval_every == 0)
         history.append(record)
         log_round(method, record, total, time.perf_counter() - start)
+        if on_record is not None:
+            on_record(record)
         if on_round_end is not None:
             round_rows.extend(on_round_end(record.round, clients, site.state_list()))
         if resume is not None and resume.due(record.round, last):

@@ -9,6 +9,7 @@ rule warmup:
     output:
         model=f"{WARMUP}/model.pt",
         rounds=f"{WARMUP}/rounds.csv",
+        live=directory(f"{WARMUP}/live"),  # per-round metrics as the rounds happen (DVCLive; rebuilt on resume)
     params:
         train=json_arg(train_for_fedmlp()),
         model=json_arg(config["model"]),
@@ -29,7 +30,7 @@ rule warmup:
     shell:
         "fedmlp warmup --store {params.store:q} --partition {input.partition:q} --method fedmlp --seed {wildcards.seed:q}"
         " --train {params.train:q} --model {params.model:q} --method-settings {params.fedmlp:q}"
-        " --out-model {output.model:q} --out-rounds {output.rounds:q} --resume-state {params.resume:q} > {log:q} 2>&1"
+        " --out-model {output.model:q} --out-rounds {output.rounds:q} --live {output.live:q} --resume-state {params.resume:q} > {log:q} 2>&1"
 
 
 rule pseudolabel:
@@ -74,6 +75,7 @@ rule teacher:
     output:
         model=f"{RUN}/model.pt",
         rounds=f"{RUN}/rounds.csv",
+        live=directory(f"{RUN}/live"),  # per-round metrics as the rounds happen (DVCLive; rebuilt on resume)
         diagnostics=f"{RUN}/diagnostics.csv",
         metrics=f"{RUN}/metrics.json",
         predictions=f"{RUN}/predictions.csv",
@@ -101,6 +103,6 @@ rule teacher:
         "fedmlp teacher --store {params.store:q} --partition {input.partition:q} --method {wildcards.method:q}"
         " --seed {wildcards.seed:q} --train {params.train:q} --model {params.model:q} --method-settings {params.fedmlp:q}"
         " --warmup-model {input.warmup:q} --warmup-rounds {input.warmup_rounds:q} --pseudolabels {input.pseudolabels:q}"
-        " --run {params.run:q} --out-model {output.model:q} --out-rounds {output.rounds:q}"
+        " --run {params.run:q} --out-model {output.model:q} --out-rounds {output.rounds:q} --live {output.live:q}"
         " --out-diagnostics {output.diagnostics:q} --out-metrics {output.metrics:q} --out-predictions {output.predictions:q}"
         " --resume-state {params.resume:q} > {log:q} 2>&1"

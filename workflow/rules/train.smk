@@ -7,6 +7,7 @@ rule train:
     output:
         model=f"{RUN}/model.pt",
         rounds=f"{RUN}/rounds.csv",
+        live=directory(f"{RUN}/live"),  # per-round metrics as the rounds happen (DVCLive; rebuilt on resume)
         metrics=f"{RUN}/metrics.json",
         predictions=f"{RUN}/predictions.csv",
     params:
@@ -32,5 +33,5 @@ rule train:
     shell:
         "fedmlp train --store {params.store:q} --partition {input.partition:q} --method {wildcards.method:q}"
         " --seed {wildcards.seed:q} --train {params.train:q} --model {params.model:q} --method-settings {params.method:q}"
-        " --run {params.run:q} --out-model {output.model:q} --out-rounds {output.rounds:q} --out-metrics {output.metrics:q}"
+        " --run {params.run:q} --out-model {output.model:q} --out-rounds {output.rounds:q} --live {output.live:q} --out-metrics {output.metrics:q}"
         " --out-predictions {output.predictions:q} --resume-state {params.resume:q} > {log:q} 2>&1"

@@ -102,10 +102,18 @@ def train_and_save(args: argparse.Namespace, inputs: TrainingInputs, rounds: ran
     from fedmlp import checkpoint, federated
 
     resume = resume_point(args, *resume_files)
+    live = None
+    if args.live is not None:
+        from fedmlp.live import LiveMetrics  # DVCLive costs about 0.8 s to import: only when asked for
+
+        live = LiveMetrics(args.live, earlier_rounds or [])
     result = federated.run(inputs.store, inputs.partition, inputs.method, inputs.train, inputs.model_config, args.seed,
-                           inputs.runtime, rounds=rounds, initial_model=initial_model, on_round_end=on_round_end, resume=resume)
+                           inputs.runtime, rounds=rounds, initial_model=initial_model, on_round_end=on_round_end, resume=resume,
+                           on_record=live.log if live is not None else None)
     rows = (earlier_rounds or []) + federated.history_rows(result.history)
     write_rounds(args.out_rounds, rows)
+    if live is not None:
+        live.close()
     meta = checkpoint_meta(inputs.model_config, inputs.store.classes, args.method, args.seed, rounds.stop, inputs.runtime.precision)
     checkpoint.save(args.out_model, result.model, meta)
     if getattr(args, "out_metrics", None) is not None:
@@ -209,6 +217,9 @@ def add_commands(add) -> None:
     def outputs(p: argparse.ArgumentParser) -> None:
         p.add_argument("--out-model", type=Path, required=True)
         p.add_argument("--out-rounds", type=Path, required=True)
+        p.add_argument("--live", type=Path, default=None,
+                       help="also write each round's loss and test scores here as it ends (DVCLive: plots/metrics/*.tsv, metrics.json); "
+                            "written as training goes, not at the end like the other outputs")
 
     def scored_outputs(p: argparse.ArgumentParser) -> None:
         p.add_argument("--run", default="{}", help="JSON identifying the run: dataset, setting, method, seed (copied into the outputs)")
