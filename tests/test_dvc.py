@@ -1,8 +1,10 @@
-"""DVC round trip with the real tools: run a tiny config, push to a temporary remote, clone the
-repository elsewhere, `make pull`: nothing left to run and every artifact byte-identical."""
+"""DVC with the real tools on a tiny config: dvc.yaml against the code, metrics and plots, a compiled
+library leaves the stages unchanged, push → clone → `make pull` gives every artifact byte for byte,
+`make pull` from a remote without the files fails in one line, and `dvc exp run` / `dvc exp show`."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -13,11 +15,19 @@ import pytest
 import yaml
 
 from conftest import REPO, bin_dir
+from fedmlp import fingerprint, versioning
+
+GIT = ("git", "-c", "user.name=t", "-c", "user.email=t@t")
+VENV = Path(sys.executable).parent.parent
+
+
+def run(*command: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{bin_dir()}{os.pathsep}{os.environ['PATH']}", "FEDMLP_PROGRESS": "0"}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def sh(*command: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{bin_dir()}{os.pathsep}{os.environ['PATH']}", "FEDMLP_PROGRESS": "0"}
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    result = run(*command, cwd=cwd, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
     return result
 
@@ -37,18 +47,8 @@ def artifacts(root: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != ".gitignore"}
 
 
-def test_dvc_declares_the_artifacts() -> None:
-    listing = sh("dvc", "stage", "list", cwd=REPO).stdout
-    assert re.search(r"^data\s+Outputs resources$", listing, re.M)
-    assert re.search(r"^experiments\s+Outputs results/runs$", listing, re.M)
-    assert re.search(r"^report\s+Outputs results/summary\.csv, results/report\.md, results/figures$", listing, re.M)
-
-
-@pytest.mark.slow
-def test_push_clone_pull_restores_exact_artifacts(tmp_path: Path) -> None:
-    origin, clone, remote = tmp_path / "origin", tmp_path / "clone", tmp_path / "remote"
-    copy_working_tree(origin)
-    config = yaml.safe_load((origin / "config/config.yaml").read_text())
+def tiny_config(root: Path) -> None:
+    config = yaml.safe_load((root / "config/config.yaml").read_text())
     config.update(methods=["fedavg-masked", "fedmlp"], seeds=[0])
     config["synthetic"].update(n_images=60, image_size=48)
     config["preprocess"]["size"] = 24
@@ -56,27 +56,148 @@ def test_push_clone_pull_restores_exact_artifacts(tmp_path: Path) -> None:
     config["model"]["width"] = 4
     config["train"].update(rounds=2, batch_size=8)
     config["fedmlp"].update(warmup_rounds=1, rounds=1)
-    (origin / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (root / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the project with the tiny config, committed, reproduced (`dvc repro`) and pushed to a
+    temporary remote; dvc.lock committed."""
+    root = tmp_path_factory.mktemp("dvc")
+    origin = root / "origin"
+    copy_working_tree(origin)
+    tiny_config(origin)
     sh("git", "init", "-q", cwd=origin)
     sh("git", "add", "-A", cwd=origin)
-    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny", cwd=origin)
-
+    sh(*GIT, "commit", "-qm", "tiny", cwd=origin)
     sh("dvc", "repro", cwd=origin)
-    sh("dvc", "remote", "modify", "--local", "local", "url", str(remote), cwd=origin)
+    sh("dvc", "remote", "modify", "--local", "local", "url", str(root / "remote"), cwd=origin)
     sh("dvc", "push", cwd=origin)
     sh("git", "add", "dvc.lock", cwd=origin)
-    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock", cwd=origin)
+    sh(*GIT, "commit", "-qm", "lock", cwd=origin)
+    return origin
+
+
+def clone(origin: Path, target: Path, remote: Path) -> Path:
+    sh("git", "clone", "-q", str(origin), str(target), cwd=origin.parent)
+    sh("dvc", "remote", "modify", "--local", "local", "url", str(remote), cwd=target)
+    return target
+
+
+def test_dvc_declares_the_artifacts() -> None:
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        stages = {stage.name: stage for stage in repo.index.stages}
+        outs = {name: sorted(str(out.def_path) for out in stage.outs) for name, stage in stages.items()}
+        metrics = [str(out.def_path) for stage in stages.values() for out in stage.outs if out.metric]
+    assert outs == {"data": ["resources"], "experiments": ["results/runs"],
+                    "report": ["results/figures", "results/metrics.json", "results/plots", "results/report.md", "results/summary.csv"]}
+    assert metrics == ["results/metrics.json"]
+
+
+def test_dvc_yaml_is_derived_from_the_code_fingerprints(tmp_path: Path) -> None:
+    sh("fedmlp", "dvc-yaml", "--check", cwd=REPO)
+    stages = versioning.document()["stages"]
+    deps = {name: set(stage["deps"]) for name, stage in stages.items()}
+    # the report depends on what its command imports, not on report.py alone; modules no stage runs are no dependency
+    assert {"src/fedmlp/report.py", "src/fedmlp/statistics.py", "src/fedmlp/commands/report.py"} <= deps["report"]
+    assert "src/fedmlp/methods/rscfed.py" in deps["experiments"] and "src/fedmlp/methods/rscfed.py" not in deps["report"]
+    for unrelated in ("src/fedmlp/bench.py", "src/fedmlp/flower/server.py", "src/fedmlp/commands/federate.py"):
+        assert all(unrelated not in d for d in deps.values()), unrelated
+    # exactly the files the rules' code fingerprints hash
+    training = fingerprint.code_files(*fingerprint.rule_roots("teacher", "fedmlp.methods.fedmlp"))
+    assert {f"src/fedmlp/{p.relative_to(fingerprint.SRC).as_posix()}" for p in training} <= deps["experiments"]
+    assert "chestxray14" in stages["data"]["params"][0]["config/config.yaml"]
+
+    edited = tmp_path / "dvc.yaml"
+    edited.write_text((REPO / "dvc.yaml").read_text().replace("    - src/fedmlp/statistics.py\n", ""))
+    result = run("fedmlp", "dvc-yaml", "--check", "--out", str(edited), cwd=REPO)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "stages.report.deps" in result.stderr and "lacks src/fedmlp/statistics.py" in result.stderr
+
+
+def test_every_rule_and_config_section_belongs_to_a_stage() -> None:
+    rules = {m for f in (REPO / "workflow").rglob("*.smk") for m in re.findall(r"^rule (\w+):", f.read_text(), re.M)} - {"all"}
+    staged = {rule for names in versioning.STAGE_RULES.values() for rule in names}
+    assert rules == set(fingerprint.RULE_COMMANDS) == staged
+    sections = set(yaml.safe_load((REPO / "config/config.yaml").read_text()))
+    read = {key for stage in versioning.STAGE_RULES for key in versioning.stage_params(stage)}
+    assert sections <= read | set(versioning.NOT_RESULTS), sections - read
+
+
+def test_metrics_and_plots(origin: Path, tmp_path: Path) -> None:
+    metrics = json.loads(sh("dvc", "metrics", "show", "--json", cwd=origin).stdout)
+    values = metrics[""]["data"]["results/metrics.json"]["data"]
+    for method in ("fedavg-masked", "fedmlp"):
+        entry = values["iid-k3-a2"][method]
+        assert 0 < entry["mAP_mean"] <= 1 and 0 < entry["AUROC_mean"] <= 1 and entry["n_seeds"] == 1
+        assert entry.get("mAP_sd") is None  # one seed: no spread (null in the file; DVC leaves it out)
+    curves = (origin / "results/plots/map_per_round.csv").read_text().splitlines()
+    assert curves[0] == "setting,method,round,test_mAP,test_AUROC,n_seeds"
+    assert [row.split(",")[1:3] for row in curves[1:]] == [["fedavg-masked", "1"], ["fedavg-masked", "2"], ["fedmlp", "1"], ["fedmlp", "2"]]
+
+    plots = json.loads(sh("dvc", "plots", "show", "--json", cwd=origin).stdout)
+    assert not plots.get("errors"), plots["errors"]
+    (curve,) = plots["data"]["results/plots/map_per_round.csv"]
+    assert curve["content"]["encoding"]["color"]["field"] == "line"  # the template's one line per method
+    assert {row["method"] for row in curve["content"]["data"]["values"]} == {"fedavg-masked", "fedmlp"}
+    assert {"results/figures/map_per_round.png", "results/figures/pseudolabels.png"} <= set(plots["data"])
+    sh("dvc", "plots", "show", "-o", str(tmp_path / "html"), cwd=origin)
+    assert "test mAP per round (mean over seeds)" in (tmp_path / "html" / "index.html").read_text()
+
+
+def test_compiling_the_library_changes_no_stage(origin: Path) -> None:
+    sh(sys.executable, "-m", "compileall", "-q", "src/fedmlp", cwd=origin)
+    assert list((origin / "src/fedmlp").rglob("*.pyc"))
+    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=origin).stdout
+
+
+@pytest.mark.slow
+def test_push_clone_pull_restores_exact_artifacts(origin: Path, tmp_path: Path) -> None:
     expected = artifacts(origin)
     assert any(name.endswith("model.pt") for name in expected) and "results/summary.csv" in expected
-
-    sh("git", "clone", "-q", str(origin), str(clone), cwd=tmp_path)
-    sh("dvc", "remote", "modify", "--local", "local", "url", str(remote), cwd=clone)
-    venv = Path(sys.executable).parent.parent
-    installed = (venv / "bin" / ".installed").stat().st_mtime
-    pulled = sh("make", "pull", f"VENV={venv}", cwd=clone)
+    target = clone(origin, tmp_path / "clone", origin.parent / "remote")
+    installed = (VENV / "bin" / ".installed").stat().st_mtime
+    pulled = sh("make", "pull", f"VENV={VENV}", cwd=target)
     assert "all outputs present and up to date" in pulled.stdout
-    assert (venv / "bin" / ".installed").stat().st_mtime == installed, "make pull reinstalled an existing environment"
-    assert sh("snakemake", "--dry-run", cwd=clone).stdout.count("Nothing to be done") == 1
-    got = artifacts(clone)
+    assert (VENV / "bin" / ".installed").stat().st_mtime == installed, "make pull reinstalled an existing environment"
+    assert sh("snakemake", "--dry-run", cwd=target).stdout.count("Nothing to be done") == 1
+    got = artifacts(target)
     assert got.keys() == expected.keys(), sorted(set(got) ^ set(expected))
     assert [k for k in got if got[k] != expected[k]] == []
+
+
+def test_pull_from_a_remote_without_the_outputs_says_so(origin: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty-remote"
+    empty.mkdir()
+    target = clone(origin, tmp_path / "clone", empty)
+    result = run("make", "--no-print-directory", "pull", f"VENV={VENV}", cwd=target)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("fedmlp")]
+    assert len(errors) == 1, result.stderr
+    assert f"the DVC remote 'local' at {empty} lacks outputs that dvc.lock records" in errors[0]
+    assert "make run" in errors[0] and "dvc remote add -d" in errors[0]
+    assert "Checkout failed" not in result.stdout + result.stderr
+    assert not (target / "resources").exists() and not (target / "results").exists()
+
+
+@pytest.mark.slow
+def test_experiments_with_their_metrics(origin: Path, tmp_path: Path) -> None:
+    target = clone(origin, tmp_path / "clone", origin.parent / "remote")
+    sh("make", "pull", f"VENV={VENV}", cwd=target)
+    sh("dvc", "exp", "run", "-n", "rounds3", "-S", "train.rounds=3", "-S", "fedmlp.rounds=2", cwd=target)
+    sh("dvc", "exp", "run", "-n", "rounds2", "-S", "train.rounds=2", "-S", "fedmlp.rounds=1", cwd=target)
+    shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=target).stdout)
+    experiments = {e["name"]: e for commit in shown for e in (commit.get("experiments") or [])
+                   for e in [e["revs"][0]] if e.get("name")}
+    assert {"rounds2", "rounds3"} <= set(experiments), sorted(experiments)
+    for name, rounds in (("rounds2", 2), ("rounds3", 3)):
+        data = experiments[name]["data"]
+        assert data["params"]["config/config.yaml"]["data"]["train"]["rounds"] == rounds
+        metric = data["metrics"]["results/metrics.json"]["data"]["iid-k3-a2"]["fedmlp"]
+        assert 0 < metric["mAP_mean"] <= 1
+    # the same rounds as the committed experiment: the same metrics
+    committed = json.loads((origin / "results/metrics.json").read_text())
+    assert experiments["rounds2"]["data"]["metrics"]["results/metrics.json"]["data"] == committed
+    assert sh("git", "status", "--porcelain", "--", ".snakemake", "resources", "results", cwd=target).stdout == ""

@@ -160,12 +160,8 @@ def default_remote(root: Path) -> tuple[str, str]:
         raise FedmlpError("no default DVC remote is set: add the one the outputs were pushed to with "
                           "'dvc remote add -d NAME URL', or run 'make run' to compute them here")
     remote = name.stdout.strip()
-    listing = _dvc(root, "remote", "list")
-    for line in listing.stdout.splitlines():
-        fields = line.split()
-        if fields and fields[0] == remote:
-            return remote, fields[1] if len(fields) > 1 else "?"
-    return remote, "?"
+    url = _dvc(root, "config", f"remote.{remote}.url")
+    return remote, url.stdout.strip() if url.returncode == 0 and url.stdout.strip() else "?"
 
 
 def fetch_outputs(root: Path) -> list[str]:
