@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, bin_dir
+
 from fedmlp import fingerprint, versioning
 
 GIT = ("git", "-c", "user.name=t", "-c", "user.email=t@t")

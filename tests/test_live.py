@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import bin_dir
+
 from fedmlp.atomic import write_json
 from fedmlp.store import ImageStore
 
