@@ -107,7 +107,9 @@ def train_for_fedmlp():
 
 def run_identity(wildcards):
     """What a run's metrics say about it (dataset, setting, method, seed): the report groups by it."""
-    return json_arg({"dataset": wildcards.dataset, "setting": wildcards.setting, "method": wildcards.method, "seed": int(wildcards.seed)})
+    return json_arg(
+        {"dataset": wildcards.dataset, "setting": wildcards.setting, "method": wildcards.method, "seed": int(wildcards.seed)}
+    )
 
 
 def training_runtime(rounds):
@@ -153,7 +155,9 @@ def check_config():
     if dataset in USER_ROOT and config[dataset]["root"]:
         label_file = Path(config[dataset]["root"]) / RAW_FILES[dataset][0]
         if not label_file.is_file():
-            raise FedmlpError(f"config key '{dataset}.root': {label_file} not found (set it to an existing download, or null to download)")
+            raise FedmlpError(
+                f"config key '{dataset}.root': {label_file} not found (set it to an existing download, or null to download)"
+            )
     if config["split"]["method"] == "official" and dataset != "chestxray14":
         raise FedmlpError(f"config key 'split.method': 'official' exists for chestxray14 only, not {dataset}")
     check_combinations(config)

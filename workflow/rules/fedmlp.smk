@@ -10,6 +10,16 @@ rule warmup:
         model=f"{WARMUP}/model.pt",
         rounds=f"{WARMUP}/rounds.csv",
         live=directory(f"{WARMUP}/live"),  # per-round metrics as the rounds happen (DVCLive; rebuilt on resume)
+    log:
+        f"logs/warmup/{WARMUP_ID}.log",
+    benchmark:
+        f"benchmarks/warmup/{WARMUP_ID}.tsv"
+    conda:
+        ENV
+    threads: config["train"]["threads"]
+    resources:
+        gpu=GPU,
+        runtime=training_runtime(config["fedmlp"]["warmup_rounds"]),
     params:
         train=json_arg(train_for_fedmlp()),
         model=json_arg(config["model"]),
@@ -17,16 +27,6 @@ rule warmup:
         store=parent_of("manifest"),
         resume=resume_file("warmup", WARMUP_ID),
         code=method_code("fedmlp"),
-    threads: config["train"]["threads"]
-    resources:
-        gpu=GPU,
-        runtime=training_runtime(config["fedmlp"]["warmup_rounds"]),
-    conda:
-        ENV
-    log:
-        f"logs/warmup/{WARMUP_ID}.log",
-    benchmark:
-        f"benchmarks/warmup/{WARMUP_ID}.tsv"
     shell:
         "fedmlp warmup --store {params.store:q} --partition {input.partition:q} --method fedmlp --seed {wildcards.seed:q}"
         " --train {params.train:q} --model {params.model:q} --method-settings {params.fedmlp:q}"
@@ -42,21 +42,21 @@ rule pseudolabel:
     output:
         artifact=f"{RUN}/pseudolabels.json",
         summary=f"{RUN}/pseudolabels.md",
+    log:
+        f"logs/pseudolabel/{RUN_ID}.log",
     wildcard_constraints:
         method=STAGED,
+    conda:
+        ENV
+    threads: config["train"]["threads"]
+    resources:
+        gpu=GPU,
     params:
         train=json_arg(train_for_fedmlp()),
         model=json_arg(config["model"]),
         fedmlp=json_arg(fedmlp_detection()),
         store=parent_of("manifest"),
         code=method_code("fedmlp"),
-    threads: config["train"]["threads"]
-    resources:
-        gpu=GPU,
-    conda:
-        ENV
-    log:
-        f"logs/pseudolabel/{RUN_ID}.log",
     shell:
         "fedmlp pseudolabel --store {params.store:q} --partition {input.partition:q} --method {wildcards.method:q}"
         " --seed {wildcards.seed:q} --train {params.train:q} --model {params.model:q} --method-settings {params.fedmlp:q}"
@@ -79,8 +79,18 @@ rule teacher:
         diagnostics=f"{RUN}/diagnostics.csv",
         metrics=f"{RUN}/metrics.json",
         predictions=f"{RUN}/predictions.csv",
+    log:
+        f"logs/teacher/{RUN_ID}.log",
+    benchmark:
+        f"benchmarks/teacher/{RUN_ID}.tsv"
     wildcard_constraints:
         method=STAGED,
+    conda:
+        ENV
+    threads: config["train"]["threads"]
+    resources:
+        gpu=GPU,
+        runtime=training_runtime(config["fedmlp"]["rounds"]),
     params:
         train=json_arg(train_for_fedmlp()),
         model=json_arg(config["model"]),
@@ -89,16 +99,6 @@ rule teacher:
         store=parent_of("manifest"),
         resume=resume_file("teacher", RUN_ID),
         code=method_code("fedmlp"),
-    threads: config["train"]["threads"]
-    resources:
-        gpu=GPU,
-        runtime=training_runtime(config["fedmlp"]["rounds"]),
-    conda:
-        ENV
-    log:
-        f"logs/teacher/{RUN_ID}.log",
-    benchmark:
-        f"benchmarks/teacher/{RUN_ID}.tsv"
     shell:
         "fedmlp teacher --store {params.store:q} --partition {input.partition:q} --method {wildcards.method:q}"
         " --seed {wildcards.seed:q} --train {params.train:q} --model {params.model:q} --method-settings {params.fedmlp:q}"

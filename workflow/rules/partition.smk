@@ -5,15 +5,15 @@ rule split:
         **store_files(),
     output:
         SPLIT,
+    log:
+        "logs/split/{dataset}/{prep}.log",
+    conda:
+        ENV
     params:
         settings=json_arg(config["split"]),
         raw=lambda wildcards: raw_root(wildcards.dataset),
         store=parent_of("manifest"),
         code=CODE["split"],
-    conda:
-        ENV
-    log:
-        "logs/split/{dataset}/{prep}.log",
     shell:
         "fedmlp split --store {params.store:q} --raw {params.raw:q} --settings {params.settings:q} --out {output:q} > {log:q} 2>&1"
 
@@ -25,14 +25,14 @@ rule partition:
         split=SPLIT,
     output:
         PARTITION,
+    log:
+        "logs/partition/{dataset}/{prep}/{setting}.log",
+    conda:
+        ENV
     params:
         settings=lambda wildcards: json_arg(SETTINGS[wildcards.setting]),
         store=parent_of("manifest"),
         code=CODE["partition"],
-    conda:
-        ENV
-    log:
-        "logs/partition/{dataset}/{prep}/{setting}.log",
     shell:
         "fedmlp partition --store {params.store:q} --split {input.split:q} --settings {params.settings:q}"
         " --out {output:q} > {log:q} 2>&1"

@@ -4,18 +4,18 @@ rule ingest:
         unpack(raw_inputs),
     output:
         **store_files(),
+    log:
+        ingest="logs/ingest/{dataset}/{prep}.log",
+        skipped="logs/ingest/{dataset}/{prep}.skipped.csv",  # the images left out and why; kept when ingest fails
+    conda:
+        ENV
+    threads: 2
     params:
         settings=json_arg(config["preprocess"]),
         source=json_arg(config["chestxray14"]) if config["dataset"] == "chestxray14" else "{}",
         raw=lambda wildcards: raw_root(wildcards.dataset),
         out=parent_of("manifest"),
         code=CODE["ingest"],
-    threads: 2
-    conda:
-        ENV
-    log:
-        ingest="logs/ingest/{dataset}/{prep}.log",
-        skipped="logs/ingest/{dataset}/{prep}.skipped.csv",  # the images left out and why; kept when ingest fails
     shell:
         "fedmlp ingest --dataset {wildcards.dataset:q} --raw {params.raw:q} --out {params.out:q} --report {log.skipped:q}"
         " --settings {params.settings:q} --source-settings {params.source:q} --workers {threads:q} > {log.ingest:q} 2>&1"

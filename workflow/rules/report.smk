@@ -4,11 +4,6 @@ rule report:
         metrics=final_files("metrics.json"),
         diagnostics=final_files("diagnostics.csv", staged_methods()),
     output:
-        summary=report("results/summary.csv", caption="../report/summary.rst", category="Results", subcategory="Tables"),
-        report=report("results/report.md", caption="../report/report.rst", category="Results", subcategory="Tables"),
-        figure=report(
-            "results/figures/map_per_round.png", caption="../report/map_per_round.rst", category="Results", subcategory="Figures"
-        ),
         **(
             {
                 "pseudo_figure": report(
@@ -21,14 +16,19 @@ rule report:
             if staged_methods()
             else {}
         ),
+        summary=report("results/summary.csv", caption="../report/summary.rst", category="Results", subcategory="Tables"),
+        report=report("results/report.md", caption="../report/report.rst", category="Results", subcategory="Tables"),
+        figure=report(
+            "results/figures/map_per_round.png", caption="../report/map_per_round.rst", category="Results", subcategory="Figures"
+        ),
         dvc_metrics="results/metrics.json",  # mean and SD of mAP and AUROC per method, for dvc metrics show / dvc exp show
         plot_data="results/plots/map_per_round.csv",  # per-round test mAP per method, for dvc plots show
-    params:
-        code=CODE["report"],
-    conda:
-        ENV
     log:
         "logs/report/report.log",
+    conda:
+        ENV
+    params:
+        code=CODE["report"],
     shell:
         "fedmlp report {input.metrics:q} --diagnostics {input.diagnostics:q} --summary {output.summary:q}"
         " --report {output.report:q} --figure {output.figure:q} --dvc-metrics {output.dvc_metrics:q}"

@@ -3,14 +3,14 @@ rule synthesize:
     output:
         labels=f"{RAW_SYNTHETIC}/stage_2_train.csv",
         images=directory(f"{RAW_SYNTHETIC}/stage_2_train"),
+    log:
+        "logs/synthesize/synthetic-ich.log",
+    conda:
+        ENV
     params:
         settings=json_arg(config["synthetic"]),
         root=parent_of("labels"),
         code=CODE["synthesize"],
-    conda:
-        ENV
-    log:
-        "logs/synthesize/synthetic-ich.log",
     shell:
         "fedmlp synth --settings {params.settings:q} --out {params.root:q} > {log:q} 2>&1"
 
@@ -26,15 +26,15 @@ rule download:
     Only a marker is declared: Snakemake never deletes what took hours to download."""
     output:
         DOWNLOADED,
+    log:
+        "logs/download/{dataset}.log",
     wildcard_constraints:
         dataset="ich|chestxray14",
+    conda:
+        ENV
     params:
         settings=lambda wildcards: json_arg(config[wildcards.dataset]),
         root=lambda wildcards: raw_root(wildcards.dataset),
         code=CODE["download"],
-    conda:
-        ENV
-    log:
-        "logs/download/{dataset}.log",
     shell:
         "fedmlp download {wildcards.dataset:q} --out {params.root:q} --settings {params.settings:q} --done {output:q} > {log:q} 2>&1"

@@ -10,6 +10,18 @@ rule train:
         live=directory(f"{RUN}/live"),  # per-round metrics as the rounds happen (DVCLive; rebuilt on resume)
         metrics=f"{RUN}/metrics.json",
         predictions=f"{RUN}/predictions.csv",
+    log:
+        f"logs/train/{RUN_ID}.log",
+    benchmark:
+        f"benchmarks/train/{RUN_ID}.tsv"
+    wildcard_constraints:
+        method=ONE_STAGE,
+    conda:
+        ENV
+    threads: config["train"]["threads"]
+    resources:
+        gpu=GPU,
+        runtime=training_runtime(config["train"]["rounds"]),
     params:
         train=json_arg(config["train"]),
         model=json_arg(config["model"]),
@@ -18,18 +30,6 @@ rule train:
         store=parent_of("manifest"),
         resume=resume_file("train", RUN_ID),
         code=lambda wildcards: method_code(wildcards.method),
-    wildcard_constraints:
-        method=ONE_STAGE,
-    threads: config["train"]["threads"]
-    resources:
-        gpu=GPU,
-        runtime=training_runtime(config["train"]["rounds"]),
-    conda:
-        ENV
-    log:
-        f"logs/train/{RUN_ID}.log",
-    benchmark:
-        f"benchmarks/train/{RUN_ID}.tsv"
     shell:
         "fedmlp train --store {params.store:q} --partition {input.partition:q} --method {wildcards.method:q}"
         " --seed {wildcards.seed:q} --train {params.train:q} --model {params.model:q} --method-settings {params.method:q}"
