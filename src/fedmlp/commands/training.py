@@ -174,11 +174,10 @@ def cmd_pseudolabel(args: argparse.Namespace) -> None:
 
 
 def cmd_teacher(args: argparse.Namespace) -> None:
+    from fedmlp.commands.evaluate import parse_run
     from fedmlp.diagnostics import pseudo_label_quality
     from fedmlp.inputs import read_csv
     from fedmlp.pseudolabels import check_artifact
-
-    from fedmlp.commands.evaluate import parse_run
 
     run_info = parse_run(args.run)
     inputs = training_inputs(args)
