@@ -7,25 +7,33 @@ BIN := $(abspath $(VENV))/bin
 # torch first, on its own: pip then takes exactly this wheel (CPU machines here have it on disk;
 # on a GPU workstation set TORCH_SPEC to the build you want).
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# Everything else is pinned in requirements-lock.txt, as pip constraints (what is installed still
+# comes from pyproject.toml and EXTRAS); `make lock` rewrites it. LOCK= installs the newest versions
+# pyproject.toml allows instead (e.g. for a torch version whose own requirements differ from the lock's).
+LOCK ?= requirements-lock.txt
+EXTRAS ?= test,lint,kaggle,slurm
+CONSTRAINTS = $(if $(LOCK),-c $(LOCK))
 CORES ?= all
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test lint dry-run pull push have-env clean-results help
+.PHONY: run test lint format lock dry-run pull push have-env clean-results help
 
 help:
 	@echo "make run     - run the default experiment (config/config.yaml); writes results/report.md"
 	@echo "make test    - run the test suite"
-	@echo "make lint    - snakemake --lint"
+	@echo "make lint    - snakemake --lint, ruff check, snakefmt --check"
+	@echo "make format  - let ruff and snakefmt fix what make lint finds"
+	@echo "make lock    - rewrite requirements-lock.txt from a fresh environment (the newest allowed versions)"
 	@echo "make dry-run - show what 'make run' would do"
 	@echo "make push    - record the outputs in dvc.lock and upload them to the DVC remote"
 	@echo "make pull    - download the outputs of dvc.lock and mark them up to date (no training)"
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml $(LOCK)
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11 or newer"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --upgrade $(CONSTRAINTS) pip
+	$(BIN)/python -m pip install --quiet $(CONSTRAINTS) $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet $(CONSTRAINTS) -e '.[$(EXTRAS)]'
 	touch $@
 
 run: $(BIN)/.installed
@@ -37,8 +45,20 @@ dry-run: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
 
+# All three run, and any one failing fails the target.
 lint: $(BIN)/.installed
-	$(BIN)/snakemake --lint
+	@status=0; \
+	echo "snakemake --lint"; $(BIN)/snakemake --lint || status=1; \
+	echo "ruff check src tests scripts"; $(BIN)/ruff check src tests scripts || status=1; \
+	echo "snakefmt --check workflow"; $(BIN)/snakefmt --check workflow || status=1; \
+	exit $$status
+
+format: $(BIN)/.installed
+	$(BIN)/ruff check --fix src tests scripts
+	$(BIN)/snakefmt workflow
+
+lock:
+	PYTHON='$(PYTHON)' TORCH_SPEC='$(TORCH_SPEC)' EXTRAS='$(EXTRAS)' scripts/lock
 
 # Outputs recorded in dvc.lock come back byte for byte; Snakemake's timestamps cannot be switched
 # off, so --touch marks them up to date, and the dry run must then plan nothing.
