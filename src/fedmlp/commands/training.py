@@ -104,7 +104,7 @@ def train_and_save(args: argparse.Namespace, inputs: TrainingInputs, rounds: ran
     resume = resume_point(args, *resume_files)
     live = None
     if args.live is not None:
-        from fedmlp.live import LiveMetrics  # DVCLive costs about 0.8 s to import: only when asked for
+        from fedmlp.live import LiveMetrics  # DVCLive: about 0.3 s more per job, only when asked for
 
         live = LiveMetrics(args.live, earlier_rounds or [])
     result = federated.run(inputs.store, inputs.partition, inputs.method, inputs.train, inputs.model_config, args.seed,
