@@ -114,9 +114,12 @@ def test_prefetched_batches_do_not_disturb_the_random_stream(store: ImageStore) 
 
 
 def test_bound_counts_the_stages_operations() -> None:
-    from fedmlp.bench import OPERATIONS, bound_images_per_second
+    from fedmlp.bench import bound_images_per_second, operations
 
     # stage 1: two views through the student (forward + backward) and the teacher (forward)
-    assert OPERATIONS["1"] == (2, 2)
-    assert bound_images_per_second("1", train_seconds=0.003, forward_seconds=0.001) == pytest.approx(1 / 0.008)
-    assert bound_images_per_second("2", 0.003, 0.001) < bound_images_per_second("1", 0.003, 0.001)
+    assert operations("1", views=2) == (2, 2)
+    assert bound_images_per_second("1", 2, train_seconds=0.003, forward_seconds=0.001) == pytest.approx(1 / 0.008)
+    # stage 2: the client's pass on top; one view (the published code's) halves the student's and teacher's work
+    assert operations("2", views=1) == (1, 2)
+    assert bound_images_per_second("2", 2, 0.003, 0.001) < bound_images_per_second("1", 2, 0.003, 0.001)
+    assert bound_images_per_second("2", 1, 0.003, 0.001) == pytest.approx(1 / 0.005)

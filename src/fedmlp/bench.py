@@ -92,7 +92,7 @@ class BenchResult:
     torch_version: str
     # The machine's own limit for this stage: a plain forward + backward (and a plain inference
     # forward) of the same model on the same batch shape, timed in the same run, scaled by the
-    # stage's operation count (OPERATIONS). None for the loader, which runs no model.
+    # stage's operation count (operations()). None for the loader, which runs no model.
     bound_images_per_second: float | None = None
     fraction_of_bound: float | None = None
 
@@ -170,10 +170,12 @@ def stage2_round(method: FedMLP, ctx: LocalContext) -> None:
 
 ROUNDS: dict[str, Callable[[FedMLP, LocalContext], None]] = {"loader": loader_round, "1": stage1_round, "2": stage2_round}
 
-# Per image of a stage: (forward + backward passes, inference forwards), each over the batch of both
-# views at once. Stage 1: the student on two views, the frozen teacher on the same two views. Stage 2:
-# the same plus the client's pass over its images (one inference forward per image, no augmentation).
-OPERATIONS: dict[str, tuple[int, int]] = {"1": (2, 2), "2": (2, 3)}
+
+def operations(stage: str, views: int) -> tuple[int, int]:
+    """Per image of a stage: (forward + backward passes, inference forwards). Stage 1: the student on
+    its views, the frozen teacher on the same views. Stage 2: the same (``fedmlp.stage2_views`` views)
+    plus the client's pass over its images (one inference forward per image, no augmentation)."""
+    return (views, views) if stage == "1" else (views, views + 1)
 
 
 def plain_seconds_per_image(model_config: ModelConfig, n_classes: int, images: torch.Tensor, runtime: Runtime,
@@ -181,7 +183,7 @@ def plain_seconds_per_image(model_config: ModelConfig, n_classes: int, images: t
     """Seconds per image of a plain forward + backward + Adam step, and of an inference forward, on
     a fixed float batch (no data path, no augmentation, no method): what the hardware allows."""
     model = build_model(model_config, n_classes).to(runtime.device, memory_format=torch.channels_last).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # as Method.local_update
     targets = torch.zeros(images.shape[0], n_classes, device=runtime.device)
 
     def train_step() -> None:
@@ -208,8 +210,8 @@ def plain_seconds_per_image(model_config: ModelConfig, n_classes: int, images: t
     return timings[0], timings[1]
 
 
-def bound_images_per_second(stage: str, train_seconds: float, forward_seconds: float) -> float:
-    backward_passes, forwards = OPERATIONS[stage]
+def bound_images_per_second(stage: str, views: int, train_seconds: float, forward_seconds: float) -> float:
+    backward_passes, forwards = operations(stage, views)
     return 1.0 / (backward_passes * train_seconds + forwards * forward_seconds)
 
 
@@ -254,10 +256,11 @@ def run(settings: BenchSettings) -> BenchResult:
             one_round(method, ctx)
             _synchronize(runtime)
             seconds = min(seconds, time.perf_counter() - start)
-            if settings.stage in OPERATIONS:
-                plain = plain_seconds_per_image(model_config, len(store.classes), both_views, runtime,
+            if settings.stage != "loader":
+                views = method.views(round_index)
+                plain = plain_seconds_per_image(model_config, len(store.classes), both_views[: views * settings.batch_size], runtime,
                                                 max(1, settings.images // settings.batch_size))
-                bound = max(bound or 0.0, bound_images_per_second(settings.stage, *plain))
+                bound = max(bound or 0.0, bound_images_per_second(settings.stage, views, *plain))
         shape = store.images.shape
     images_per_second = settings.images / seconds
     return BenchResult(
