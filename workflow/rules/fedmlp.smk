@@ -14,6 +14,7 @@ rule warmup:
         f"logs/warmup/{WARMUP_ID}.log",
     benchmark:
         f"benchmarks/warmup/{WARMUP_ID}.tsv"
+    priority: 3  # the staged chain first: it is the longest path of the DAG, and the train jobs fill the gaps
     conda:
         ENV
     threads: config["train"]["threads"]
@@ -46,6 +47,7 @@ rule pseudolabel:
         f"logs/pseudolabel/{RUN_ID}.log",
     wildcard_constraints:
         method=STAGED,
+    priority: 2
     conda:
         ENV
     threads: config["train"]["threads"]
@@ -85,6 +87,7 @@ rule teacher:
         f"benchmarks/teacher/{RUN_ID}.tsv"
     wildcard_constraints:
         method=STAGED,
+    priority: 1
     conda:
         ENV
     threads: config["train"]["threads"]
