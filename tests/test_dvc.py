@@ -55,7 +55,7 @@ def tiny_config(root: Path) -> None:
     config["preprocess"]["size"] = 24
     config["federation"].update(n_clients=3, annotated_per_client=2)
     config["model"]["width"] = 4
-    config["train"].update(rounds=2, batch_size=8)
+    config["train"].update(rounds=2, batch_size=8, eval_every=1)  # a test score in every round, for the curves
     config["fedmlp"].update(warmup_rounds=1, rounds=1)
     (root / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 

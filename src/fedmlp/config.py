@@ -135,7 +135,7 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = bounded(1, minimum=1, maximum=1024)
-    eval_every: int = bounded(2, minimum=1, maximum=MAX_ROUNDS)
+    eval_every: int = bounded(1, minimum=1, maximum=MAX_ROUNDS)  # the workflow default (schema) is 2: every round here, for library use and tests
     deterministic: bool = False
 
 
