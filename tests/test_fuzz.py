@@ -34,6 +34,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_bad_input import GOOD_NIH, HEAD_CT, NIH_HEADER, _nih_row, label_rows
 
+from fedmlp import versioning
 from fedmlp.cli import main
 from fedmlp.commands import MODULES
 from fedmlp.config import ModelConfig, to_dict
@@ -207,6 +208,7 @@ def inputs(store: ImageStore, federation: dict, raw_dataset: Path, tmp_path_fact
         path.write_bytes(data.encode() if isinstance(data, str) else data)
         return str(path)
 
+    dvc_yaml = put("dvc.yaml", versioning.render())
     (root / "partition.json").write_text(json.dumps(federation))
     split = {"train": [i for c in federation["clients"] for i in c["images"]], "test": federation["test"]}
     ckpt = _base_checkpoint(classes)
@@ -302,6 +304,8 @@ def inputs(store: ImageStore, federation: dict, raw_dataset: Path, tmp_path_fact
                           files={"metrics": json_bytes(metrics), "--diagnostics": mutated_csv(diagnostics)},
                           outputs=("--summary", "--report", "--figure")),
         "methods": Command(flags(), {}, texts={"--bogus": TEXT}),
+        "dvc-yaml": Command(flags(), {"--check": [], "--out": dvc_yaml}, texts={"--out": TEXT}, files={"--out": mutated_bytes(dvc_yaml)}),
+        "dvc-fetch": Command(flags(), {"--root": str(root)}, texts={"--root": TEXT}),  # not a DVC repository: no remote
         "bench": Command(flags(), {"--stage": "loader", "--size": "16", "--images": "8", "--batch-size": "4", "--model": "compact-cnn",
                                    "--threads": "1", "--store": str(store.root), "--json": ""},
                          texts={k: TEXT for k in ("--stage", "--size", "--images", "--batch-size", "--channels", "--threads", "--precision")},
@@ -354,7 +358,8 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("name", ["synth", "download", "ingest", "split", "partition", "paper-split", "train", "warmup", "pseudolabel",
-                                  "teacher", "federate", "evaluate", "report", "methods", "bench", "flower-app", "dicom2png"])
+                                  "teacher", "federate", "evaluate", "report", "methods", "bench", "flower-app", "dicom2png",
+                                  "dvc-yaml", "dvc-fetch"])
 @FUZZ
 @given(data=st.data())
 def test_broken_input_is_one_line_and_leaves_no_output(inputs: dict[str, Command], name: str, data: st.DataObject) -> None:

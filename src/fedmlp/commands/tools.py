@@ -72,6 +72,8 @@ def cmd_dvc_yaml(args: argparse.Namespace) -> None:
 def cmd_dvc_fetch(args: argparse.Namespace) -> None:
     from fedmlp import versioning
 
+    if not args.root.is_dir():
+        raise FedmlpError(f"--root {args.root}: not a directory (expected the repository holding dvc.lock)")
     outputs = versioning.fetch_outputs(args.root)
     print(f"fetched into the DVC cache: {', '.join(outputs) if outputs else 'nothing was missing'}")
 
