@@ -343,7 +343,7 @@ def test_the_fuzz_covers_every_subcommand(inputs: dict[str, Command]) -> None:
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Downloads fail at once (no network, no waiting between retries); no Kaggle credentials."""
     import urllib.error
 
@@ -354,7 +354,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("fedmlp.download.time.sleep", lambda seconds: None)
     monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
     monkeypatch.delenv("KAGGLE_KEY", raising=False)
-    monkeypatch.chdir(tempfile.mkdtemp(prefix="fedmlp-fuzz-cwd-"))  # a relative path from the fuzz lands there
+    monkeypatch.chdir(tmp_path)  # a relative path from the fuzz lands there (pytest removes old ones)
 
 
 @pytest.mark.parametrize("name", ["synth", "download", "ingest", "split", "partition", "paper-split", "train", "warmup", "pseudolabel",
