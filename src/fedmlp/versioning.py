@@ -39,8 +39,8 @@ COMMANDS = {  # each stage runs its part of the DAG; Snakemake skips what is up 
 # report's: which runs it collects.
 PARAMS = {
     "data": ("dataset", "ich", "chestxray14", "synthetic", "preprocess"),
-    "experiments": ("methods", "seeds", "split", "federation", "model", "train"),
-    "report": ("dataset", "methods", "seeds", "preprocess", "federation"),
+    "experiments": ("methods", "seeds", "split", "federation", "sweep", "model", "train"),
+    "report": ("dataset", "methods", "seeds", "preprocess", "federation", "sweep"),
 }
 NOT_RESULTS = ("cluster",)  # how jobs are scheduled, never what they compute
 STAGE_DEPS = {"experiments": ("resources",), "report": ("results/runs",)}  # the previous stage's outputs
