@@ -64,7 +64,9 @@ def test_end_to_end_outputs(tiny_run: Path) -> None:
     report = (tiny_run / "results" / "report.md").read_text()
     assert all(m in report for m in TINY["methods"]) and "Per-class test AUROC" in report
     assert "mAP gap closed" in report and "Pseudo-labels (diagnostics" in report
-    for figure in ("map_per_round.png", "pseudolabels.png"):
+    assert "## Across settings" in report and "### synthetic-ich · iid-k3: test mAP" in report  # two settings of one family
+    assert "\\multicolumn{2}{c}{mAP}" in (tiny_run / "results" / "table.tex").read_text()
+    for figure in ("map_per_round.png", "pseudolabels.png", "map_by_annotated.png"):
         assert (tiny_run / "results" / "figures" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for rule in ("synthesize", "ingest", "split", "partition", "train", "warmup", "pseudolabel", "teacher", "report"):
         assert list((tiny_run / "logs" / rule).rglob("*.log")), f"no log for rule {rule}"

@@ -50,7 +50,7 @@ OUTS = {
     "data": [{"resources": {"persist": True}}],
     "experiments": [{"results/runs": {"persist": True}}],
     "report": [{path: {"persist": True}} for path in
-               ("results/summary.csv", "results/report.md", "results/figures", "results/plots")],
+               ("results/summary.csv", "results/report.md", "results/table.tex", "results/figures", "results/plots")],
 }
 METRICS = {"report": [{"results/metrics.json": {"persist": True}}]}
 PLOTS = [
