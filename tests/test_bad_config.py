@@ -39,6 +39,7 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
         ({"sweep": [{"alpha": 0.5}]}, "config key 'sweep[0].alpha': unknown key (allowed: n_clients, partition, dirichlet_alpha,"),
         ({"sweep": [{"annotated_per_client": [1, 0]}]}, "config key 'sweep[0].annotated_per_client"),
         ({"sweep": []}, "config key 'sweep': [] should be non-empty"),
+        ({"report": {"dir": "/tmp/x"}}, "config key 'report.dir': '/tmp/x' does not match"),
     ],
 )
 def test_schema_violation_is_one_line_naming_the_key(config: dict, message: str) -> None:

@@ -51,6 +51,7 @@ RUN_ID = "{dataset}/{prep}/{setting}/{method}/seed{seed}"
 RUN = f"results/runs/{RUN_ID}"
 WARMUP_ID = "{dataset}/{prep}/{setting}/fedmlp-warmup/seed{seed}"  # shared by every fedmlp* method
 WARMUP = f"results/runs/{WARMUP_ID}"
+REPORT = os.path.normpath(config["report"]["dir"])  # the report rule's outputs (report.dir)
 
 # Methods trained in stages (warmup → pseudolabel → teacher); all others go through rule train.
 METHODS = registry.specs()
