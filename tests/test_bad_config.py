@@ -81,7 +81,7 @@ def test_impossible_combination_names_the_key(sections: dict, message: str) -> N
 
 
 def test_default_and_paper_configs_pass() -> None:
-    for name in ("config.yaml", "ich.yaml", "chestxray14.yaml"):
+    for name in ("config.yaml", "ich.yaml", "chestxray14.yaml", "missing-rates.yaml"):
         config = yaml.safe_load((REPO / "config" / name).read_text())
         check_schema(config, SCHEMA)
         check_combinations(config)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+import yaml
 from conftest import REPO
 
 from fedmlp.errors import FedmlpError
@@ -37,6 +38,17 @@ def test_a_sweep_overrides_the_federation_keys_it_sets() -> None:
     assert all(s.federation["n_clients"] == 4 and s.federation["seed"] == 7 for s in settings)
     assert settings[2].source == "sweep[1]" and settings[2].key("dirichlet_alpha") == "sweep[1].dirichlet_alpha"
     assert settings[2].key("n_clients") == "federation.n_clients"
+
+
+def test_the_sweep_shares_the_default_runs_setting() -> None:
+    default = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    sweep = {**copy.deepcopy(default), **yaml.safe_load((REPO / "config" / "missing-rates.yaml").read_text())}
+    check_schema(default, SCHEMA)
+    check_schema(sweep, SCHEMA)
+    ours = {s.name: s.federation for s in federation_settings(sweep)}
+    assert list(ours) == ["iid-k5-a1", "iid-k5-a2", "iid-k5-a3", "iid-k5-a4", "dir0.5-k5-a1", "dir0.5-k5-a2"]
+    (theirs,) = federation_settings(default)
+    assert ours[theirs.name] == theirs.federation  # the same partition parameters, so the same runs
 
 
 def test_two_settings_of_one_name_are_refused() -> None:

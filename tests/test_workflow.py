@@ -184,6 +184,28 @@ def test_paper_setups_plan_from_download_to_report(tmp_path: Path, paper_config:
     assert not re.search(r"warn|error|exception|deprecat", result.stdout + result.stderr, re.I)
 
 
+def test_missing_rate_sweep_plans_every_method_setting_and_seed(tmp_path: Path) -> None:
+    """config/missing-rates.yaml (on the schema's defaults, which are config/config.yaml): a final
+    training or teacher job for every registered method × the 6 settings × seeds 0-4, and its report
+    under results/missing-rates/, beside the default's and not over it."""
+    from fedmlp.methods import registry
+
+    config = yaml.safe_load((REPO / "config" / "missing-rates.yaml").read_text())
+    assert sorted(config["methods"]) == registry.names(), "the sweep runs every registered method"
+    result = snakemake(tmp_path, config, "--summary")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = [line.split("\t") for line in result.stdout.splitlines()[1:] if line.count("\t") >= 5]
+    run = re.compile(r"results/runs/synthetic-ich/header32/(?P<setting>[^/]+)/(?P<method>[^/]+)/seed(?P<seed>\d+)/metrics\.json")
+    planned = sorted((m["setting"], m["method"], int(m["seed"]), rule) for path, _, rule, *_ in rows if (m := run.fullmatch(path)))
+    settings = ["iid-k5-a1", "iid-k5-a2", "iid-k5-a3", "iid-k5-a4", "dir0.5-k5-a1", "dir0.5-k5-a2"]
+    staged = {name for name, spec in registry.specs().items() if spec.staged}
+    assert planned == sorted((setting, method, seed, "teacher" if method in staged else "train")
+                             for setting in settings for method in registry.names() for seed in range(5))
+    reported = {path for path, _, rule, *_ in rows if rule == "report"}
+    assert {"results/missing-rates/report.md", "results/missing-rates/table.tex", "results/missing-rates/figures/map_by_annotated.png"} <= reported
+    assert all(path.startswith("results/missing-rates/") for path in reported)
+
+
 @pytest.mark.slow
 def test_lint_is_clean(tiny_run: Path) -> None:
     result = snakemake(tiny_run, TINY, "--lint")
