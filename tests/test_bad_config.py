@@ -35,6 +35,11 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
         ({"seeds": []}, "config key 'seeds': [] should be non-empty"),
         ({"cluster": {"minutes_per_round": 0}}, "config key 'cluster.minutes_per_round': 0 is less than or equal to the minimum of 0"),
         ({"cluster": {"local_download": "yes"}}, "config key 'cluster.local_download': 'yes' is not of type 'boolean'"),
+        ({"sweep": [{"partition": "iid"}, {"partition": "ring"}]}, "config key 'sweep[1].partition': 'ring' is not one of iid, dirichlet, paper"),
+        ({"sweep": [{"alpha": 0.5}]}, "config key 'sweep[0].alpha': unknown key (allowed: n_clients, partition, dirichlet_alpha,"),
+        ({"sweep": [{"annotated_per_client": [1, 0]}]}, "config key 'sweep[0].annotated_per_client"),
+        ({"sweep": []}, "config key 'sweep': [] should be non-empty"),
+        ({"report": {"dir": "/tmp/x"}}, "config key 'report.dir': '/tmp/x' does not match"),
     ],
 )
 def test_schema_violation_is_one_line_naming_the_key(config: dict, message: str) -> None:
@@ -62,6 +67,11 @@ def default_config(**sections: dict) -> dict:
         ({"federation": {"n_clients": 400}, "synthetic": {"n_images": 100}}, "config key 'federation.n_clients': 400 clients need at least 800 training images"),
         ({"federation": {"partition": "paper", "images_per_client": 500}, "synthetic": {"n_images": 100}},
          "config key 'federation.images_per_client': 500 is more than the 13 training images"),
+        ({"sweep": [{"partition": "iid"}, {"images_per_client": 50, "annotated_per_client": 2}]},
+         "config key 'sweep[1].images_per_client': only used by partition 'paper', not 'iid'"),
+        ({"sweep": [{"n_clients": 400}], "synthetic": {"n_images": 100}}, "config key 'sweep[0].n_clients': 400 clients need at least 800"),
+        ({"sweep": [{"annotated_per_client": [1, 2]}, {"seed": 5, "annotated_per_client": 2}]},
+         "config key 'sweep[1]': setting iid-k5-a2 again (first from sweep[0])"),
     ],
 )
 def test_impossible_combination_names_the_key(sections: dict, message: str) -> None:
@@ -71,7 +81,7 @@ def test_impossible_combination_names_the_key(sections: dict, message: str) -> N
 
 
 def test_default_and_paper_configs_pass() -> None:
-    for name in ("config.yaml", "ich.yaml", "chestxray14.yaml"):
+    for name in ("config.yaml", "ich.yaml", "chestxray14.yaml", "missing-rates.yaml"):
         config = yaml.safe_load((REPO / "config" / name).read_text())
         check_schema(config, SCHEMA)
         check_combinations(config)
@@ -85,8 +95,10 @@ def test_default_and_paper_configs_pass() -> None:
         ({"federation": {"n_clients": 2, "annotated_classes": [["epidural"], ["subdural"]]}},
          "config key 'federation.annotated_classes': no client annotates 'intraparenchymal'"),
         ({"federation": {"n_clients": 40}}, "config key 'federation.n_clients': 40 clients need at least 80 training images"),
+        ({"sweep": [{"annotated_per_client": [2, 6]}]},
+         "config key 'federation.annotated_per_client': expected 1..5 (the number of classes), got 6 (setting iid-k3-a6, from sweep[0])"),
     ],
-    ids=["zero rounds", "more annotated classes than classes", "class nobody annotates", "more clients than images"],
+    ids=["zero rounds", "more annotated classes than classes", "class nobody annotates", "more clients than images", "sweep entry"],
 )
 def test_workflow_refuses_before_any_work(tmp_path: Path, change: dict, message: str) -> None:
     """A dry run (Snakemake parses the workflow, nothing runs): the one-line error, and no files."""

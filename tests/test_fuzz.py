@@ -300,9 +300,9 @@ def inputs(store: ImageStore, federation: dict, raw_dataset: Path, tmp_path_fact
                                    "--partition": json_bytes(federation)},
                             outputs=("--out-metrics", "--out-predictions")),
         "report": Command(flags("metrics"), {"metrics": str(root / "metrics.json"), "--diagnostics": put("diagnostics.csv", diagnostics),
-                                             "--summary": "", "--report": "", "--figure": ""},
+                                             "--summary": "", "--report": "", "--figure": "", "--latex": ""},
                           files={"metrics": json_bytes(metrics), "--diagnostics": mutated_csv(diagnostics)},
-                          outputs=("--summary", "--report", "--figure")),
+                          outputs=("--summary", "--report", "--figure", "--latex")),
         "methods": Command(flags(), {}, texts={"--bogus": TEXT}),
         "dvc-yaml": Command(flags(), {"--check": [], "--out": dvc_yaml}, texts={"--out": TEXT}, files={"--out": mutated_bytes(dvc_yaml)}),
         "dvc-fetch": Command(flags(), {"--root": str(root)}, texts={"--root": TEXT}),  # not a DVC repository: no remote

@@ -42,3 +42,11 @@ def test_compare_to_a_reference_over_methods() -> None:
     assert results["a"].mean == pytest.approx(-0.0966667, rel=1e-4) and results["a"].high < 0
     assert results["b"].low < 0 < results["b"].high
     assert results["a"].p_holm >= results["a"].p
+
+
+def test_wilcoxon_beside_the_t_test() -> None:
+    a = pd.Series([0.70, 0.72, 0.69, 0.75, 0.71])
+    b = pd.Series([0.65, 0.73, 0.66, 0.70, 0.70])
+    result = paired_difference(a, b, "x", "y", "mAP")
+    assert result.p_wilcoxon == pytest.approx(stats.wilcoxon(a - b).pvalue)
+    assert paired_difference(a, a, "x", "y", "mAP").p_wilcoxon == 1.0  # no difference at all: no evidence

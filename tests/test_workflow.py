@@ -64,7 +64,9 @@ def test_end_to_end_outputs(tiny_run: Path) -> None:
     report = (tiny_run / "results" / "report.md").read_text()
     assert all(m in report for m in TINY["methods"]) and "Per-class test AUROC" in report
     assert "mAP gap closed" in report and "Pseudo-labels (diagnostics" in report
-    for figure in ("map_per_round.png", "pseudolabels.png"):
+    assert "## Across settings" in report and "### synthetic-ich · iid-k3: test mAP" in report  # two settings of one family
+    assert "\\multicolumn{2}{c}{mAP}" in (tiny_run / "results" / "table.tex").read_text()
+    for figure in ("map_per_round.png", "pseudolabels.png", "map_by_annotated.png"):
         assert (tiny_run / "results" / "figures" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for rule in ("synthesize", "ingest", "split", "partition", "train", "warmup", "pseudolabel", "teacher", "report"):
         assert list((tiny_run / "logs" / rule).rglob("*.log")), f"no log for rule {rule}"
@@ -180,6 +182,28 @@ def test_paper_setups_plan_from_download_to_report(tmp_path: Path, paper_config:
     assert planned == {"download": 1, "ingest": 1, "split": 1, "partition": 1, "train": 3, "warmup": 1,
                        "pseudolabel": 3, "teacher": 3, "report": 1, "all": 1}
     assert not re.search(r"warn|error|exception|deprecat", result.stdout + result.stderr, re.I)
+
+
+def test_missing_rate_sweep_plans_every_method_setting_and_seed(tmp_path: Path) -> None:
+    """config/missing-rates.yaml (on the schema's defaults, which are config/config.yaml): a final
+    training or teacher job for every registered method × the 6 settings × seeds 0-4, and its report
+    under results/missing-rates/, beside the default's and not over it."""
+    from fedmlp.methods import registry
+
+    config = yaml.safe_load((REPO / "config" / "missing-rates.yaml").read_text())
+    assert sorted(config["methods"]) == registry.names(), "the sweep runs every registered method"
+    result = snakemake(tmp_path, config, "--summary")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = [line.split("\t") for line in result.stdout.splitlines()[1:] if line.count("\t") >= 5]
+    run = re.compile(r"results/runs/synthetic-ich/header32/(?P<setting>[^/]+)/(?P<method>[^/]+)/seed(?P<seed>\d+)/metrics\.json")
+    planned = sorted((m["setting"], m["method"], int(m["seed"]), rule) for path, _, rule, *_ in rows if (m := run.fullmatch(path)))
+    settings = ["iid-k5-a1", "iid-k5-a2", "iid-k5-a3", "iid-k5-a4", "dir0.5-k5-a1", "dir0.5-k5-a2"]
+    staged = {name for name, spec in registry.specs().items() if spec.staged}
+    assert planned == sorted((setting, method, seed, "teacher" if method in staged else "train")
+                             for setting in settings for method in registry.names() for seed in range(5))
+    reported = {path for path, _, rule, *_ in rows if rule == "report"}
+    assert {"results/missing-rates/report.md", "results/missing-rates/table.tex", "results/missing-rates/figures/map_by_annotated.png"} <= reported
+    assert all(path.startswith("results/missing-rates/") for path in reported)
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ per-round curves as CSV."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,14 @@ from fedmlp.diagnostics import COUNTS, rates  # noqa: E402
 from fedmlp.errors import FedmlpError  # noqa: E402
 from fedmlp.metrics import METRICS  # noqa: E402
 from fedmlp.statistics import compare_to  # noqa: E402
+from fedmlp.sweep import split_name  # noqa: E402
 
 RUN_KEYS = ("dataset", "setting", "method", "seed")
 REFERENCE = "fedmlp"  # the method every other is compared with, when it is in the run
+UPPER_BOUND = "fedavg-full"  # fully labelled: shown, but never marked best among the partial-label methods
 LOWER_IS_BETTER = {"hamming_loss"}
+BEST_VAL = "mAP at best val"  # test mAP at the round of the best validation mAP (metrics.json's best_val)
+BEST_VAL_LABEL = "test mAP at the best-validation round"
 
 
 def summary_frame(runs: list[dict[str, Any]]) -> pd.DataFrame:
@@ -36,6 +41,14 @@ def summary_frame(runs: list[dict[str, Any]]) -> pd.DataFrame:
         for metric in METRICS:
             rows.append({**{k: run["run"][k] for k in RUN_KEYS}, "metric": metric, "value": run["overall"][metric]})
     return pd.DataFrame(rows, columns=[*RUN_KEYS, "metric", "value"])
+
+
+def best_val_frame(runs: list[dict[str, Any]]) -> pd.DataFrame:
+    """The same long form for the runs whose metrics have a ``best_val`` (a validation split): their
+    test mAP at the best-validation round, as metric BEST_VAL; empty when no run has one."""
+    rows = [{**{k: run["run"][k] for k in RUN_KEYS}, "metric": BEST_VAL, "value": run["best_val"]["test_mAP"]}
+            for run in runs if run.get("best_val") is not None]
+    return pd.DataFrame(rows, columns=[*RUN_KEYS, "metric", "value"]).astype({"value": float})
 
 
 def _mean_std(values: pd.Series, digits: int = 3) -> str:
@@ -142,25 +155,28 @@ def _bold(cell: str, on: bool) -> str:
     return f"**{cell}**" if on else cell
 
 
+def _p(value: float) -> str:
+    return "n/a" if np.isnan(value) else f"{value:.3g}"
+
+
 def paired_markdown(block: pd.DataFrame) -> list[str]:
     """Each method against FedMLP, paired by seed: mean difference, 95 % interval, p-values."""
     if REFERENCE not in set(block["method"]):
         return []
-    header = ["method", "metric", "seeds", f"difference to {REFERENCE}", "95 % CI", "p (paired t)", "p (Holm)"]
+    header = ["method", "metric", "seeds", f"difference to {REFERENCE}", "95 % CI", "p (paired t)", "p (Holm)", "p (Wilcoxon)"]
     rows = []
     for metric in ("mAP", "AUROC"):
         for r in compare_to(block, REFERENCE, metric):
             ci = "n/a" if np.isnan(r.low) else f"[{r.low:+.3f}, {r.high:+.3f}]"
-            p = "n/a" if np.isnan(r.p) else f"{r.p:.3g}"
-            p_holm = "n/a" if np.isnan(r.p_holm) else f"{r.p_holm:.3g}"
-            rows.append([r.method, metric, str(r.n), f"{r.mean:+.3f}", ci, p, p_holm])
+            rows.append([r.method, metric, str(r.n), f"{r.mean:+.3f}", ci, _p(r.p), _p(r.p_holm), _p(r.p_wilcoxon)])
     return [f"Paired by seed (runs with the same seed share the round-0 model and data order): each method minus "
             f"{REFERENCE}; 95 % t interval of the mean difference; two-sided paired t-test, and Holm-adjusted over "
-            "the methods per metric. With 3 seeds only large, consistent differences reach p < 0.05.", "",
-            _table(header, rows), ""]
+            "the methods per metric; the two-sided Wilcoxon signed-rank test beside it (no normality assumed; with n "
+            "seeds its p cannot go below 2/2^n, 0.25 with 3 and 0.0625 with 5). With 3 seeds only large, consistent "
+            "differences reach p < 0.05.", "", _table(header, rows), ""]
 
 
-def markdown(runs: list[dict[str, Any]], summary: pd.DataFrame, figure: str, extra: list[str] = ()) -> str:
+def markdown(runs: list[dict[str, Any]], summary: pd.DataFrame, figure: str, extra: list[str] = (), across: list[str] = ()) -> str:
     out = [
         "# fedmlp results",
         "",
@@ -169,25 +185,32 @@ def markdown(runs: list[dict[str, Any]], summary: pd.DataFrame, figure: str, ext
         "picked on the test set.",
         "",
     ]
+    out += list(across)
+    best_val = best_val_frame(runs)
     for (dataset, setting), block in summary.groupby(["dataset", "setting"], sort=False):
         methods = list(dict.fromkeys(block["method"]))
         out += [f"## {dataset} · {setting}", ""]
         gap = gap_closed(block)
+        block = pd.concat([block, best_val[(best_val["dataset"] == dataset) & (best_val["setting"] == setting)]])
+        columns = [*METRICS] + ([BEST_VAL] if BEST_VAL in set(block["metric"]) else [])
         means = block.groupby(["method", "metric"])["value"].mean()
-        best = {m: _best(means.xs(m, level="metric").drop("fedavg-full", errors="ignore"), m) for m in METRICS}
+        best = {m: _best(means.xs(m, level="metric").drop(UPPER_BOUND, errors="ignore"), m) for m in columns}
         rows = []
         for method in methods:
             sub = block[block["method"] == method]
             seeds = sub["seed"].nunique()
-            cells = [_bold(_mean_std(sub.loc[sub["metric"] == m, "value"]), method == best[m]) for m in METRICS]
+            cells = [_bold(_mean_std(sub.loc[sub["metric"] == m, "value"]), method == best[m]) for m in columns]
             rows.append([method, str(seeds), *cells] + ([f"{gap[method]:.0%}"] if gap else []))
-        header = ["method", "seeds", *METRICS] + (["mAP gap closed"] if gap else [])
+        header = ["method", "seeds", *[BEST_VAL_LABEL if m == BEST_VAL else m for m in columns]] + (["mAP gap closed"] if gap else [])
         out += [_table(header, rows), "", "**Bold**: the best mean per column among the methods with partial labels "
-                "(fedavg-full, the fully labelled upper bound, is left out).", ""]
+                f"({UPPER_BOUND}, the fully labelled upper bound, is left out).", ""]
+        if BEST_VAL in columns:
+            out += [f"*{BEST_VAL_LABEL}*: the test mAP of the round whose validation mAP was highest (the round is "
+                    "picked on the validation split, never on the test set); the other columns are the final round's.", ""]
         if gap:
             out += ["*mAP gap closed*: (method − fedavg-partial) / (fedavg-full − fedavg-partial), on mean mAP: "
                     "0% is the naive baseline, 100% the fully labelled upper bound.", ""]
-        out += paired_markdown(block)
+        out += paired_markdown(block[block["metric"] != BEST_VAL])
 
         members = [r for r in runs if (r["run"]["dataset"], r["run"]["setting"]) == (dataset, setting)]
         classes = list(members[0]["per_class"])
@@ -205,6 +228,158 @@ def markdown(runs: list[dict[str, Any]], summary: pd.DataFrame, figure: str, ext
             out += [f"Classes with only one label value in the test set (left out of macro averages): {', '.join(undefined)}.", ""]
     out += ["## Test mAP per round", "", f"![test mAP per round]({figure})", ""]
     out += list(extra)
+    return "\n".join(out)
+
+
+@dataclass(frozen=True)
+class FamilyTable:
+    """One setting family (a setting name without ``-a{n}``) and one metric: methods as rows, the
+    annotated classes per client as columns, mean ± sd over seeds; ``best`` marks each column's best
+    mean among the methods with partial labels."""
+
+    dataset: str
+    family: str
+    metric: str
+    cells: pd.DataFrame  # method × column label: "mean ± sd"
+    best: pd.DataFrame  # the same shape: True where the cell is its column's best
+    annotated: tuple[int | None, ...]  # each column's annotated classes per client (None: listed classes)
+
+    @property
+    def title(self) -> str:
+        return f"{self.dataset} · {self.family}"
+
+
+def families(summary: pd.DataFrame) -> dict[tuple[str, str], dict[str, int | None]]:
+    """(dataset, family) → {setting: annotated classes per client}, by annotated count (config order otherwise)."""
+    out: dict[tuple[str, str], dict[str, int | None]] = {}
+    for dataset, setting in dict.fromkeys(zip(summary["dataset"], summary["setting"])):
+        family, annotated = split_name(setting)
+        out.setdefault((dataset, family), {})[setting] = annotated
+    return {key: dict(sorted(members.items(), key=lambda item: -1 if item[1] is None else item[1])) for key, members in out.items()}
+
+
+def _column(annotated: int | None, setting: str, n_classes: int) -> str:
+    """A family table's column label: the annotated classes per client and the missing rate."""
+    return setting if annotated is None else f"{annotated} ({1 - annotated / n_classes:.0%} missing)"
+
+
+def family_tables(long: pd.DataFrame, metric: str, n_classes: dict[str, int]) -> list[FamilyTable]:
+    """One table per setting family for ``metric`` of ``long`` (long form, as summary.csv)."""
+    rows = long[long["metric"] == metric]
+    tables = []
+    for (dataset, family), members in families(long).items():
+        methods = list(dict.fromkeys(long.loc[long["setting"].isin(members) & (long["dataset"] == dataset), "method"]))
+        columns = {setting: _column(annotated, setting, n_classes[dataset]) for setting, annotated in members.items()}
+        cells = pd.DataFrame("n/a", index=methods, columns=list(columns.values()))
+        best = pd.DataFrame(False, index=methods, columns=list(columns.values()))
+        for setting, column in columns.items():
+            block = rows[(rows["dataset"] == dataset) & (rows["setting"] == setting)]
+            for method, values in block.groupby("method", sort=False)["value"]:
+                cells.loc[method, column] = _mean_std(values)
+            winner = _best(block.groupby("method")["value"].mean().drop(UPPER_BOUND, errors="ignore"), metric)
+            if winner is not None:
+                best.loc[winner, column] = True
+        tables.append(FamilyTable(dataset, family, metric, cells, best, tuple(members.values())))
+    return tables
+
+
+def family_markdown(table: FamilyTable, label: str) -> list[str]:
+    header = ["method", *table.cells.columns]
+    rows = [[method, *(_bold(c, b) for c, b in zip(table.cells.loc[method], table.best.loc[method]))] for method in table.cells.index]
+    return [f"### {table.title}: {label}", "", _table(header, rows), ""]
+
+
+def difference_markdown(summary: pd.DataFrame, dataset: str, family: str, members: dict[str, int | None], n_classes: int,
+                        metric: str = "mAP") -> list[str]:
+    """Per family: each method's paired difference to FedMLP per setting, with its Holm-adjusted p."""
+    header, cells = ["method"], {}
+    for setting, annotated in members.items():
+        header.append(_column(annotated, setting, n_classes))
+        block = summary[(summary["dataset"] == dataset) & (summary["setting"] == setting)]
+        for r in compare_to(block, REFERENCE, metric):
+            cells.setdefault(r.method, {})[header[-1]] = f"{r.mean:+.3f} ({_p(r.p_holm)})"
+    if not cells:
+        return []
+    rows = [[method, *(by_column.get(c, "n/a") for c in header[1:])] for method, by_column in cells.items()]
+    return [f"### {dataset} · {family}: {metric} difference to {REFERENCE}", "",
+            f"Mean over seeds of (method − {REFERENCE}), paired by seed; in parentheses the paired t-test's p, "
+            "Holm-adjusted over the methods of the setting (each setting's section has the intervals).", "",
+            _table(header, rows), ""]
+
+
+def across_markdown(summary: pd.DataFrame, best_val: pd.DataFrame, n_classes: dict[str, int], figure: str) -> list[str]:
+    """The section comparing settings: per family, mAP and AUROC (and, with a validation split, the
+    test mAP at the best-validation round) per missing rate, the differences to FedMLP, the figure."""
+    out = ["## Across settings", "",
+           "One table per setting family (partition and clients); columns are the classes each client annotates "
+           "(of all classes: the missing rate); cells mean ± sd over seeds of the final round's test metric. "
+           f"**Bold**: each column's best mean among the methods with partial labels ({UPPER_BOUND} left out).", ""]
+    labels = {"mAP": "test mAP", "AUROC": "test AUROC", BEST_VAL: BEST_VAL_LABEL}
+    tables = {metric: family_tables(summary, metric, n_classes) for metric in ("mAP", "AUROC")}
+    if not best_val.empty:
+        tables[BEST_VAL] = family_tables(best_val, BEST_VAL, n_classes)
+    for (dataset, family), members in families(summary).items():
+        for metric, by_family in tables.items():
+            out += [line for t in by_family if (t.dataset, t.family) == (dataset, family) for line in family_markdown(t, labels[metric])]
+        out += difference_markdown(summary, dataset, family, members, n_classes[dataset])
+    out += [f"![test mAP against annotated classes per client]({figure})", ""]
+    return out
+
+
+_MARKERS = "osD^v<>pPX*h"
+
+
+def plot_annotated(summary: pd.DataFrame, path: Path, metric: str = "mAP") -> None:
+    """Test ``metric`` against annotated classes per client: a line per method (mean over seeds, error
+    bar one sd), a panel per setting family; methods are shifted a little sideways to stay apart."""
+    groups = families(summary)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.5), squeeze=False)
+    rows = summary[summary["metric"] == metric]
+    for ax, ((dataset, family), members) in zip(axes[0], groups.items()):
+        counted = {setting: annotated for setting, annotated in members.items() if annotated is not None}
+        block = rows[(rows["dataset"] == dataset) & rows["setting"].isin(counted)]
+        block = block.assign(annotated=block["setting"].map(counted))
+        methods = list(dict.fromkeys(block["method"]))
+        shifts = np.linspace(-0.15, 0.15, len(methods)) if len(methods) > 1 else [0.0]
+        for i, (method, shift) in enumerate(zip(methods, shifts)):
+            agg = block[block["method"] == method].groupby("annotated")["value"].agg(["mean", "std"])
+            ax.errorbar(agg.index + shift, agg["mean"], yerr=agg["std"].fillna(0), marker=_MARKERS[i % len(_MARKERS)], markersize=4,
+                        capsize=3, linestyle="-" if i < 10 else "--", label=method)  # the colours repeat after 10
+        ax.set(title=f"{dataset} · {family}", xlabel="annotated classes per client", ylabel=f"test {metric}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
+    plt.close(fig)
+
+
+def latex(summary: pd.DataFrame, best_val: pd.DataFrame, n_classes: dict[str, int]) -> str:
+    """The family tables as LaTeX for a paper (booktabs rules; needs ``\\usepackage{booktabs}``): one
+    table per family, mAP and AUROC side by side (and the best-validation test mAP when there is one),
+    each column's best among the partial-label methods in bold."""
+    names = {"mAP": "mAP", "AUROC": "AUROC", BEST_VAL: "mAP at best val."}
+    metrics = {"mAP": summary, "AUROC": summary} | ({BEST_VAL: best_val} if not best_val.empty else {})
+    by_family: dict[tuple[str, str], list[FamilyTable]] = {}
+    for metric, long in metrics.items():
+        for table in family_tables(long, metric, n_classes):
+            by_family.setdefault((table.dataset, table.family), []).append(table)
+    out = ["% Written by `fedmlp report`; needs \\usepackage{booktabs}. Mean $\\pm$ sd over seeds of the final round's test metric;",
+           f"% bold: each column's best among the methods with partial labels ({UPPER_BOUND}, the fully labelled upper bound, left out).", ""]
+    for (dataset, family), parts in by_family.items():
+        keys = [names[p.metric] for p in parts]
+        short = [[c if a is None else str(a) for c, a in zip(p.cells.columns, p.annotated)] for p in parts]  # the caption says what
+        cells = pd.concat([p.cells.set_axis(c, axis=1) for p, c in zip(parts, short)], axis=1, keys=keys).fillna("n/a")
+        best = pd.concat([p.best.set_axis(c, axis=1) for p, c in zip(parts, short)], axis=1, keys=keys).fillna(False).astype(bool)
+        body = cells.map(lambda cell: cell.replace(" ± ", r" $\pm$ "))
+        styler = body.style.apply(lambda _, best=best: best.map(lambda on: "textbf:--rwrap;" if on else ""), axis=None)
+        styler = styler.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
+        what = "Test mAP, AUROC and the test mAP at the best-validation round" if len(parts) > 2 else "Test mAP and AUROC"
+        caption = (f"{what} on {dataset}, {family}; columns: the classes each client annotates, of {n_classes[dataset]} "
+                   f"(missing rate 1 $-$ a/{n_classes[dataset]}); mean $\\pm$ sd over seeds.")
+        out.append(styler.to_latex(hrules=True, column_format="l" + "r" * cells.shape[1], multicol_align="c", caption=caption,
+                                   label=f"tab:{dataset}-{family}", position_float="centering"))
     return "\n".join(out)
 
 
@@ -263,22 +438,33 @@ def write_plot_data(runs: list[dict[str, Any]], path: Path) -> None:
 
 def write_report(
     runs: list[dict[str, Any]], summary_path: Path, report_path: Path, figure_path: Path, diagnostics: pd.DataFrame | None = None,
-    metrics_path: Path | None = None, plot_data: Path | None = None,
+    metrics_path: Path | None = None, plot_data: Path | None = None, latex_path: Path | None = None,
 ) -> None:
     """Write summary.csv, the mAP plot and report.md; with diagnostics also pseudolabels.png beside the plot;
-    with ``metrics_path`` and ``plot_data`` DVC's metrics file and per-round curves."""
+    with several settings also the section across settings and its figure map_by_annotated.png beside the
+    plot; with ``latex_path`` the family tables as LaTeX; with ``metrics_path`` and ``plot_data`` DVC's
+    metrics file and per-round curves."""
     summary = summary_frame(runs)
+    best_val = best_val_frame(runs)
+    n_classes = {run["run"]["dataset"]: len(run["per_class"]) for run in runs}
     if metrics_path is not None:
         write_json(metrics_path, dvc_metrics(summary))
     if plot_data is not None:
         write_plot_data(runs, plot_data)
     with atomic_path(summary_path) as tmp:
         summary.to_csv(tmp, index=False, float_format="%.6f")
+    if latex_path is not None:
+        write_text(latex_path, latex(summary, best_val, n_classes))
     plot_rounds(runs, figure_path)
+    across: list[str] = []
+    if summary[["dataset", "setting"]].drop_duplicates().shape[0] > 1:
+        annotated_path = figure_path.with_name("map_by_annotated.png")
+        plot_annotated(summary, annotated_path)
+        across = across_markdown(summary, best_val, n_classes, os.path.relpath(annotated_path, report_path.parent))
     extra: list[str] = []
     if diagnostics is not None and not diagnostics.empty:
         pooled = pooled_diagnostics(diagnostics)
         pseudo_path = figure_path.with_name("pseudolabels.png")
         plot_pseudolabels(pooled, pseudo_path)
         extra = diagnostics_markdown(pooled, os.path.relpath(pseudo_path, report_path.parent))
-    write_text(report_path, markdown(runs, summary, os.path.relpath(figure_path, report_path.parent), extra))
+    write_text(report_path, markdown(runs, summary, os.path.relpath(figure_path, report_path.parent), extra, across))

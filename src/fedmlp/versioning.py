@@ -36,11 +36,12 @@ COMMANDS = {  # each stage runs its part of the DAG; Snakemake skips what is up 
     "report": "snakemake --cores all",
 }
 # Config sections each stage's jobs read (the experiments add every method's own section), and the
-# report's: which runs it collects.
+# report's: which runs it collects and where it writes (report.dir; the stage's outputs are the
+# default's, results/).
 PARAMS = {
     "data": ("dataset", "ich", "chestxray14", "synthetic", "preprocess"),
-    "experiments": ("methods", "seeds", "split", "federation", "model", "train"),
-    "report": ("dataset", "methods", "seeds", "preprocess", "federation"),
+    "experiments": ("methods", "seeds", "split", "federation", "sweep", "model", "train"),
+    "report": ("dataset", "methods", "seeds", "preprocess", "federation", "sweep", "report"),
 }
 NOT_RESULTS = ("cluster",)  # how jobs are scheduled, never what they compute
 STAGE_DEPS = {"experiments": ("resources",), "report": ("results/runs",)}  # the previous stage's outputs
@@ -50,7 +51,7 @@ OUTS = {
     "data": [{"resources": {"persist": True}}],
     "experiments": [{"results/runs": {"persist": True}}],
     "report": [{path: {"persist": True}} for path in
-               ("results/summary.csv", "results/report.md", "results/figures", "results/plots")],
+               ("results/summary.csv", "results/report.md", "results/table.tex", "results/figures", "results/plots")],
 }
 METRICS = {"report": [{"results/metrics.json": {"persist": True}}]}
 PLOTS = [

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmlp.errors import FedmlpError, one_line
+from fedmlp.sweep import Setting, federation_settings
 
 
 def _dotted(path: Any) -> str:
@@ -211,9 +212,15 @@ def check_combinations(config: dict[str, Any]) -> None:
     for low, high in ordered_keys():
         if _lookup(config, low) > _lookup(config, high):
             raise FedmlpError(f"config key '{low}': {_lookup(config, low)} is more than '{high}' ({_lookup(config, high)})")
-    fed = config["federation"]
+    for setting in federation_settings(config):
+        _check_federation(config, setting)
+
+
+def _check_federation(config: dict[str, Any], setting: Setting) -> None:
+    """One federation setting against the data; the key named is where the setting's value was set."""
+    fed = setting.federation
     if fed["images_per_client"] is not None and fed["partition"] != "paper":
-        raise FedmlpError(f"config key 'federation.images_per_client': only used by partition 'paper', not {fed['partition']!r}; set it to null")
+        raise FedmlpError(f"config key '{setting.key('images_per_client')}': only used by partition 'paper', not {fed['partition']!r}; set it to null")
     if config["dataset"] == "synthetic-ich":
         from fedmlp.partition import MIN_CLIENT_IMAGES
 
@@ -221,12 +228,12 @@ def check_combinations(config: dict[str, Any]) -> None:
         n_train = n - math.ceil((1 - config["split"]["train_fraction"]) * n)
         if n_train < fed["n_clients"] * MIN_CLIENT_IMAGES:
             raise FedmlpError(
-                f"config key 'federation.n_clients': {fed['n_clients']} clients need at least {fed['n_clients'] * MIN_CLIENT_IMAGES} "
+                f"config key '{setting.key('n_clients')}': {fed['n_clients']} clients need at least {fed['n_clients'] * MIN_CLIENT_IMAGES} "
                 f"training images; synthetic.n_images {n} with split.train_fraction {config['split']['train_fraction']} gives {n_train}"
             )
         per_client = fed["images_per_client"]
         if per_client is not None and per_client > n_train // fed["n_clients"]:
-            raise FedmlpError(f"config key 'federation.images_per_client': {per_client} is more than the {n_train // fed['n_clients']} "
+            raise FedmlpError(f"config key '{setting.key('images_per_client')}': {per_client} is more than the {n_train // fed['n_clients']} "
                               f"training images each of {fed['n_clients']} clients draws from synthetic.n_images {n}")
 
 

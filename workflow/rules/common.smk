@@ -1,5 +1,4 @@
 # Shared helpers: config validation, path patterns, settings per rule, code fingerprints.
-import hashlib
 import os
 import re
 import json
@@ -11,6 +10,7 @@ from pathlib import Path
 from fedmlp.fingerprint import RULE_COMMANDS, TRAINING_RULES, code_fingerprint, rule_roots
 from fedmlp.methods import registry
 from fedmlp.sources import nih, rsna
+from fedmlp.sweep import federation_settings
 
 # Rules call `fedmlp` by name: take the one beside the Python that runs Snakemake, so that
 # `.venv/bin/snakemake` works without activating the venv. The directory is not resolved (a venv's
@@ -51,6 +51,7 @@ RUN_ID = "{dataset}/{prep}/{setting}/{method}/seed{seed}"
 RUN = f"results/runs/{RUN_ID}"
 WARMUP_ID = "{dataset}/{prep}/{setting}/fedmlp-warmup/seed{seed}"  # shared by every fedmlp* method
 WARMUP = f"results/runs/{WARMUP_ID}"
+REPORT = os.path.normpath(config["report"]["dir"])  # the report rule's outputs (report.dir)
 
 # Methods trained in stages (warmup → pseudolabel → teacher); all others go through rule train.
 METHODS = registry.specs()
@@ -125,23 +126,13 @@ def prep_name():
 
 
 def settings():
-    """Federation settings by name; federation.annotated_per_client may list several values."""
-    fed = config["federation"]
-    per_client = fed["annotated_per_client"]
-    values = per_client if isinstance(per_client, list) else [per_client]
-    shape = "iid" if fed["partition"] == "iid" else f"dir{fed['dirichlet_alpha']:g}"
-    out = {}
-    for value in values:
-        if fed["annotated_classes"] is not None:
-            listed = hashlib.sha256(json.dumps(fed["annotated_classes"]).encode()).hexdigest()[:6]
-            name = f"{shape}-k{fed['n_clients']}-listed{listed}"
-        else:
-            name = f"{shape}-k{fed['n_clients']}-a{value}"
-        out[name] = {**fed, "annotated_per_client": value}
-    return out
+    """Federation settings by name (fedmlp.sweep): the federation section, whose annotated_per_client
+    may list several values, or one family per entry of sweep."""
+    return {setting.name: setting for setting in federation_settings(config)}
 
 
-SETTINGS = settings()
+SETTING_SOURCES = settings()
+SETTINGS = {name: setting.federation for name, setting in SETTING_SOURCES.items()}
 
 
 def check_config():
@@ -161,8 +152,13 @@ def check_config():
     if config["split"]["method"] == "official" and dataset != "chestxray14":
         raise FedmlpError(f"config key 'split.method': 'official' exists for chestxray14 only, not {dataset}")
     check_combinations(config)
-    for fed in SETTINGS.values():
-        assign_classes(classes(), from_dict(FederationConfig, fed, "federation"))
+    for name, setting in SETTING_SOURCES.items():
+        try:
+            assign_classes(classes(), from_dict(FederationConfig, setting.federation, "federation"))
+        except FedmlpError as exc:
+            if setting.source == "federation":
+                raise
+            raise FedmlpError(f"{exc} (setting {name}, from {setting.source})") from None
 
 
 USER_ROOT = ("ich", "chestxray14")  # datasets a user may point at an existing download (<dataset>.root)

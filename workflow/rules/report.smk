@@ -1,5 +1,5 @@
 rule report:
-    """summary.csv (long form), report.md, the per-round test mAP plot and, with FedMLP, the pseudo-label plot; DVC's metrics and plot data."""
+    """summary.csv (long form), report.md, table.tex, the per-round test mAP plot, with several settings the mAP against annotated classes per client, with FedMLP the pseudo-label plot; DVC's metrics and plot data. All under report.dir."""
     input:
         metrics=final_files("metrics.json"),
         diagnostics=final_files("diagnostics.csv", staged_methods()),
@@ -7,7 +7,7 @@ rule report:
         **(
             {
                 "pseudo_figure": report(
-                    "results/figures/pseudolabels.png",
+                    f"{REPORT}/figures/pseudolabels.png",
                     caption="../report/pseudolabels.rst",
                     category="Results",
                     subcategory="Figures",
@@ -16,13 +16,29 @@ rule report:
             if staged_methods()
             else {}
         ),
-        summary=report("results/summary.csv", caption="../report/summary.rst", category="Results", subcategory="Tables"),
-        report=report("results/report.md", caption="../report/report.rst", category="Results", subcategory="Tables"),
-        figure=report(
-            "results/figures/map_per_round.png", caption="../report/map_per_round.rst", category="Results", subcategory="Figures"
+        **(
+            {
+                "annotated_figure": report(
+                    f"{REPORT}/figures/map_by_annotated.png",
+                    caption="../report/map_by_annotated.rst",
+                    category="Results",
+                    subcategory="Figures",
+                )
+            }
+            if len(SETTINGS) > 1
+            else {}
         ),
-        dvc_metrics="results/metrics.json",  # mean and SD of mAP and AUROC per method, for dvc metrics show / dvc exp show
-        plot_data="results/plots/map_per_round.csv",  # per-round test mAP per method, for dvc plots show
+        summary=report(f"{REPORT}/summary.csv", caption="../report/summary.rst", category="Results", subcategory="Tables"),
+        report=report(f"{REPORT}/report.md", caption="../report/report.rst", category="Results", subcategory="Tables"),
+        table=report(f"{REPORT}/table.tex", caption="../report/table.rst", category="Results", subcategory="Tables"),
+        figure=report(
+            f"{REPORT}/figures/map_per_round.png",
+            caption="../report/map_per_round.rst",
+            category="Results",
+            subcategory="Figures",
+        ),
+        dvc_metrics=f"{REPORT}/metrics.json",  # mean and SD of mAP and AUROC per method, for dvc metrics show / dvc exp show
+        plot_data=f"{REPORT}/plots/map_per_round.csv",  # per-round test mAP per method, for dvc plots show
     log:
         "logs/report/report.log",
     conda:
@@ -31,5 +47,5 @@ rule report:
         code=CODE["report"],
     shell:
         "fedmlp report {input.metrics:q} --diagnostics {input.diagnostics:q} --summary {output.summary:q}"
-        " --report {output.report:q} --figure {output.figure:q} --dvc-metrics {output.dvc_metrics:q}"
+        " --report {output.report:q} --latex {output.table:q} --figure {output.figure:q} --dvc-metrics {output.dvc_metrics:q}"
         " --plot-data {output.plot_data:q} > {log:q} 2>&1"

@@ -1,4 +1,4 @@
-"""``fedmlp report``: summary.csv, report.md and the figures from the runs' metrics."""
+"""``fedmlp report``: summary.csv, report.md, table.tex and the figures from the runs' metrics."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from fedmlp.errors import FedmlpError
 from fedmlp.inputs import require
 
 RUN_FIELDS = {"dataset": str, "setting": str, "method": str, "seed": int}
+BEST_VAL_FIELDS = ("round", "val_mAP", "test_mAP", "test_AUROC")  # the round of the best validation mAP (optional)
 
 
 def _number(value: Any, allow_missing: bool = True) -> bool:
@@ -40,6 +41,9 @@ def check_metrics(data: Any, path: Path) -> dict[str, Any]:
     require(all(isinstance(v, list) and v and all(_number(x) for x in v) for v in lists) and len({len(v) for v in lists}) == 1, path,
             "rounds: expected lists round, test_mAP and test_AUROC of one length")
     require(all(_number(x, allow_missing=False) for x in rounds["round"]), path, "rounds.round: expected round numbers")
+    best_val = data.get("best_val")
+    require(best_val is None or (isinstance(best_val, dict) and all(_number(best_val.get(k, "absent")) for k in BEST_VAL_FIELDS)), path,
+            f"best_val: expected null or a number (or null) for each of {', '.join(BEST_VAL_FIELDS)}")
     return data
 
 
@@ -75,17 +79,20 @@ def cmd_report(args: argparse.Namespace) -> None:
         if negative.any():
             raise FedmlpError(f"{path}:{int(negative.to_numpy().argmax()) + 2}: a negative count")
     diagnostics = pd.concat(tables) if tables else None
-    write_report(runs, args.summary, args.report, args.figure, diagnostics, args.dvc_metrics, args.plot_data)
+    write_report(runs, args.summary, args.report, args.figure, diagnostics, args.dvc_metrics, args.plot_data, args.latex)
 
 
 def add_commands(add) -> None:
-    p = add("report", cmd_report, "summary.csv, report.md and the per-round plots from metrics (and diagnostics) files; DVC's metrics and plot data")
+    p = add("report", cmd_report, "summary.csv, report.md, table.tex and the plots from metrics (and diagnostics) files; DVC's metrics and plot data")
     p.add_argument("metrics", type=Path, nargs="+")
     p.add_argument("--diagnostics", type=Path, nargs="*", default=[],
                    help="pseudo-label diagnostics CSVs; their plot goes to pseudolabels.png beside --figure")
     p.add_argument("--summary", type=Path, required=True)
     p.add_argument("--report", type=Path, required=True)
-    p.add_argument("--figure", type=Path, required=True)
+    p.add_argument("--figure", type=Path, required=True,
+                   help="the per-round test mAP plot; with several settings map_by_annotated.png is written beside it")
+    p.add_argument("--latex", type=Path, default=None,
+                   help="also write the tables per setting family (methods × annotated classes per client) as LaTeX (booktabs)")
     p.add_argument("--dvc-metrics", type=Path, default=None,
                    help="also write mean and SD over seeds of mAP and AUROC per setting and method (JSON, for dvc metrics show)")
     p.add_argument("--plot-data", type=Path, default=None,
