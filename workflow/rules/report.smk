@@ -40,7 +40,7 @@ rule report:
         dvc_metrics=f"{REPORT}/metrics.json",  # mean and SD of mAP and AUROC per method, for dvc metrics show / dvc exp show
         plot_data=f"{REPORT}/plots/map_per_round.csv",  # per-round test mAP per method, for dvc plots show
     log:
-        "logs/report/report.log",
+        f"logs/report/{REPORT}/report.log",  # one per report.dir: the sweep's report keeps the default's log
     conda:
         ENV
     params:
