@@ -189,3 +189,32 @@ def test_variants_select_differently(store: ImageStore, federation: dict) -> Non
         counts[name] = sum(int((s["pseudo"] != UNLABELLED).sum()) for s in states)
         assert all((s["pseudo"][:, c.annotated] == UNLABELLED).all() for s, c in zip(states, clients))
     assert counts["fedmlp"] > counts["fedmlp-fixed"] > 0
+
+
+# Non-default values of every FedMLP key that is neither a warm-up key nor one the first detection reads.
+LATER_KEYS = {"lambda_cr": 0.25, "rounds": 3, "stage2_views": 2}
+DETECTION_KEYS = {"selection": "fixed", "accumulate": False, "variant": "official-code", "confidence_low": 0.2,
+                  "confidence_high": 0.8, "tau0": {"min": 0.1, "max": 0.5, "fixed": 0.2}, "tau1": {"min": 0.1, "max": 0.5, "fixed": 0.2}}
+
+
+def test_stage_keys_are_classified_by_what_each_stage_reads(store: ImageStore, federation: dict) -> None:
+    """The workflow passes the warm-up only STAGE1_KEYS and the pseudolabel stage every key but
+    NOT_DETECTION_KEYS (workflow/rules/common.smk): every other key must leave their outputs unchanged."""
+    config = methods.registry.spec("fedmlp").config
+    assert set(LATER_KEYS) == set(config.NOT_DETECTION_KEYS)
+    rt = runtime.resolve("cpu", "fp32", 1)
+
+    def warmup(settings: dict) -> torch.nn.Module:
+        return federated.run(store, federation, methods.create("fedmlp", settings), TRAIN, MODEL, 1, rt, rounds=range(2)).model
+
+    base = warmup(SHORT)
+    assert all(torch.equal(x, y) for x, y in zip(_weights(base), _weights(warmup({**SHORT, **LATER_KEYS, **DETECTION_KEYS}))))
+
+    def detection(settings: dict) -> dict:
+        method = methods.create("fedmlp", settings)
+        site = federated.start_round(store, federation, method, TRAIN, rt, 1, base, 2)
+        artifact = method.export(list(site.clients.values()), site.state_list(), store)
+        return {k: v for k, v in artifact.items() if k != "config"}
+
+    assert detection(SHORT) == detection({**SHORT, **LATER_KEYS})
+    assert detection(SHORT) != detection({**SHORT, **DETECTION_KEYS})  # the test can tell

@@ -76,8 +76,9 @@ class FedMLPConfig:
 
     # The keys the warm-up depends on, and the stage-2 keys the first detection does not depend on:
     # the workflow passes each stage only what it reads, so changing a later key reuses earlier stages.
+    # (The detection is one pass of the warm-up model, no training: it reads no loss or view setting.)
     STAGE1_KEYS = ("warmup_rounds", "lambda_dis", "logit_adjust")
-    NOT_DETECTION_KEYS = ("lambda_cr", "rounds")
+    NOT_DETECTION_KEYS = ("lambda_cr", "rounds", "stage2_views")
     ORDERED_KEYS = (("tau0.min", "tau0.max"), ("tau1.min", "tau1.max"), ("confidence_low", "confidence_high"))
 
 
