@@ -192,7 +192,7 @@ def test_variants_select_differently(store: ImageStore, federation: dict) -> Non
 
 
 # Non-default values of every FedMLP key that is neither a warm-up key nor one the first detection reads.
-LATER_KEYS = {"lambda_cr": 0.25, "rounds": 3, "stage2_views": 2}
+LATER_KEYS = {"lambda_cr": 0.25, "rounds": 3, "stage2_views": 2, "pseudo_weight": 0.5}
 DETECTION_KEYS = {"selection": "fixed", "accumulate": False, "variant": "official-code", "confidence_low": 0.2,
                   "confidence_high": 0.8, "tau0": {"min": 0.1, "max": 0.5, "fixed": 0.2}, "tau1": {"min": 0.1, "max": 0.5, "fixed": 0.2}}
 
@@ -218,3 +218,55 @@ def test_stage_keys_are_classified_by_what_each_stage_reads(store: ImageStore, f
 
     assert detection(SHORT) == detection({**SHORT, **LATER_KEYS})
     assert detection(SHORT) != detection({**SHORT, **DETECTION_KEYS})  # the test can tell
+
+
+class _Stage2Context:
+    """A client's context in stage 2 for FedMLP.loss on a constructed batch: the model returns fixed logits."""
+
+    round = 1  # warmup_rounds 1: stage 2
+
+    def __init__(self, logits: torch.Tensor, pseudo: torch.Tensor, teacher: torch.Tensor):
+        self.state = {"offset": torch.tensor([-1.5, 0.0, 0.0, 0.0]), "pseudo": pseudo}
+        self.model = lambda images: logits[: len(images)]
+        self.teacher = lambda images: teacher[: len(images)]
+
+    @staticmethod
+    def augment(images, policy="weak"):
+        return images
+
+
+LOGITS = torch.tensor([[2.0, -1.0, 0.5, 3.0], [-0.5, 1.5, -2.0, 0.0], [1.0, 0.0, 0.25, -1.0]])
+TEACHER = torch.tensor([[1.0, -0.5, 0.0, 2.0], [0.0, 1.0, -1.0, 0.5], [0.5, 0.5, 0.0, 0.0]])
+PSEUDO = torch.tensor([[-1, 0, -1, -1], [-1, 1, 0, -1], [-1, -1, -1, 1]], dtype=torch.int8)
+BATCH = type("B", (), {"images": torch.zeros(3, 1, 2, 2), "observed": torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]]),
+                       "annotated": torch.tensor([True, False, False, False]), "positions": torch.arange(3)})
+
+
+def _stage2_loss(settings: dict, pseudo: torch.Tensor = PSEUDO) -> torch.Tensor:
+    method = methods.create("fedmlp", {"warmup_rounds": 1, "rounds": 1, **settings})
+    return method.loss(_Stage2Context(LOGITS, pseudo, TEACHER), BATCH)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5, 2.0])
+def test_pseudo_weight_on_a_constructed_batch(weight: float) -> None:
+    """Stage 2's BCE is the weighted mean of the annotated entries (weight 1, logit-adjusted) and the
+    pseudo-labelled ones (pseudo_weight, not adjusted); the CR term on the other missing entries is unchanged."""
+    def bce(i: int, c: int, target: float, offset: float = 0.0) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(LOGITS[i, c] + offset, torch.tensor(target))
+
+    annotated = [bce(0, 0, 1.0, -1.5), bce(1, 0, 0.0, -1.5), bce(2, 0, 1.0, -1.5)]
+    pseudo = [bce(0, 1, 0.0), bce(1, 1, 1.0), bce(1, 2, 0.0), bce(2, 3, 1.0)]
+    expected_bce = (sum(annotated) + weight * sum(pseudo)) / (len(annotated) + weight * len(pseudo))
+    rest = [(i, c) for i in range(3) for c in range(1, 4) if PSEUDO[i, c] == UNLABELLED]
+    cr = torch.stack([(torch.sigmoid(LOGITS[i, c]) - torch.sigmoid(TEACHER[i, c])) ** 2 for i, c in rest]).mean()
+    assert _stage2_loss({"pseudo_weight": weight, "lambda_cr": 0.0}).item() == pytest.approx(expected_bce.item(), rel=1e-6)
+    assert _stage2_loss({"pseudo_weight": weight}).item() == pytest.approx((expected_bce + cr).item(), rel=1e-6)
+
+
+def test_pseudo_weight_one_is_the_plain_mean_bit_for_bit() -> None:
+    assert torch.equal(_stage2_loss({"pseudo_weight": 1.0}), _stage2_loss({}))
+    plain = (sum(F.binary_cross_entropy_with_logits(LOGITS[i, 0] - 1.5, BATCH.observed[i, 0]) for i in range(3))
+             + sum(F.binary_cross_entropy_with_logits(LOGITS[i, c], PSEUDO[i, c].float()) for i in range(3) for c in range(1, 4)
+                   if PSEUDO[i, c] != UNLABELLED)) / 7
+    assert _stage2_loss({"lambda_cr": 0.0}).item() == pytest.approx(plain.item(), rel=1e-6)
+

@@ -73,12 +73,14 @@ class FedMLPConfig:
                                     "Share of negative candidates given pseudo-label 0 per detection.")
     tau1: ThresholdConfig = setting(ThresholdConfig(min=0.0, max=0.02, fixed=0.01),
                                     "Share of positive candidates given pseudo-label 1 per detection.")
+    pseudo_weight: float = setting(
+        1.0, "Weight of a pseudo-labelled entry in the stage-2 BCE relative to an annotated one (a weighted mean; 0: none).", minimum=0)
 
     # The keys the warm-up depends on, and the stage-2 keys the first detection does not depend on:
     # the workflow passes each stage only what it reads, so changing a later key reuses earlier stages.
     # (The detection is one pass of the warm-up model, no training: it reads no loss or view setting.)
     STAGE1_KEYS = ("warmup_rounds", "lambda_dis", "logit_adjust")
-    NOT_DETECTION_KEYS = ("lambda_cr", "rounds", "stage2_views")
+    NOT_DETECTION_KEYS = ("lambda_cr", "rounds", "stage2_views", "pseudo_weight")
     ORDERED_KEYS = (("tau0.min", "tau0.max"), ("tau1.min", "tau1.max"), ("confidence_low", "confidence_high"))
 
 
@@ -173,6 +175,20 @@ def stage2_targets(
     bce_mask = ~missing | labelled
     cr_mask = missing & ~labelled if variant == "paper" else torch.zeros_like(missing)
     return targets, bce_mask, cr_mask
+
+
+def bce_weights(bce_mask: torch.Tensor, annotated: torch.Tensor, pseudo_weight: float) -> torch.Tensor:
+    """Weights of the stage-2 BCE entries: 1 on annotated entries, ``pseudo_weight`` on pseudo-labelled
+    ones, 0 off the mask. The BCE is Σ w·ℓ / Σ w, so the weight moves the balance between the two
+    kinds without changing the loss's scale; 1 is the plain mean over the mask."""
+    weights = bce_mask.float()
+    return torch.where(bce_mask & ~annotated[None, :], torch.full_like(weights, pseudo_weight), weights)
+
+
+def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ w·v / Σ w (0 where every weight is 0)."""
+    total = weights.sum()
+    return (values * weights).sum() / total if bool(total > 0) else values.sum() * 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,7 +373,10 @@ class FedMLP(StagedMethod):
             targets, bce_mask, cr_mask = stage2_targets(observed, annotated, pseudo, self.config.variant)
             weight = 0.0 if official else self.config.lambda_cr
         bce = F.binary_cross_entropy_with_logits(logits + offset, targets, reduction="none")
-        loss = masked_mean(bce, bce_mask)
+        if stage2 and self.config.pseudo_weight != 1.0:
+            loss = weighted_mean(bce, bce_weights(bce_mask, annotated, self.config.pseudo_weight))
+        else:
+            loss = masked_mean(bce, bce_mask)
         if weight > 0 and bool(cr_mask.any()):
             with torch.inference_mode():  # the teacher is a constant target: no autograd bookkeeping
                 teacher = torch.sigmoid(ctx.teacher(images).float())
