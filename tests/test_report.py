@@ -29,3 +29,12 @@ def test_report_marks_the_best_and_pairs_every_method_with_fedmlp(tmp_path: Path
     assert cells[2] == "3" and cells[3] == "-0.097" and cells[4].startswith("[-0.1") and cells[4].endswith("]")
     assert float(cells[5]) < 0.05 and float(cells[6]) >= float(cells[5])
     assert "| fedmlp | mAP |" not in paired
+
+
+def test_report_shows_a_runs_warnings(tmp_path: Path) -> None:
+    """A run whose method warned (FedMLP with oracle pseudo-labels) says so at the top of the report."""
+    runs = [run("fedmlp", 0, 0.6), {**run("fedmlp", 1, 0.7), "warnings": ["oracle pseudo-labels: not a method"]}]
+    write_report(runs, tmp_path / "summary.csv", tmp_path / "report.md", tmp_path / "fig.png")
+    report = (tmp_path / "report.md").read_text()
+    assert "**Warning** (fedmlp, s, seed 1): oracle pseudo-labels: not a method." in report
+    assert report.count("**Warning**") == 1
