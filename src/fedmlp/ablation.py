@@ -185,7 +185,7 @@ def estimate_jobs(plan: Plan, done: set[str] = frozenset()) -> list[tuple[str, s
     of the default experiment, scaled by rounds (warm-up and stage-2 jobs) and seeds."""
     n = len(plan.seeds)
     est, rounds = plan.estimate, DEFAULT_ROUNDS
-    rows = [("(shared)", "data (synthesize, ingest, split, partition)", 1, est["data"])]
+    rows = [("(shared)", "data (synthesize, ingest, split, partition)", 4, est["data"])]
     train_rounds = plan.base["train"]["rounds"]
     rows += [(b, "train", n, n * est["train"] * train_rounds / rounds["train"]) for b in plan.baselines]
     warmups, detections = set(), set()
