@@ -23,6 +23,7 @@ from fedmlp.methods.fedmlp import (
     floor_count,
     learning_degrees,
     logit_offset,
+    oracle_targets,
     prototypes,
     select,
     stage2_targets,
@@ -189,3 +190,117 @@ def test_variants_select_differently(store: ImageStore, federation: dict) -> Non
         counts[name] = sum(int((s["pseudo"] != UNLABELLED).sum()) for s in states)
         assert all((s["pseudo"][:, c.annotated] == UNLABELLED).all() for s, c in zip(states, clients))
     assert counts["fedmlp"] > counts["fedmlp-fixed"] > 0
+
+
+# Non-default values of every FedMLP key that is neither a warm-up key nor one the first detection reads.
+LATER_KEYS = {"lambda_cr": 0.25, "rounds": 3, "stage2_views": 2, "pseudo_weight": 0.5, "oracle_pseudolabels": True}
+DETECTION_KEYS = {"selection": "fixed", "accumulate": False, "variant": "official-code", "confidence_low": 0.2,
+                  "confidence_high": 0.8, "tau0": {"min": 0.1, "max": 0.5, "fixed": 0.2}, "tau1": {"min": 0.1, "max": 0.5, "fixed": 0.2}}
+
+
+def test_stage_keys_are_classified_by_what_each_stage_reads(store: ImageStore, federation: dict) -> None:
+    """The workflow passes the warm-up only STAGE1_KEYS and the pseudolabel stage every key but
+    NOT_DETECTION_KEYS (workflow/rules/common.smk): every other key must leave their outputs unchanged."""
+    config = methods.registry.spec("fedmlp").config
+    assert set(LATER_KEYS) == set(config.NOT_DETECTION_KEYS)
+    rt = runtime.resolve("cpu", "fp32", 1)
+
+    def warmup(settings: dict) -> torch.nn.Module:
+        return federated.run(store, federation, methods.create("fedmlp", settings), TRAIN, MODEL, 1, rt, rounds=range(2)).model
+
+    base = warmup(SHORT)
+    assert all(torch.equal(x, y) for x, y in zip(_weights(base), _weights(warmup({**SHORT, **LATER_KEYS, **DETECTION_KEYS}))))
+
+    def detection(settings: dict) -> dict:
+        method = methods.create("fedmlp", settings)
+        site = federated.start_round(store, federation, method, TRAIN, rt, 1, base, 2)
+        artifact = method.export(list(site.clients.values()), site.state_list(), store)
+        return {k: v for k, v in artifact.items() if k != "config"}
+
+    assert detection(SHORT) == detection({**SHORT, **LATER_KEYS})
+    assert detection(SHORT) != detection({**SHORT, **DETECTION_KEYS})  # the test can tell
+
+
+class _Stage2Context:
+    """A client's context in stage 2 for FedMLP.loss on a constructed batch: the model returns fixed logits."""
+
+    round = 1  # warmup_rounds 1: stage 2
+
+    def __init__(self, logits: torch.Tensor, pseudo: torch.Tensor, teacher: torch.Tensor, oracle: torch.Tensor | None = None):
+        self.state = {"offset": torch.tensor([-1.5, 0.0, 0.0, 0.0]), "pseudo": pseudo}
+        if oracle is not None:
+            self.state["oracle"] = oracle
+        self.model = lambda images: logits[: len(images)]
+        self.teacher = lambda images: teacher[: len(images)]
+
+    @staticmethod
+    def augment(images, policy="weak"):
+        return images
+
+
+LOGITS = torch.tensor([[2.0, -1.0, 0.5, 3.0], [-0.5, 1.5, -2.0, 0.0], [1.0, 0.0, 0.25, -1.0]])
+TEACHER = torch.tensor([[1.0, -0.5, 0.0, 2.0], [0.0, 1.0, -1.0, 0.5], [0.5, 0.5, 0.0, 0.0]])
+PSEUDO = torch.tensor([[-1, 0, -1, -1], [-1, 1, 0, -1], [-1, -1, -1, 1]], dtype=torch.int8)
+BATCH = type("B", (), {"images": torch.zeros(3, 1, 2, 2), "observed": torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]]),
+                       "annotated": torch.tensor([True, False, False, False]), "positions": torch.arange(3)})
+
+
+def _stage2_loss(settings: dict, pseudo: torch.Tensor = PSEUDO, oracle: torch.Tensor | None = None) -> torch.Tensor:
+    method = methods.create("fedmlp", {"warmup_rounds": 1, "rounds": 1, **settings})
+    return method.loss(_Stage2Context(LOGITS, pseudo, TEACHER, oracle), BATCH)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5, 2.0])
+def test_pseudo_weight_on_a_constructed_batch(weight: float) -> None:
+    """Stage 2's BCE is the weighted mean of the annotated entries (weight 1, logit-adjusted) and the
+    pseudo-labelled ones (pseudo_weight, not adjusted); the CR term on the other missing entries is unchanged."""
+    def bce(i: int, c: int, target: float, offset: float = 0.0) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(LOGITS[i, c] + offset, torch.tensor(target))
+
+    annotated = [bce(0, 0, 1.0, -1.5), bce(1, 0, 0.0, -1.5), bce(2, 0, 1.0, -1.5)]
+    pseudo = [bce(0, 1, 0.0), bce(1, 1, 1.0), bce(1, 2, 0.0), bce(2, 3, 1.0)]
+    expected_bce = (sum(annotated) + weight * sum(pseudo)) / (len(annotated) + weight * len(pseudo))
+    rest = [(i, c) for i in range(3) for c in range(1, 4) if PSEUDO[i, c] == UNLABELLED]
+    cr = torch.stack([(torch.sigmoid(LOGITS[i, c]) - torch.sigmoid(TEACHER[i, c])) ** 2 for i, c in rest]).mean()
+    assert _stage2_loss({"pseudo_weight": weight, "lambda_cr": 0.0}).item() == pytest.approx(expected_bce.item(), rel=1e-6)
+    assert _stage2_loss({"pseudo_weight": weight}).item() == pytest.approx((expected_bce + cr).item(), rel=1e-6)
+
+
+def test_pseudo_weight_one_is_the_plain_mean_bit_for_bit() -> None:
+    assert torch.equal(_stage2_loss({"pseudo_weight": 1.0}), _stage2_loss({}))
+    plain = (sum(F.binary_cross_entropy_with_logits(LOGITS[i, 0] - 1.5, BATCH.observed[i, 0]) for i in range(3))
+             + sum(F.binary_cross_entropy_with_logits(LOGITS[i, c], PSEUDO[i, c].float()) for i in range(3) for c in range(1, 4)
+                   if PSEUDO[i, c] != UNLABELLED)) / 7
+    assert _stage2_loss({"lambda_cr": 0.0}).item() == pytest.approx(plain.item(), rel=1e-6)
+
+
+def test_oracle_targets_keep_the_entries_and_take_the_true_values() -> None:
+    truth = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 1, 0]], dtype=torch.int8)
+    oracle = oracle_targets(PSEUDO, truth)
+    assert torch.equal(oracle != UNLABELLED, PSEUDO != UNLABELLED)  # the same selected entries
+    assert oracle[PSEUDO != UNLABELLED].tolist() == truth[PSEUDO != UNLABELLED].tolist()
+    # the loss trains those entries on the oracle's values, and everything else as before
+    assert torch.equal(_stage2_loss({"oracle_pseudolabels": True}, oracle=oracle), _stage2_loss({}, pseudo=oracle))
+    assert not torch.equal(_stage2_loss({"oracle_pseudolabels": True}, oracle=oracle), _stage2_loss({}))
+
+
+def test_oracle_run_reads_the_truth_at_the_selected_entries_only(store: ImageStore, federation: dict, caplog) -> None:
+    """With oracle_pseudolabels the selection is the method's (state["pseudo"], what the diagnostics
+    score); the training targets at those entries are the hidden labels. It warns, in the log and in
+    the method's warnings (metrics.json)."""
+    rt = runtime.resolve("cpu", "fp32", 1)
+    assert methods.create("fedmlp", SHORT).warnings() == []
+    with caplog.at_level("WARNING", logger="fedmlp.methods.fedmlp"):
+        oracle = methods.create("fedmlp", {**SHORT, "oracle_pseudolabels": True})
+    assert "hidden TRUE labels" in caplog.text and "not a method" in oracle.warnings()[0]
+    model = federated.run(store, federation, methods.create("fedmlp", SHORT), TRAIN, MODEL, 0, rt, rounds=range(2)).model
+    plain = federated.start_round(store, federation, methods.create("fedmlp", SHORT), TRAIN, rt, 0, model, 2)
+    site = federated.start_round(store, federation, oracle, TRAIN, rt, 0, model, 2)
+    wrong = 0
+    for client, state, reference in zip(site.clients.values(), site.state_list(), plain.state_list()):
+        assert torch.equal(state["pseudo"], reference["pseudo"]) and "oracle" not in reference
+        selected = state["pseudo"] != UNLABELLED
+        truth = torch.from_numpy(store.labels[client.rows])
+        assert torch.equal(state["oracle"][selected], truth[selected]) and (state["oracle"][~selected] == UNLABELLED).all()
+        wrong += int((state["pseudo"][selected] != truth[selected]).sum())
+    assert wrong > 0, "the fixture's detection should make some errors for the oracle to correct"

@@ -154,3 +154,12 @@ def test_one_setting_has_no_section_across_settings_but_a_latex_table(tmp_path: 
     assert "Across settings" not in (tmp_path / "report.md").read_text() and not (tmp_path / "map_by_annotated.png").exists()
     rows = well_formed_latex((tmp_path / "table.tex").read_text())
     assert len(rows) == 2 + len(OFFSETS) and all(row.count("&") == 2 for row in rows)
+
+
+def test_report_shows_a_runs_warnings(tmp_path: Path) -> None:
+    """A run whose method warned (FedMLP with oracle pseudo-labels) says so at the top of the report."""
+    runs = [run("fedmlp", 0, 0.6), {**run("fedmlp", 1, 0.7), "warnings": ["oracle pseudo-labels: not a method"]}]
+    write_report(runs, tmp_path / "summary.csv", tmp_path / "report.md", tmp_path / "fig.png")
+    report = (tmp_path / "report.md").read_text()
+    assert "**Warning** (fedmlp, s, seed 1): oracle pseudo-labels: not a method." in report
+    assert report.count("**Warning**") == 1

@@ -50,7 +50,8 @@ class Batch:
 
 
 def observed_labels(store: ImageStore, rows: np.ndarray, annotated: np.ndarray) -> torch.Tensor:
-    """The only place training reads store labels: missing classes come out as 0."""
+    """The only place training reads store labels: missing classes come out as 0. (The exception is a
+    diagnostic, FedMLP's ``oracle_pseudolabels``: fedmlp.methods.fedmlp.hidden_labels.)"""
     labels = store.labels[rows].astype(np.float32) * annotated[None, :].astype(np.float32)
     return torch.from_numpy(labels)
 

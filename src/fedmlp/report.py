@@ -185,6 +185,9 @@ def markdown(runs: list[dict[str, Any]], summary: pd.DataFrame, figure: str, ext
         "picked on the test set.",
         "",
     ]
+    for run in runs:  # e.g. FedMLP with oracle pseudo-labels: a diagnostic, not a method
+        for warning in run.get("warnings", []):
+            out += [f"**Warning** ({run['run']['method']}, {run['run']['setting']}, seed {run['run']['seed']}): {warning}.", ""]
     out += list(across)
     best_val = best_val_frame(runs)
     for (dataset, setting), block in summary.groupby(["dataset", "setting"], sort=False):

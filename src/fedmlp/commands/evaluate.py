@@ -15,10 +15,11 @@ ROUND_COLUMNS = ("round", "test_mAP", "test_AUROC")  # of the training run's rou
 
 
 def score(model, store, test_ids: list[str], rounds: list[dict], run: dict, device: str, threads: int,
-          out_metrics: Path, out_predictions: Path) -> dict:
+          out_metrics: Path, out_predictions: Path, warnings: list[str] = ()) -> dict:
     """Metrics and per-image probabilities of a trained model on the test images, in fp32 whatever the
     training precision (so methods are scored alike). The training commands call it on the model they
-    have just saved, which spares the pipeline one job start-up per run."""
+    have just saved, which spares the pipeline one job start-up per run, and pass the method's
+    ``warnings`` (a ``warnings`` list in the metrics, absent when there are none)."""
     import pandas as pd
 
     from fedmlp import runtime
@@ -32,6 +33,8 @@ def score(model, store, test_ids: list[str], rounds: list[dict], run: dict, devi
     result = evaluate(store.labels[rows], probs, store.classes)
     result["run"] = run
     result["rounds"] = {column: [row[column] for row in rounds] for column in ROUND_COLUMNS}
+    if warnings:
+        result["warnings"] = list(warnings)
     frame = pd.DataFrame(probs, columns=store.classes)
     frame.insert(0, "image_id", test_ids)
     with atomic_path(out_predictions) as tmp:

@@ -36,6 +36,8 @@ def check_metrics(data: Any, path: Path) -> dict[str, Any]:
     require(bool(per_class) and all(isinstance(v, dict) and "AUROC" in v and _number(v["AUROC"]) for v in per_class.values()), path,
             "per_class: expected an AUROC (number or null) per class")
     require(isinstance(data.get("undefined_classes", []), list), path, "undefined_classes: expected a list")
+    warnings = data.get("warnings", [])
+    require(isinstance(warnings, list) and all(isinstance(w, str) for w in warnings), path, "warnings: expected a list of strings")
     rounds = data["rounds"]
     lists = [rounds.get(k) for k in ("round", "test_mAP", "test_AUROC")]
     require(all(isinstance(v, list) and v and all(_number(x) for x in v) for v in lists) and len({len(v) for v in lists}) == 1, path,

@@ -129,7 +129,7 @@ def score_final_model(args: argparse.Namespace, inputs: TrainingInputs, model, r
     from fedmlp.commands.evaluate import parse_run, score
 
     score(model, inputs.store, inputs.partition["test"], rows, parse_run(args.run), inputs.train.device, inputs.train.threads,
-          args.out_metrics, args.out_predictions)
+          args.out_metrics, args.out_predictions, warnings=inputs.method.warnings())
 
 
 def cmd_train(args: argparse.Namespace) -> None:

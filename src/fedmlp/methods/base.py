@@ -85,6 +85,11 @@ class Method(ABC):
         """Total rounds of a complete run."""
         return train.rounds
 
+    def warnings(self) -> list[str]:
+        """Caveats that make a run's results something other than the method's (a diagnostic that
+        reads hidden labels, say); the training commands write them into metrics.json (``warnings``)."""
+        return []
+
     # --- server side -------------------------------------------------------------------------
 
     def select_clients(self, server: ServerContext) -> list[int]:

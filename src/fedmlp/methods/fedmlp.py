@@ -73,15 +73,23 @@ class FedMLPConfig:
                                     "Share of negative candidates given pseudo-label 0 per detection.")
     tau1: ThresholdConfig = setting(ThresholdConfig(min=0.0, max=0.02, fixed=0.01),
                                     "Share of positive candidates given pseudo-label 1 per detection.")
+    pseudo_weight: float = setting(
+        1.0, "Weight of a pseudo-labelled entry in the stage-2 BCE relative to an annotated one (a weighted mean; 0: none).", minimum=0)
+    oracle_pseudolabels: bool = setting(
+        False, "DIAGNOSTICS ONLY, not a method: train the selected entries on their hidden true labels instead of their pseudo-labels.")
 
     # The keys the warm-up depends on, and the stage-2 keys the first detection does not depend on:
     # the workflow passes each stage only what it reads, so changing a later key reuses earlier stages.
+    # (The detection is one pass of the warm-up model, no training: it reads no loss or view setting.)
     STAGE1_KEYS = ("warmup_rounds", "lambda_dis", "logit_adjust")
-    NOT_DETECTION_KEYS = ("lambda_cr", "rounds")
+    NOT_DETECTION_KEYS = ("lambda_cr", "rounds", "stage2_views", "pseudo_weight", "oracle_pseudolabels")
     ORDERED_KEYS = (("tau0.min", "tau0.max"), ("tau1.min", "tau1.max"), ("confidence_low", "confidence_high"))
 
 
 log = logging.getLogger(__name__)
+
+ORACLE_WARNING = ("fedmlp.oracle_pseudolabels is on: stage 2 trains the selected missing entries on their hidden TRUE labels "
+                  "(a diagnostic upper bound of the pseudo-labels, not a method; its results must not be reported as FedMLP's)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,6 +182,33 @@ def stage2_targets(
     return targets, bce_mask, cr_mask
 
 
+def bce_weights(bce_mask: torch.Tensor, annotated: torch.Tensor, pseudo_weight: float) -> torch.Tensor:
+    """Weights of the stage-2 BCE entries: 1 on annotated entries, ``pseudo_weight`` on pseudo-labelled
+    ones, 0 off the mask. The BCE is Σ w·ℓ / Σ w, so the weight moves the balance between the two
+    kinds without changing the loss's scale; 1 is the plain mean over the mask."""
+    weights = bce_mask.float()
+    return torch.where(bce_mask & ~annotated[None, :], torch.full_like(weights, pseudo_weight), weights)
+
+
+def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ w·v / Σ w (0 where every weight is 0)."""
+    total = weights.sum()
+    return (values * weights).sum() / total if bool(total > 0) else values.sum() * 0
+
+
+def oracle_targets(pseudo: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """The pseudo-label matrix with every selected entry's value replaced by the hidden truth:
+    the same entries, true values (``oracle_pseudolabels``, a diagnostic)."""
+    return torch.where(pseudo != UNLABELLED, truth.to(pseudo.dtype), pseudo)
+
+
+def hidden_labels(store: ImageStore, client: ClientData) -> torch.Tensor:
+    """A client's true labels, missing classes included: read here only for ``oracle_pseudolabels``
+    (a diagnostic; otherwise training sees ``client.observed`` alone, and only fedmlp.diagnostics
+    reads the hidden labels)."""
+    return torch.from_numpy(store.labels[client.rows].astype(np.int8))
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -190,6 +225,11 @@ class FedMLP(StagedMethod):
         self.config = config
         self.server = ServerState()
         self.preloaded: dict[str, Any] | None = None  # an exported first detection (the teacher stage)
+        if config.oracle_pseudolabels:
+            log.warning("%s: %s", name, ORACLE_WARNING)
+
+    def warnings(self) -> list[str]:
+        return [ORACLE_WARNING] if self.config.oracle_pseudolabels else []
 
     @property
     def first_stage2_round(self) -> int:
@@ -242,8 +282,10 @@ class FedMLP(StagedMethod):
             return
         if self._preloaded_round(ctx.round):
             self._restore_client(ctx)
-            return
-        self.detect(ctx.client, ctx.state, ctx.state.pop("features"), ctx.payload)
+        else:
+            self.detect(ctx.client, ctx.state, ctx.state.pop("features"), ctx.payload)
+        if self.config.oracle_pseudolabels:  # the selection stays in state["pseudo"] (diagnostics); training reads these
+            ctx.state["oracle"] = oracle_targets(ctx.state["pseudo"], hidden_labels(ctx.store, ctx.client))
 
     def _fractions(self, state: dict[str, Any], global_degrees: torch.Tensor, c: int) -> tuple[float, float]:
         if self.config.selection == "fixed":
@@ -352,11 +394,15 @@ class FedMLP(StagedMethod):
             targets, bce_mask = observed, annotated[None, :].expand_as(observed)
             cr_mask, weight = ~bce_mask, self.config.lambda_dis
         else:
-            pseudo = ctx.state["pseudo"][batch.positions].to(logits.device).repeat(views, 1)
+            matrix = ctx.state["oracle" if self.config.oracle_pseudolabels else "pseudo"]
+            pseudo = matrix[batch.positions].to(logits.device).repeat(views, 1)
             targets, bce_mask, cr_mask = stage2_targets(observed, annotated, pseudo, self.config.variant)
             weight = 0.0 if official else self.config.lambda_cr
         bce = F.binary_cross_entropy_with_logits(logits + offset, targets, reduction="none")
-        loss = masked_mean(bce, bce_mask)
+        if stage2 and self.config.pseudo_weight != 1.0:
+            loss = weighted_mean(bce, bce_weights(bce_mask, annotated, self.config.pseudo_weight))
+        else:
+            loss = masked_mean(bce, bce_mask)
         if weight > 0 and bool(cr_mask.any()):
             with torch.inference_mode():  # the teacher is a constant target: no autograd bookkeeping
                 teacher = torch.sigmoid(ctx.teacher(images).float())
