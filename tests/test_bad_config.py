@@ -35,6 +35,7 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
         ({"seeds": []}, "config key 'seeds': [] should be non-empty"),
         ({"cluster": {"minutes_per_round": 0}}, "config key 'cluster.minutes_per_round': 0 is less than or equal to the minimum of 0"),
         ({"cluster": {"local_download": "yes"}}, "config key 'cluster.local_download': 'yes' is not of type 'boolean'"),
+        ({"split": {"val_fraction": 1}}, "config key 'split.val_fraction': 1 is greater than or equal to the maximum of 1"),
     ],
 )
 def test_schema_violation_is_one_line_naming_the_key(config: dict, message: str) -> None:
@@ -62,6 +63,10 @@ def default_config(**sections: dict) -> dict:
         ({"federation": {"n_clients": 400}, "synthetic": {"n_images": 100}}, "config key 'federation.n_clients': 400 clients need at least 800 training images"),
         ({"federation": {"partition": "paper", "images_per_client": 500}, "synthetic": {"n_images": 100}},
          "config key 'federation.images_per_client': 500 is more than the 13 training images"),
+        ({"synthetic": {"n_images": 14}, "federation": {"n_clients": 2, "annotated_per_client": 3}},
+         "config key 'split.val_fraction': 0.05 of 9 training images is no validation image"),
+        ({"federation": {"n_clients": 20}, "synthetic": {"n_images": 60}, "split": {"val_fraction": 0.5}},
+         "config key 'split.val_fraction': its 20 validation images leave 21 training images, fewer than the 40"),
     ],
 )
 def test_impossible_combination_names_the_key(sections: dict, message: str) -> None:
