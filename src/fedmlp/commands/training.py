@@ -17,7 +17,7 @@ from typing import Any
 from fedmlp.commands.common import count, parse_json_option, read_json, seed
 from fedmlp.errors import FedmlpError
 
-ROUND_COLUMNS = ("round", "train_loss", "test_mAP", "test_AUROC")  # a training run's rounds.csv
+ROUND_COLUMNS = ("round", "train_loss", "test_mAP", "test_AUROC", "val_mAP", "val_AUROC")  # a training run's rounds.csv
 
 
 @dataclass
@@ -217,7 +217,7 @@ def add_commands(add) -> None:
         p.add_argument("--out-model", type=Path, required=True)
         p.add_argument("--out-rounds", type=Path, required=True)
         p.add_argument("--live", type=Path, default=None,
-                       help="also write each round's loss and test scores here as it ends (DVCLive: plots/metrics/*.tsv, metrics.json); "
+                       help="also write each round's loss, test and validation scores here as it ends (DVCLive: plots/metrics/*.tsv, metrics.json); "
                             "written as training goes, not at the end like the other outputs")
 
     def scored_outputs(p: argparse.ArgumentParser) -> None:
