@@ -124,11 +124,12 @@ def train_and_save(args: argparse.Namespace, inputs: TrainingInputs, rounds: ran
 
 
 def score_final_model(args: argparse.Namespace, inputs: TrainingInputs, model, rows: list[dict]) -> None:
-    """The saved model on the test set, as ``fedmlp evaluate`` would score the files just written (the
-    outputs are renamed into place only when the command succeeds, so they are not read back)."""
+    """The saved model on the test set (thresholds from the validation set), as ``fedmlp evaluate``
+    would score the files just written (the outputs are renamed into place only when the command
+    succeeds, so they are not read back)."""
     from fedmlp.commands.evaluate import parse_run, score
 
-    score(model, inputs.store, inputs.partition["test"], rows, parse_run(args.run), inputs.train.device, inputs.train.threads,
+    score(model, inputs.store, inputs.partition, rows, parse_run(args.run), inputs.train.device, inputs.train.threads,
           args.out_metrics, args.out_predictions)
 
 
