@@ -10,7 +10,7 @@ import pytest
 
 from fedmlp.config import FederationConfig, PreprocessConfig, SplitConfig, SyntheticConfig
 from fedmlp.ingest import ingest_ich
-from fedmlp.partition import partition, partition_artifact, random_split
+from fedmlp.partition import carve_validation, partition, partition_artifact, random_split
 from fedmlp.sources import synthetic
 from fedmlp.store import ImageStore
 
@@ -42,10 +42,21 @@ def store(tmp_path_factory: pytest.TempPathFactory, raw_dataset: Path) -> ImageS
     return ImageStore.open(out)
 
 
+def _federation(store: ImageStore, val_fraction: float) -> dict:
+    config = SplitConfig(val_fraction=val_fraction)
+    split = carve_validation(random_split(store.image_ids, config), config)
+    federation = FederationConfig(n_clients=3, annotated_per_client=2)
+    clients = partition(split.train, store.labels[store.rows(split.train)], store.classes, federation)
+    return partition_artifact(store.classes, clients, split.test, federation, split.val)
+
+
 @pytest.fixture(scope="session")
 def federation(store: ImageStore) -> dict:
-    """A partition of the small store: 3 clients, 2 annotated classes each."""
-    split = random_split(store.image_ids, SplitConfig())
-    config = FederationConfig(n_clients=3, annotated_per_client=2)
-    clients = partition(split.train, store.labels[store.rows(split.train)], store.classes, config)
-    return partition_artifact(store.classes, clients, split.test, config)
+    """A partition of the small store: 3 clients, 2 annotated classes each, no validation set."""
+    return _federation(store, 0.0)
+
+
+@pytest.fixture(scope="session")
+def validated_federation(store: ImageStore) -> dict:
+    """The same with a validation set: a fifth of the training images (11) held out before partitioning."""
+    return _federation(store, 0.2)

@@ -40,6 +40,7 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
         ({"sweep": [{"annotated_per_client": [1, 0]}]}, "config key 'sweep[0].annotated_per_client"),
         ({"sweep": []}, "config key 'sweep': [] should be non-empty"),
         ({"report": {"dir": "/tmp/x"}}, "config key 'report.dir': '/tmp/x' does not match"),
+        ({"split": {"val_fraction": 1}}, "config key 'split.val_fraction': 1 is greater than or equal to the maximum of 1"),
     ],
 )
 def test_schema_violation_is_one_line_naming_the_key(config: dict, message: str) -> None:
@@ -72,6 +73,10 @@ def default_config(**sections: dict) -> dict:
         ({"sweep": [{"n_clients": 400}], "synthetic": {"n_images": 100}}, "config key 'sweep[0].n_clients': 400 clients need at least 800"),
         ({"sweep": [{"annotated_per_client": [1, 2]}, {"seed": 5, "annotated_per_client": 2}]},
          "config key 'sweep[1]': setting iid-k5-a2 again (first from sweep[0])"),
+        ({"synthetic": {"n_images": 14}, "federation": {"n_clients": 2, "annotated_per_client": 3}},
+         "config key 'split.val_fraction': 0.05 of 9 training images is no validation image"),
+        ({"federation": {"n_clients": 20}, "synthetic": {"n_images": 60}, "split": {"val_fraction": 0.5}},
+         "config key 'split.val_fraction': its 20 validation images leave 21 training images, fewer than the 40"),
     ],
 )
 def test_impossible_combination_names_the_key(sections: dict, message: str) -> None:

@@ -324,7 +324,7 @@ def test_bad_checksum_is_not_trusted_by_a_rerun(tmp_path: Path, monkeypatch: pyt
 @pytest.fixture()
 def eval_inputs(store: ImageStore, federation: dict, tmp_path: Path) -> list[str]:
     (tmp_path / "partition.json").write_text(json.dumps(federation))
-    (tmp_path / "rounds.csv").write_text("round,test_mAP,test_AUROC\n1,0.5,0.5\n")
+    (tmp_path / "rounds.csv").write_text("round,test_mAP,test_AUROC,val_mAP,val_AUROC\n1,0.5,0.5,,\n")
     return ["--store", str(store.root), "--partition", str(tmp_path / "partition.json"), "--rounds", str(tmp_path / "rounds.csv"),
             "--device", "cpu", "--out-metrics", str(tmp_path / "out" / "metrics.json"), "--out-predictions", str(tmp_path / "out" / "predictions.csv")]
 

@@ -142,7 +142,17 @@ def test_download_then_ingest(tmp_path: Path, small_release: dict[str, bytes], r
     assert main(["split", "--store", str(tmp_path / "store"), "--raw", str(raw), "--out", str(tmp_path / "split.json"),
                  "--settings", json.dumps({"method": "official"})]) == 0
     split = json.loads((tmp_path / "split.json").read_text())
-    assert split["test"] == store.image_ids[:6] and split["train"] == store.image_ids[6:]
+    assert split["test"] == store.image_ids[:6] and split["train"] == store.image_ids[6:] and "val" not in split
+
+    # a validation set of the official split is drawn by patient, from the training list only
+    assert main(["split", "--store", str(tmp_path / "store"), "--raw", str(raw), "--out", str(tmp_path / "split-val.json"),
+                 "--settings", json.dumps({"method": "official", "val_fraction": 0.3})]) == 0
+    carved = json.loads((tmp_path / "split-val.json").read_text())
+    assert carved["test"] == split["test"] and sorted(carved["train"] + carved["val"]) == sorted(split["train"])
+    patient = dict(zip(entries["Image Index"], entries["Patient ID"]))
+    val_patients = {patient[i] for i in carved["val"]}
+    assert len(carved["val"]) >= round(0.3 * 18) and val_patients.isdisjoint(patient[i] for i in carved["train"])
+    assert len(val_patients) < len(carved["val"])  # some patient has several images, all on the validation side
 
 
 def test_missing_metadata_says_where_to_get_it(tmp_path: Path, small_release: dict[str, bytes], release_archives: None) -> None:

@@ -127,7 +127,8 @@ def test_payload_summary_names_keys_dtypes_and_shapes() -> None:
 def run_config(tmp: Path, store: ImageStore, method: str, **extra) -> dict:
     config = {**DEFAULTS, "method": method, "seed": 0, "train": json.dumps(TRAIN), "model": json.dumps(MODEL),
               "method-settings": json.dumps(SETTINGS.get(method, {})), "job-id": f"job-{method}", "num-sites": 3,
-              "test-store": str(store.root), "test-images": str(tmp / "partition.json"), "out-model": str(tmp / "out/model.pt"),
+              "test-store": str(store.root), "test-images": str(tmp / "partition.json"), "val-images": str(tmp / "partition.json"),
+              "out-model": str(tmp / "out/model.pt"),
               "out-rounds": str(tmp / "out/rounds.csv"), "out-federation": str(tmp / "out/federation.json")}
     config.update(extra)
     return config
@@ -145,17 +146,19 @@ def simulate(store: ImageStore, federation: dict, method: str) -> federated.RunR
 
 
 @pytest.mark.parametrize("method", registry.names())
-def test_every_method_runs_through_the_messages_as_in_the_simulation(store: ImageStore, federation: dict, tmp_path: Path, method: str) -> None:
-    nodes = node_configs(tmp_path, store, federation)
+def test_every_method_runs_through_the_messages_as_in_the_simulation(store: ImageStore, validated_federation: dict, tmp_path: Path,
+                                                                    method: str) -> None:
+    nodes = node_configs(tmp_path, store, validated_federation)
     config = run_config(tmp_path, store, method)
     job = Job.from_run_config(config)
     serve(job, ServerSettings.from_run_config(config), LoopbackTransport(job, nodes))
-    expected = simulate(store, federation, method)
+    expected = simulate(store, validated_federation, method)
     model, meta = checkpoint.load(tmp_path / "out/model.pt")
     for (key, a), b in zip(expected.model.state_dict().items(), model.state_dict().values()):
         assert torch.equal(a, b), key
     rows = [list(map(float, line.split(",")[1:])) for line in (tmp_path / "out/rounds.csv").read_text().splitlines()[1:]]
-    assert [[r.train_loss, r.test_mAP, r.test_AUROC] for r in expected.history] == rows
+    assert [[r.train_loss, r.test_mAP, r.test_AUROC, r.val_mAP, r.val_AUROC] for r in expected.history] == rows  # every round scored
+    assert all(np.isfinite(row[3]) for row in rows)  # the server scores the validation set too
     assert meta["method"] == method and "dropped_sites" not in meta
     assert not (tmp_path / "sites").exists() or not any((tmp_path / "sites").rglob("*.pt")), "site state is removed at the end"
 
@@ -297,9 +300,10 @@ def common_args(store: ImageStore, partition: Path, method: str, out: Path) -> l
 
 
 @pytest.fixture(scope="module")
-def partition_file(federation: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def partition_file(validated_federation: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """With a validation set: ``fedmlp federate`` gives the server its validation images too."""
     path = tmp_path_factory.mktemp("flower-partition") / "partition.json"
-    write_json(path, federation)
+    write_json(path, validated_federation)
     return path
 
 
@@ -317,9 +321,9 @@ def simulated(store: ImageStore, partition_file: Path, tmp_path_factory: pytest.
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["fedavg-partial", "fedmlp"])
-def test_federation_on_loopback_gives_the_simulation_bytes(store: ImageStore, federation: dict, partition_file: Path, simulated,
+def test_federation_on_loopback_gives_the_simulation_bytes(store: ImageStore, validated_federation: dict, partition_file: Path, simulated,
                                                            tmp_path: Path, method: str) -> None:
-    server_store = server_store_of(store, federation["test"], tmp_path / "test-store")
+    server_store = server_store_of(store, validated_federation["test"] + validated_federation["val"], tmp_path / "test-store")
     start = time.monotonic()
     result = fedmlp_command("federate", *common_args(store, partition_file, method, tmp_path / "out"),
                             "--test-store", str(server_store), "--work-dir", str(tmp_path / "work"), "--timeout", "240")

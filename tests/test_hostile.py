@@ -384,6 +384,8 @@ def _partition_cases(federation: dict) -> list[tuple[str, object, str]]:
         ("class nobody annotates", changed(lambda d: [c.update(annotated_classes=["epidural"]) for c in d["clients"]]),
          "no client annotates 'intraparenchymal'"),
         ("empty test set", changed(lambda d: d.update(test=[])), "test: empty"),
+        ("validation leakage", changed(lambda d: d.update(val=[first])), f"image '{first}' of client 0 is also in the validation set (validation leakage)"),
+        ("validation images in the test set", changed(lambda d: d.update(val=[test0])), f"image '{test0}' is in both val and test (test leakage)"),
         ("image not in the store", changed(lambda d: d["clients"][0]["images"].append("ID_nowhere")), "image 'ID_nowhere' is not in the store"),
         ("other classes", changed(lambda d: d.update(classes=list(reversed(d["classes"])))), "do not match the store's"),
         ("not an object", [1, 2], "not a partition"),
@@ -412,6 +414,9 @@ def test_hand_made_splits_are_checked_where_read(store: ImageStore, tmp_path: Pa
     ids = store.image_ids
     cases = [
         ({"train": ids[:50] + ids[60:61], "test": ids[60:]}, f"image '{ids[60]}' is in both train and test (test leakage)"),
+        ({"train": ids[:50], "val": ids[50:55] + ids[60:61], "test": ids[60:]}, f"image '{ids[60]}' is in both val and test (test leakage)"),
+        ({"train": ids[:50], "val": ids[49:55], "test": ids[60:]}, f"image '{ids[49]}' is in both train and val (validation leakage)"),
+        ({"train": ids[:50], "val": "some", "test": ids[60:]}, "val: expected a list of names"),
         ({"train": ids[:50] + ids[:1], "test": ids[60:]}, f"train: '{ids[0]}' is listed twice"),
         ({"train": [], "test": ids[60:]}, "train: empty"),
         ({"train": ids[:50], "test": ["ID_nowhere"]}, "image 'ID_nowhere' is not in the store"),

@@ -1,5 +1,6 @@
 """Live per-round metrics (DVCLive) from the real `fedmlp` training commands: one row per round as the
-rounds happen, every round once after a kill and resume, and no DVC or Git activity around them."""
+rounds happen (test and validation scores), every round once after a kill and resume, and no DVC or
+Git activity around them."""
 
 from __future__ import annotations
 
@@ -24,9 +25,9 @@ ENV = {**os.environ, "FEDMLP_PROGRESS": "0"}
 
 
 @pytest.fixture(scope="module")
-def partition_file(federation: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def partition_file(validated_federation: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("partition") / "partition.json"
-    write_json(path, federation)
+    write_json(path, validated_federation)
     return path
 
 
@@ -42,18 +43,16 @@ def rows(live: Path, metric: str) -> list[list[str]]:
     return [line.split("\t") for line in lines[1:]]
 
 
-def rounds_csv(out: Path) -> list[list[str]]:
-    return [line.split(",") for line in (out / "rounds.csv").read_text().splitlines()[1:]]
-
-
 def check_live_matches_rounds(out: Path) -> None:
-    expected = rounds_csv(out)
-    for column, metric in enumerate(("train_loss", "test_mAP", "test_AUROC"), start=1):
+    lines = (out / "rounds.csv").read_text().splitlines()
+    assert lines[0] == "round,train_loss,test_mAP,test_AUROC,val_mAP,val_AUROC"
+    expected = [dict(zip(lines[0].split(","), map(float, line.split(",")))) for line in lines[1:]]
+    for metric in ("train_loss", "test_mAP", "test_AUROC", "val_mAP", "val_AUROC"):
         got = rows(out / "live", metric)
         assert [r[0] for r in got] == [str(i) for i in range(1, ROUNDS + 1)], metric  # step = round, each once
-        assert [float(r[1]) for r in got] == pytest.approx([float(e[column]) for e in expected], rel=1e-12), metric
+        assert [float(r[1]) for r in got] == pytest.approx([e[metric] for e in expected], rel=1e-12), metric
     summary = json.loads((out / "live" / "metrics.json").read_text())
-    assert summary["step"] == ROUNDS and summary["test_mAP"] == pytest.approx(float(expected[-1][2]))
+    assert summary["step"] == ROUNDS and summary["val_mAP"] == pytest.approx(expected[-1]["val_mAP"])
 
 
 def test_live_metrics_one_row_per_round_and_no_repository_activity(store: ImageStore, partition_file: Path, tmp_path: Path) -> None:

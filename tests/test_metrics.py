@@ -1,4 +1,5 @@
-"""Metrics agree with scikit-learn and survive classes missing from the test set."""
+"""Metrics agree with scikit-learn and survive classes missing from the test set; thresholds and the
+best round are chosen on validation scores."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, hamming_loss, precision_score, recall_score, roc_auc_score
 
-from fedmlp.metrics import evaluate, ranking_metrics
+from fedmlp.metrics import best_val_round, evaluate, f1_thresholds, ranking_metrics
 
 
 @pytest.fixture()
@@ -56,3 +57,26 @@ def test_class_absent_from_test_set_is_reported_not_nan(arrays: tuple[np.ndarray
     assert all(np.isfinite(v) for v in result["overall"].values())
     keep = [0, 1, 3]
     assert result["overall"]["mAP"] == pytest.approx(average_precision_score(y[:, keep], p[:, keep], average="macro"))
+
+
+def test_thresholds_maximise_validation_f1_per_class() -> None:
+    # class a: positives 0.3, 0.35, 0.4; negatives 0.1, 0.2, 0.38. F1 of p >= t: 0.1 → 2/3, 0.2 → 3/4,
+    # 0.3 → 6/7 (the best), 0.35 → 2/3, 0.38 → 2/5, 0.4 → 1/2; at 0.5 nothing is predicted (F1 0).
+    # class b: no positives, nothing to choose → 0.5
+    y = np.array([[1, 0], [1, 0], [1, 0], [0, 0], [0, 0], [0, 0]])
+    p = np.array([[0.3, 0.9], [0.35, 0.1], [0.4, 0.2], [0.1, 0.3], [0.2, 0.6], [0.38, 0.4]])
+    thresholds = f1_thresholds(y, p, ["a", "b"])
+    assert thresholds == {"a": 0.3, "b": 0.5}
+    chosen, fixed = evaluate(y, p, ["a", "b"], thresholds), evaluate(y, p, ["a", "b"])
+    assert chosen["per_class"]["a"]["F1"] == pytest.approx(6 / 7) and fixed["per_class"]["a"]["F1"] == 0
+    assert chosen["thresholds"] == thresholds and fixed["thresholds"] == {"a": 0.5, "b": 0.5}
+    assert chosen["per_class"]["b"] == fixed["per_class"]["b"]  # 0.5 either way
+
+
+def test_best_validation_round_and_its_test_scores() -> None:
+    nan = float("nan")
+    val = [nan, 0.52, nan, 0.61, nan, 0.61]  # rounds 4 and 6 tie: the earlier one
+    rounds = [{"round": r, "test_mAP": 0.4 + r / 100, "test_AUROC": 0.7 + r / 100, "val_mAP": v, "val_AUROC": v}
+              for r, v in enumerate(val, start=1)]
+    assert best_val_round(rounds) == {"round": 4, "val_mAP": 0.61, "test_mAP": 0.44, "test_AUROC": 0.74}
+    assert best_val_round([{**r, "val_mAP": nan} for r in rounds]) is None  # no validation set

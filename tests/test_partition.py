@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from fedmlp.cli import main
 from fedmlp.config import FederationConfig, SplitConfig
 from fedmlp.errors import FedmlpError
-from fedmlp.partition import assign_classes, partition, partition_artifact, random_split
+from fedmlp.partition import assign_classes, carve_validation, partition, partition_artifact, random_split
+from fedmlp.store import ImageStore
 
 CLASSES = ["a", "b", "c", "d", "e"]
 
@@ -123,3 +127,85 @@ def test_unreadable_images_leave_the_partition_recorded() -> None:
     kept = keep_stored(artifact, {"a", "c", "e"})
     assert kept["clients"][0]["images"] == ["a", "c"] and kept["test"] == ["e"]
     assert kept["meta"]["dropped_unreadable"] == {"test": 1, "client 0": 1}
+    artifact = partition_artifact(CLASSES, [{"id": 0, "images": ["a"], "annotated_classes": ["a"]}], ["d"], FederationConfig(), ["b", "c"])
+    kept = keep_stored(artifact, {"a", "c", "d"})
+    assert kept["val"] == ["c"] and kept["meta"]["dropped_unreadable"] == {"test": 0, "val": 1, "client 0": 0}
+
+
+def test_validation_set_is_carved_from_the_training_images_only() -> None:
+    ids, _ = _data(1000)
+    config = SplitConfig(val_fraction=0.1, seed=1)
+    before = random_split(ids, config)
+    split = carve_validation(before, config)
+    assert split.test == before.test  # the test set is the paper's whatever the fraction
+    assert len(split.val) == 70 and sorted(split.train + split.val) == sorted(before.train)
+    assert set(split.val).isdisjoint(split.train) and set(split.val).isdisjoint(split.test)
+    assert split.train == [i for i in before.train if i not in set(split.val)]  # the order the paper's sampler sees
+    assert carve_validation(before, config) == split
+    assert carve_validation(before, SplitConfig(val_fraction=0.1, seed=2)).val != split.val
+    assert carve_validation(before, SplitConfig(val_fraction=0.0, seed=1)) == before
+
+
+def test_validation_by_patient_keeps_each_patient_on_one_side() -> None:
+    ids = [f"{p:03d}_{k}.png" for p in range(40) for k in range(p % 4 + 1)]  # 40 patients of 1 to 4 images
+    patients = {i: i.split("_")[0] for i in ids}
+    split = carve_validation(random_split(ids, SplitConfig()), SplitConfig(val_fraction=0.2), patients)
+    assert {patients[i] for i in split.val}.isdisjoint({patients[i] for i in split.train})
+    n_train = len(split.train) + len(split.val)
+    assert round(0.2 * n_train) <= len(split.val) < round(0.2 * n_train) + 4  # whole patients, up to one too many
+
+
+@pytest.mark.parametrize(
+    ("n", "fraction", "message"),
+    [
+        (20, 0.02, "config key 'split.val_fraction': 0.02 of 13 training images is no validation image"),
+        (4, 0.9, "config key 'split.val_fraction': 0.9 leaves no training images"),
+    ],
+)
+def test_a_validation_set_of_nothing_or_everything_names_the_key(n: int, fraction: float, message: str) -> None:
+    ids, _ = _data(n)
+    config = SplitConfig(val_fraction=fraction)
+    with pytest.raises(FedmlpError, match=message):
+        carve_validation(random_split(ids, config), config)
+
+
+def _split_and_partition(store: ImageStore, out: Path, split: dict, federation: dict | None = None) -> tuple[bytes, bytes]:
+    assert main(["split", "--store", str(store.root), "--settings", json.dumps(split), "--out", str(out / "split.json")]) == 0
+    assert main(["partition", "--store", str(store.root), "--split", str(out / "split.json"), "--out", str(out / "partition.json"),
+                 "--settings", json.dumps(federation or {"n_clients": 3, "annotated_per_client": 2})]) == 0
+    return (out / "split.json").read_bytes(), (out / "partition.json").read_bytes()
+
+
+def test_clients_are_formed_without_the_validation_images(store: ImageStore, tmp_path: Path) -> None:
+    split_bytes, partition_bytes = _split_and_partition(store, tmp_path, {"val_fraction": 0.2})
+    split, artifact = json.loads(split_bytes), json.loads(partition_bytes)
+    assert len(split["val"]) == round(0.2 * len(split["train"] + split["val"])) and split["meta"]["split"]["val_fraction"] == 0.2
+    assert artifact["val"] == split["val"] and artifact["test"] == split["test"]
+    clients = [i for c in artifact["clients"] for i in c["images"]]
+    assert sorted(clients) == sorted(split["train"]) and set(clients).isdisjoint(artifact["val"])
+    assert set(artifact["val"]).isdisjoint(artifact["test"])
+
+
+def test_no_validation_set_writes_the_artifacts_of_before(store: ImageStore, tmp_path: Path) -> None:
+    """val_fraction 0 (the paper's configs): the split.json and partition.json written before the key existed."""
+    split_bytes, partition_bytes = _split_and_partition(store, tmp_path, {"val_fraction": 0})
+    old_split = random_split(store.candidates(), SplitConfig())
+    assert json.loads(split_bytes) == {**old_split.to_json(), "meta": {"split": {"method": "paper", "train_fraction": 0.7, "seed": 2023}}}
+    assert list(json.loads(split_bytes)) == ["train", "test", "meta"]
+    config = FederationConfig(n_clients=3, annotated_per_client=2)
+    old = partition_artifact(store.classes, partition(old_split.train, None, store.classes, config), old_split.test, config)
+    artifact = json.loads(partition_bytes)
+    assert list(artifact) == ["classes", "clients", "test", "meta"] and artifact["clients"] == old["clients"]
+    assert list(artifact["meta"]["dropped_unreadable"]) == ["test", "client 0", "client 1", "client 2"]
+    assert _split_and_partition(store, tmp_path, {}) == (split_bytes, partition_bytes)  # 0 is also the library's default
+
+
+def test_a_validation_set_that_starves_the_clients_names_the_key(store: ImageStore, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["split", "--store", str(store.root), "--settings", '{"val_fraction": 0.9}', "--out", str(tmp_path / "split.json")]) == 0
+    code = main(["partition", "--store", str(store.root), "--split", str(tmp_path / "split.json"), "--settings", '{"n_clients": 4}',
+                 "--out", str(tmp_path / "partition.json")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert err.startswith("fedmlp partition: error: config key 'split.val_fraction': its 50 validation images leave 5 training images")
+    assert not (tmp_path / "partition.json").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,31 @@ def test_same_seed_same_result_other_seed_differs(store: ImageStore, federation:
     assert all(torch.equal(a, b) for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()))
     assert not all(torch.equal(a, c) for a, c in zip(model_a.state_dict().values(), model_c.state_dict().values()))
     assert len(history_a) == TINY_TRAIN.rounds and np.isfinite(history_a[-1].test_mAP)
+
+
+def test_validation_scores_every_scored_round_and_sets_the_final_thresholds(store: ImageStore, federation: dict,
+                                                                            validated_federation: dict, tmp_path: Path) -> None:
+    from fedmlp.commands.evaluate import score
+    from fedmlp.inference import predict_proba
+    from fedmlp.metrics import best_val_round, f1_thresholds
+
+    rt = runtime.resolve("cpu", "fp32", 1)
+    train = dataclasses.replace(TINY_TRAIN, rounds=3, eval_every=2)  # rounds 2 and 3 scored
+    result = federated.run(store, validated_federation, methods.create("fedavg-masked"), train, TINY_MODEL, 0, rt)
+    rows = federated.history_rows(result.history)
+    assert [np.isfinite([r["test_mAP"], r["val_mAP"], r["val_AUROC"]]).tolist() for r in rows] == [[False] * 3, [True] * 3, [True] * 3]
+
+    metrics = score(result.model, store, validated_federation, rows, {}, "cpu", 1, tmp_path / "metrics.json", tmp_path / "p.csv")
+    val_rows = store.rows(validated_federation["val"])
+    chosen = f1_thresholds(store.labels[val_rows], predict_proba(result.model, store, val_rows, rt), store.classes)
+    assert metrics["threshold_source"] == "validation" and metrics["thresholds"] == chosen != dict.fromkeys(store.classes, 0.5)
+    assert metrics["best_val"] == best_val_round(rows) and metrics["best_val"]["round"] in (2, 3)
+    assert metrics["overall"]["mAP"] == pytest.approx(rows[-1]["test_mAP"])  # the reported number stays the final round's
+    assert json.loads((tmp_path / "metrics.json").read_text())["best_val"] == metrics["best_val"]
+
+    nan_rows = [{**r, "val_mAP": float("nan"), "val_AUROC": float("nan")} for r in rows]
+    plain = score(result.model, store, federation, nan_rows, {}, "cpu", 1, tmp_path / "plain.json", tmp_path / "p.csv")
+    assert plain["threshold_source"] == "fixed" and plain["thresholds"] == dict.fromkeys(store.classes, 0.5) and plain["best_val"] is None
 
 
 def test_fedavg_full_differs_from_partial(store: ImageStore, federation: dict) -> None:

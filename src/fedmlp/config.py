@@ -88,11 +88,14 @@ class PreprocessConfig:
 @dataclass(frozen=True)
 class SplitConfig:
     """``paper``: image-level random split, the test set being the first ``ceil((1 - train_fraction) * N)``
-    positions of one permutation (the paper's code). ``official``: ChestX-ray14's patient-level lists."""
+    positions of one permutation (the paper's code). ``official``: ChestX-ray14's patient-level lists.
+    ``val_fraction``: the share of the training images held out as the server's validation set (by
+    patient for ``official``), before the clients are formed."""
 
     method: Literal["paper", "official"] = "paper"
     train_fraction: float = bounded(0.7, exclusiveMinimum=0, exclusiveMaximum=1)
     seed: int = bounded(2023, minimum=0, maximum=SEED_MAX)
+    val_fraction: float = bounded(0.0, minimum=0, exclusiveMaximum=1)  # the workflow default (schema) is 0.05: none here, the paper's split, for library use and tests
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,11 @@
 Each round the server side of the method (:class:`~fedmlp.methods.ServerContext`) chooses the
 clients and what to broadcast; each client's side runs in a :class:`Site`, which holds that client's
 data, state and models and answers the broadcast with an upload; the server step combines the
-uploads into the new global model, which is scored on the test set for the per-round curve (the
-reported result is the final round's, never the best one). Server and sites exchange nothing but
-:mod:`fedmlp.methods.messages`, so the same :class:`Site` serves a real deployment (:mod:`fedmlp.flower`).
+uploads into the new global model, which is scored on the test set and on the validation set (if
+the partition has one) for the per-round curves (the reported result is the final round's; the
+best-validation round is reported beside it, :func:`fedmlp.metrics.best_val_round`). Server and
+sites exchange nothing but :mod:`fedmlp.methods.messages`, so the same :class:`Site` serves a real
+deployment (:mod:`fedmlp.flower`).
 
 Random streams come from :mod:`fedmlp.seeding`, one per (client, round) and one per server round,
 so a run is a pure function of its inputs and seed.
@@ -20,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedmlp.config import ModelConfig, TrainConfig
@@ -47,6 +50,27 @@ class RoundRecord:
     train_loss: float
     test_mAP: float
     test_AUROC: float
+    val_mAP: float = float("nan")  # NaN without a validation set or in a round not scored (and in resume states of before)
+    val_AUROC: float = float("nan")
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A fully labelled image set the server scores the global model on: the test or the validation set."""
+
+    rows: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def of(cls, store: ImageStore, image_ids: list[str]) -> Scored:
+        rows = store.rows(image_ids)
+        return cls(rows, store.labels[rows])
+
+    def score(self, model: Classifier, store: ImageStore, runtime: Runtime) -> dict[str, float]:
+        """Macro AP and AUROC; NaN for an empty set (no validation set)."""
+        if len(self.rows) == 0:
+            return {"mAP": float("nan"), "AUROC": float("nan")}
+        return ranking_metrics(self.labels, predict_proba(model, store, self.rows, runtime))
 
 
 def build_clients(store: ImageStore, partition: dict[str, Any], method: Method) -> list[ClientData]:
@@ -178,19 +202,19 @@ def server_round(method: Method, train: TrainConfig, global_model: Classifier, c
     return updates
 
 
-def round_record(round_index: int, updates: list[Upload], global_model: Classifier, store: ImageStore, test_rows: Any,
-                 test_labels: Any, runtime: Runtime, score: bool) -> RoundRecord:
-    """The round's training loss (size-weighted over the uploads) and, if ``score``, the test metrics."""
-    scores = {"mAP": float("nan"), "AUROC": float("nan")}
-    if score:
-        scores = ranking_metrics(test_labels, predict_proba(global_model, store, test_rows, runtime))
+def round_record(round_index: int, updates: list[Upload], global_model: Classifier, store: ImageStore, test: Scored,
+                 val: Scored, runtime: Runtime, score: bool) -> RoundRecord:
+    """The round's training loss (size-weighted over the uploads) and, if ``score``, the test and
+    validation metrics (the same rounds, so that a best-validation round has its test score)."""
+    nan = {"mAP": float("nan"), "AUROC": float("nan")}
+    test_scores, val_scores = (test.score(global_model, store, runtime), val.score(global_model, store, runtime)) if score else (nan, nan)
     loss = sum(u.loss * u.n_samples for u in updates) / sum(u.n_samples for u in updates)
-    return RoundRecord(round_index + 1, loss, scores["mAP"], scores["AUROC"])
+    return RoundRecord(round_index + 1, loss, test_scores["mAP"], test_scores["AUROC"], val_scores["mAP"], val_scores["AUROC"])
 
 
 def log_round(method: Method, record: RoundRecord, total: int, seconds: float) -> None:
-    log.info("%s round %d/%d: train loss %.4f, test mAP %.4f, AUROC %.4f (%.1f s)",
-             method.name, record.round, total, record.train_loss, record.test_mAP, record.test_AUROC, seconds)
+    log.info("%s round %d/%d: train loss %.4f, test mAP %.4f, AUROC %.4f, validation mAP %.4f (%.1f s)",
+             method.name, record.round, total, record.train_loss, record.test_mAP, record.test_AUROC, record.val_mAP, seconds)
 
 
 def run(
@@ -230,8 +254,7 @@ def run(
         rounds = range(saved["round"], rounds.stop)
     for record in history if on_record is not None else ():
         on_record(record)
-    test_rows = store.rows(partition["test"])
-    test_labels = store.labels[test_rows]
+    test, val = Scored.of(store, partition["test"]), Scored.of(store, partition.get("val", []))
     sizes = {c.client_id: n_batches(len(c), train.batch_size) * train.local_epochs for c in clients}
     total = method.n_rounds(train)
 
@@ -248,7 +271,7 @@ def run(
 
         updates = server_round(method, train, global_model, client_ids, round_index, seed, runtime, answer_prepare, answer_train)
         last = round_index == rounds[-1]
-        record = round_record(round_index, updates, global_model, store, test_rows, test_labels, runtime,
+        record = round_record(round_index, updates, global_model, store, test, val, runtime,
                               last or (round_index + 1) % train.eval_every == 0)
         history.append(record)
         log_round(method, record, total, time.perf_counter() - start)

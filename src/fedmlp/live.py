@@ -1,8 +1,9 @@
 """Per-round metrics written as the rounds happen, with DVCLive: a long cluster job can be watched
 (``dvc plots show <run>/live/plots/metrics``, or the TSV files) before its outputs exist.
 
-``<dir>/plots/metrics/{train_loss,test_mAP,test_AUROC}.tsv`` get one row per round (``step`` is the
-round number) and ``<dir>/metrics.json`` the latest values. The directory is rebuilt from the start of
+``<dir>/plots/metrics/{train_loss,test_mAP,test_AUROC,val_mAP,val_AUROC}.tsv`` get one row per
+scored round (``step`` is the round number; no validation files without a validation set) and
+``<dir>/metrics.json`` the latest values. The directory is rebuilt from the start of
 every run: a resumed run first writes again the rounds its resume state restored (and a FedMLP stage
 2 the warm-up's), so the files always hold every round so far, once, whatever Snakemake removed.
 
@@ -21,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-METRICS = ("train_loss", "test_mAP", "test_AUROC")
+METRICS = ("train_loss", "test_mAP", "test_AUROC", "val_mAP", "val_AUROC")
 ENVIRONMENT = ("DVCLIVE_RESUME",)  # read by Live(); a run here always starts its files anew
 
 
@@ -64,7 +65,7 @@ class LiveMetrics:
         self._live.step = int(row["round"])
         for name in METRICS:
             value = row.get(name)
-            if value is not None and math.isfinite(float(value)):  # rounds without a test score have none
+            if value is not None and math.isfinite(float(value)):  # rounds without a score (or validation set) have none
                 self._live.log_metric(name, float(value))
         self._live.next_step()
 

@@ -1,11 +1,15 @@
-"""Who holds which images and which classes they annotate: the train/test split and the federation.
+"""Who holds which images and which classes they annotate: the train/validation/test split and the federation.
 
 The partition artifact (``partition.json``) is what the training stages read::
 
     {"classes": [...],
      "clients": [{"id": 0, "images": [...], "annotated_classes": [...]}, ...],
      "test": [...],
+     "val": [...],
      "meta": {...}}
+
+``val`` (the server's validation set, ``split.val_fraction`` of the training images) is left out when
+there is none, so that ``val_fraction: 0`` writes the artifacts of before the key existed, byte for byte.
 
 Image IDs are those of the source; it carries no labels. The true labels of a client's missing
 classes therefore never reach training code (docs/method.md): training reads the store's labels only
@@ -16,7 +20,8 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,15 +36,19 @@ if TYPE_CHECKING:
     from fedmlp.store import ImageStore
 
 MIN_CLIENT_IMAGES = 2
+TEST_OWNER, VAL_OWNER = -1, -2  # check_partition: who holds an image, besides the clients
 
 
 @dataclass(frozen=True)
 class Split:
+    """Disjoint image lists; ``val`` is empty without a validation set."""
+
     train: list[str]
     test: list[str]
+    val: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"train": self.train, "test": self.test}
+        return {"train": self.train, "test": self.test, **({"val": self.val} if self.val else {})}
 
 
 def random_split(image_ids: list[str], config: SplitConfig) -> Split:
@@ -61,6 +70,50 @@ def official_split(image_ids: list[str], train_list: list[str], test_list: list[
     if train & test:
         raise FedmlpError(f"the official split lists share {len(train & test)} images (first: {sorted(train & test)[0]})")
     return Split(train=[i for i in image_ids if i in train], test=[i for i in image_ids if i in test])
+
+
+def validation_size(n_train: int, val_fraction: float) -> int:
+    """How many of ``n_train`` training images ``split.val_fraction`` asks for (rounded); a fraction
+    above 0 that rounds to no image is refused rather than silently giving no validation set."""
+    if not 0 <= val_fraction < 1:
+        raise FedmlpError(f"config key 'split.val_fraction': expected a number in [0, 1), got {val_fraction}")
+    n_val = round(val_fraction * n_train)
+    if val_fraction > 0 and n_val < 1:
+        raise FedmlpError(f"config key 'split.val_fraction': {val_fraction} of {n_train} training images is no validation image; "
+                          "use a larger fraction, or 0 for no validation set")
+    return n_val
+
+
+def check_room_for_clients(n_train: int, n_val: int, n_clients: int) -> None:
+    """Refuse, naming ``split.val_fraction``, a validation set that takes the images the clients need
+    (too few images without it is ``federation.n_clients``'s error, :func:`partition`)."""
+    needed = n_clients * MIN_CLIENT_IMAGES
+    if n_val and n_train < needed <= n_train + n_val:
+        raise FedmlpError(f"config key 'split.val_fraction': its {n_val} validation images leave {n_train} training images, "
+                          f"fewer than the {needed} that federation.n_clients {n_clients} needs")
+
+
+def carve_validation(split: Split, config: SplitConfig, groups: Mapping[str, str] | None = None) -> Split:
+    """Move ``split.val_fraction`` of the training images to the validation set, drawn from
+    ``split.seed`` on a stream of its own (the train/test split stays the paper's whatever the
+    fraction). With ``groups`` (image → patient), whole patients move, in a random order until the
+    fraction is reached, so that no patient is on both sides. Both lists keep the training list's order."""
+    target = validation_size(len(split.train), config.val_fraction)
+    if target == 0:
+        return split
+    members: dict[str, list[str]] = {}
+    for image in split.train:
+        members.setdefault(groups.get(image, image) if groups else image, []).append(image)
+    names = list(members)
+    chosen: set[str] = set()
+    for index in numpy_rng(config.seed, "validation").permutation(len(names)):
+        if len(chosen) >= target:
+            break
+        chosen.update(members[names[index]])
+    if len(chosen) == len(split.train):
+        raise FedmlpError(f"config key 'split.val_fraction': {config.val_fraction} leaves no training images "
+                          f"(all {len(split.train)} go to the validation set)")
+    return Split(train=[i for i in split.train if i not in chosen], test=split.test, val=[i for i in split.train if i in chosen])
 
 
 def paper_clients(n_train: int, n_clients: int, seed: int, images_per_client: int | None) -> list[list[int]]:
@@ -161,18 +214,21 @@ def partition(train_ids: list[str], train_labels: np.ndarray | None, classes: li
     ]
 
 
-def partition_artifact(classes: list[str], clients: list[dict[str, Any]], test: list[str], config: FederationConfig) -> dict[str, Any]:
-    return {"classes": classes, "clients": clients, "test": test, "meta": {"federation": to_dict(config)}}
+def partition_artifact(classes: list[str], clients: list[dict[str, Any]], test: list[str], config: FederationConfig,
+                       val: list[str] | None = None) -> dict[str, Any]:
+    return {"classes": classes, "clients": clients, "test": test, **({"val": val} if val else {}), "meta": {"federation": to_dict(config)}}
 
 
 def keep_stored(artifact: dict[str, Any], stored: set[str]) -> dict[str, Any]:
     """Drop images the store does not hold (unreadable at ingest) from a partition defined on the
     source, and record how many went: the partition stays the paper's for everything else."""
-    dropped = {"test": sum(i not in stored for i in artifact["test"])}
+    held = [key for key in ("test", "val") if key in artifact]
+    dropped = {key: sum(i not in stored for i in artifact[key]) for key in held}
     for client in artifact["clients"]:
         dropped[f"client {client['id']}"] = sum(i not in stored for i in client["images"])
         client["images"] = [i for i in client["images"] if i in stored]
-    artifact["test"] = [i for i in artifact["test"] if i in stored]
+    for key in held:
+        artifact[key] = [i for i in artifact[key] if i in stored]
     artifact["meta"]["dropped_unreadable"] = dropped
     return artifact
 
@@ -180,30 +236,38 @@ def keep_stored(artifact: dict[str, Any], stored: set[str]) -> dict[str, Any]:
 # --- reading split.json and partition.json back: hand-made files are checked, not trusted -----------
 
 def check_split(data: Any, path: Path, known: list[str]) -> Split:
-    """``split.json``: distinct train and test IDs, both non-empty, disjoint, all among ``known``
-    (the store's candidates)."""
+    """``split.json``: distinct train and test IDs, both non-empty, and validation IDs if any; the
+    three lists disjoint, all among ``known`` (the store's candidates)."""
     require(isinstance(data, dict) and "train" in data and "test" in data, path, "not a split (expected a JSON object with train and test)")
     train, test = id_list(data["train"], path, "train"), id_list(data["test"], path, "test")
-    shared = set(train) & set(test)
-    require(not shared, path, f"image {min(shared) if shared else ''!r} is in both train and test (test leakage)")
+    val = id_list(data["val"], path, "val", allow_empty=True) if "val" in data else []
+    lists = {"train": train, "val": val, "test": test}
+    for a, b in (("train", "test"), ("val", "test"), ("train", "val")):
+        shared = set(lists[a]) & set(lists[b])
+        leak = "test" if b == "test" else "validation"
+        require(not shared, path, f"image {min(shared) if shared else ''!r} is in both {a} and {b} ({leak} leakage)")
     names = set(known)
-    unknown = next((i for i in train + test if i not in names), None)
+    unknown = next((i for i in train + val + test if i not in names), None)
     require(unknown is None, path, f"image {unknown!r} is not in the store")
-    return Split(train=train, test=test)
+    return Split(train=train, test=test, val=val)
 
 
 def check_partition(data: Any, path: Path, classes: list[str], stored: set[str]) -> dict[str, Any]:
     """``partition.json``: the store's classes; clients with distinct IDs, at least one image each,
-    on no other client and not in the test set, annotating known classes (every class by one client at
-    least); a non-empty test set; every image in the store."""
+    on no other client and not in the test or validation set, annotating known classes (every class by
+    one client at least); a non-empty test set, a validation set (if any) apart from it; every image in
+    the store."""
     require(isinstance(data, dict) and all(k in data for k in ("classes", "clients", "test")), path,
             "not a partition (expected a JSON object with classes, clients and test)")
     listed = id_list(data["classes"], path, "classes")
     require(listed == classes, path, f"classes {listed} do not match the store's {classes}")
     test = id_list(data["test"], path, "test")
+    val = id_list(data["val"], path, "val", allow_empty=True) if "val" in data else []
+    shared = set(val) & set(test)
+    require(not shared, path, f"image {min(shared) if shared else ''!r} is in both val and test (test leakage)")
     clients = data["clients"]
     require(isinstance(clients, list) and bool(clients), path, "clients: expected a non-empty list")
-    owner: dict[str, int] = dict.fromkeys(test, -1)
+    owner: dict[str, int] = {**dict.fromkeys(test, TEST_OWNER), **dict.fromkeys(val, VAL_OWNER)}
     annotated_somewhere: set[str] = set()
     for index, client in enumerate(clients):
         require(isinstance(client, dict) and all(k in client for k in ("id", "images", "annotated_classes")), path,
@@ -217,7 +281,8 @@ def check_partition(data: Any, path: Path, classes: list[str], stored: set[str])
         annotated_somewhere.update(annotated)
         for image in id_list(client["images"], path, f"client {cid} images"):
             if image in owner:
-                where = "the test set (test leakage)" if owner[image] < 0 else f"client {owner[image]} too"
+                where = {TEST_OWNER: "the test set (test leakage)", VAL_OWNER: "the validation set (validation leakage)"}.get(
+                    owner[image], f"client {owner[image]} too")
                 raise FedmlpError(f"{path}: image {image!r} of client {cid} is also in {where}")
             owner[image] = cid
     orphan = [c for c in classes if c not in annotated_somewhere]

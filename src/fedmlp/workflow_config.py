@@ -222,15 +222,19 @@ def _check_federation(config: dict[str, Any], setting: Setting) -> None:
     if fed["images_per_client"] is not None and fed["partition"] != "paper":
         raise FedmlpError(f"config key '{setting.key('images_per_client')}': only used by partition 'paper', not {fed['partition']!r}; set it to null")
     if config["dataset"] == "synthetic-ich":
-        from fedmlp.partition import MIN_CLIENT_IMAGES
+        from fedmlp.partition import MIN_CLIENT_IMAGES, check_room_for_clients, validation_size
 
         n = config["synthetic"]["n_images"]
         n_train = n - math.ceil((1 - config["split"]["train_fraction"]) * n)
-        if n_train < fed["n_clients"] * MIN_CLIENT_IMAGES:
+        needed = fed["n_clients"] * MIN_CLIENT_IMAGES
+        if n_train < needed:
             raise FedmlpError(
-                f"config key '{setting.key('n_clients')}': {fed['n_clients']} clients need at least {fed['n_clients'] * MIN_CLIENT_IMAGES} "
+                f"config key '{setting.key('n_clients')}': {fed['n_clients']} clients need at least {needed} "
                 f"training images; synthetic.n_images {n} with split.train_fraction {config['split']['train_fraction']} gives {n_train}"
             )
+        n_val = validation_size(n_train, config["split"]["val_fraction"])
+        n_train -= n_val
+        check_room_for_clients(n_train, n_val, fed["n_clients"])
         per_client = fed["images_per_client"]
         if per_client is not None and per_client > n_train // fed["n_clients"]:
             raise FedmlpError(f"config key '{setting.key('images_per_client')}': {per_client} is more than the {n_train // fed['n_clients']} "

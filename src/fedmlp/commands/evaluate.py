@@ -1,5 +1,11 @@
 """``fedmlp evaluate``: a checkpoint's final-round metrics on the fully labelled test set (also the
-last step of every training command in the workflow, :func:`score`)."""
+last step of every training command in the workflow, :func:`score`).
+
+``metrics.json``: ``overall`` and ``per_class`` are the final model's test scores (the reported
+result); ``thresholds`` are the per-class cut-offs of the thresholded metrics, chosen on the
+validation set (``threshold_source: validation``) or 0.5 without one (``fixed``); ``best_val`` is the
+round with the best validation mAP and its test scores (null without a validation set); ``rounds``
+the per-round curves."""
 
 from __future__ import annotations
 
@@ -11,26 +17,35 @@ from fedmlp.commands.common import count, parse_json_option
 from fedmlp.errors import FedmlpError
 
 log = logging.getLogger("fedmlp")
-ROUND_COLUMNS = ("round", "test_mAP", "test_AUROC")  # of the training run's rounds.csv
+ROUND_COLUMNS = ("round", "test_mAP", "test_AUROC", "val_mAP", "val_AUROC")  # of the training run's rounds.csv
 
 
-def score(model, store, test_ids: list[str], rounds: list[dict], run: dict, device: str, threads: int,
+def score(model, store, partition: dict, rounds: list[dict], run: dict, device: str, threads: int,
           out_metrics: Path, out_predictions: Path, warnings: list[str] = ()) -> dict:
-    """Metrics and per-image probabilities of a trained model on the test images, in fp32 whatever the
-    training precision (so methods are scored alike). The training commands call it on the model they
-    have just saved, which spares the pipeline one job start-up per run, and pass the method's
-    ``warnings`` (a ``warnings`` list in the metrics, absent when there are none)."""
+    """Metrics and per-image probabilities of a trained model on the partition's test images, with
+    thresholds chosen on its validation images, in fp32 whatever the training precision (so methods
+    are scored alike). The training commands call it on the model they have just saved, which spares
+    the pipeline one job start-up per run, and pass the method's ``warnings`` (a ``warnings`` list in
+    the metrics, absent when there are none)."""
     import pandas as pd
 
     from fedmlp import runtime
     from fedmlp.atomic import atomic_path, write_json
     from fedmlp.inference import predict_proba
-    from fedmlp.metrics import evaluate
+    from fedmlp.metrics import best_val_round, evaluate, f1_thresholds
 
-    rows = store.rows(test_ids)
+    test_ids, val_ids = partition["test"], partition.get("val", [])
     rt = runtime.resolve(device, "fp32", threads)
-    probs = predict_proba(model.to(rt.device), store, rows, rt)
-    result = evaluate(store.labels[rows], probs, store.classes)
+    model = model.to(rt.device)
+    thresholds = None
+    if val_ids:
+        val_rows = store.rows(val_ids)
+        thresholds = f1_thresholds(store.labels[val_rows], predict_proba(model, store, val_rows, rt), store.classes)
+    rows = store.rows(test_ids)
+    probs = predict_proba(model, store, rows, rt)
+    result = evaluate(store.labels[rows], probs, store.classes, thresholds)
+    result["threshold_source"] = "validation" if val_ids else "fixed"
+    result["best_val"] = best_val_round(rounds)
     result["run"] = run
     result["rounds"] = {column: [row[column] for row in rounds] for column in ROUND_COLUMNS}
     if warnings:
@@ -59,18 +74,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     run = parse_run(args.run)
     store = ImageStore.open(args.store, verify_images=True)
-    test_ids = read_partition(args.partition, store)["test"]
+    partition = read_partition(args.partition, store)
     rounds = read_csv(args.rounds, ROUND_COLUMNS, numeric=ROUND_COLUMNS, allow_nan=ROUND_COLUMNS[1:])
     model, meta = checkpoint.load(args.model)
     if meta["classes"] != store.classes:
         raise FedmlpError(f"{args.model}: trained for classes {meta['classes']}, the store has {store.classes}")
-    score(model, store, test_ids, rounds.to_dict(orient="records"), run, args.device, args.threads, args.out_metrics, args.out_predictions)
+    score(model, store, partition, rounds.to_dict(orient="records"), run, args.device, args.threads, args.out_metrics, args.out_predictions)
 
 
 def add_commands(add) -> None:
-    p = add("evaluate", cmd_evaluate, "score a checkpoint on the fully labelled test set")
+    p = add("evaluate", cmd_evaluate, "score a checkpoint on the fully labelled test set (thresholds from the validation set)")
     p.add_argument("--store", type=Path, required=True)
-    p.add_argument("--partition", type=Path, required=True)
+    p.add_argument("--partition", type=Path, required=True, help="partition JSON: its test images are scored, its validation images set the thresholds")
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--rounds", type=Path, required=True, help="the training run's per-round CSV")
     p.add_argument("--run", default="{}", help="JSON identifying the run: dataset, setting, method, seed")

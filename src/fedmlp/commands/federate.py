@@ -1,8 +1,9 @@
 """``fedmlp federate``: one method and seed as a real Flower federation on this machine.
 
 One SuperLink and one SuperNode per client of the partition, on 127.0.0.1, each SuperNode told its
-store and partition entry through its node config; the ServerApp scores on the test store and
-writes the same artifacts as ``fedmlp train`` (``model.pt``, ``rounds.csv``) plus
+store and partition entry through its node config; the ServerApp scores on the test store (the
+partition's test and validation images) and writes the same artifacts as ``fedmlp train``
+(``model.pt``, ``rounds.csv``) plus
 ``federation.json`` (sites, drops, times). Every process it starts is stopped on the way out.
 """
 
@@ -53,11 +54,12 @@ def cmd_federate(args: argparse.Namespace) -> None:
         job_id, state_dir = f"job-{resume.key[:16]}", resume.path.resolve().parent / f"{resume.path.name}.sites"
     else:
         job_id, state_dir = "job", work / "sites"
-    (work / "test-images.json").write_text(json.dumps(partition["test"]))  # a scratch input of the ServerApp
+    for part in ("test", "val"):  # scratch inputs of the ServerApp
+        (work / f"{part}-images.json").write_text(json.dumps(partition.get(part, [])))
     run_config = {
         "method": args.method, "seed": args.seed, "train": args.train, "model": args.model, "method-settings": args.method_settings,
         "job-id": job_id, "num-sites": n_sites, "min-sites": args.min_sites, "test-store": str(test_store),
-        "test-images": str(work / "test-images.json"), "out-model": str(args.out_model.resolve()),
+        "test-images": str(work / "test-images.json"), "val-images": str(work / "val-images.json"), "out-model": str(args.out_model.resolve()),
         "out-rounds": str(args.out_rounds.resolve()), "out-federation": str(out_federation.resolve()),
         "resume-state": str(resume.path.resolve()) if resume else "", "resume-key": resume.key if resume else "",
         "resume-every": args.resume_every, "connect-timeout": 300.0, "round-timeout": float(args.round_timeout),
@@ -104,13 +106,13 @@ def cmd_flower_app(args: argparse.Namespace) -> None:
 def add_commands(add) -> None:
     p = add("federate", _federate, "one method and seed as a Flower federation on this machine (one SuperNode per client)")
     p.add_argument("--store", type=Path, required=True, help="the sites' image store (each site reads only its own images)")
-    p.add_argument("--partition", type=Path, required=True, help="partition JSON: one site per client; its test list is scored")
+    p.add_argument("--partition", type=Path, required=True, help="partition JSON: one site per client; its test and validation lists are scored")
     p.add_argument("--method", required=True, help="a registered method (fedmlp methods lists them)")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--train", default="{}", help="JSON of the 'train' config section")
     p.add_argument("--model", default="{}", help="JSON of the 'model' config section")
     p.add_argument("--method-settings", default="{}", help="JSON of the method's own config section")
-    p.add_argument("--test-store", type=Path, default=None, help="the store the server scores on (default: --store)")
+    p.add_argument("--test-store", type=Path, default=None, help="the store the server scores on, holding the test and validation images (default: --store)")
     p.add_argument("--min-sites", type=int, default=0,
                    help="continue without a failed site while at least this many remain (default 0: a failed site stops the run)")
     p.add_argument("--round-timeout", type=float, default=3600.0, help="seconds a site may take to answer one message")

@@ -15,38 +15,46 @@ log = logging.getLogger("fedmlp")
 def cmd_split(args: argparse.Namespace) -> None:
     from fedmlp.atomic import write_json
     from fedmlp.config import SplitConfig, from_json, to_dict
-    from fedmlp.partition import official_split, random_split
+    from fedmlp.partition import carve_validation, official_split, random_split
     from fedmlp.sources import nih
     from fedmlp.store import ImageStore
 
     config = from_json(SplitConfig, args.settings, "split")
     candidates = ImageStore.open(args.store).candidates()  # source order, unreadable images included
+    patients = None
     if config.method == "official":
         if args.raw is None:
             raise FedmlpError("config key 'split.method': 'official' needs the split lists (--raw DIR; ChestX-ray14 only)")
         lists = [nih.read_list(args.raw / name) for name in nih.SPLIT_FILES]
         split = official_split(candidates, *lists)
+        if config.val_fraction > 0:  # the official split is by patient: so is the validation set
+            patients = nih.patients(nih.read_data_entry(args.raw / nih.LABEL_FILE))
     else:
         split = random_split(candidates, config)
-    write_json(args.out, {**split.to_json(), "meta": {"split": to_dict(config)}})
-    log.info("split (%s): %d train, %d test images", config.method, len(split.train), len(split.test))
+    split = carve_validation(split, config, patients)
+    settings = to_dict(config)
+    if not split.val:  # no validation set: the split.json of before split.val_fraction existed, byte for byte
+        del settings["val_fraction"]
+    write_json(args.out, {**split.to_json(), "meta": {"split": settings}})
+    log.info("split (%s): %d train, %d validation, %d test images", config.method, len(split.train), len(split.val), len(split.test))
 
 
 def cmd_partition(args: argparse.Namespace) -> None:
     from fedmlp.atomic import write_json
     from fedmlp.config import FederationConfig, from_json
-    from fedmlp.partition import check_partition, keep_stored, partition, partition_artifact, read_split
+    from fedmlp.partition import check_partition, check_room_for_clients, keep_stored, partition, partition_artifact, read_split
     from fedmlp.store import ImageStore
 
     config = from_json(FederationConfig, args.settings, "federation")
     store = ImageStore.open(args.store)
-    split = read_split(args.split, store)
+    split = read_split(args.split, store)  # train is already without the validation images
     stored = set(store.image_ids)
     # The paper's sampler works on positions in the split's training list, unreadable images included.
     train = split.train if config.partition == "paper" else [i for i in split.train if i in stored]
+    check_room_for_clients(len(train), len(split.val), config.n_clients)
     labels = store.labels[store.rows(train)] if config.partition == "dirichlet" else None
     clients = partition(train, labels, store.classes, config)
-    artifact = keep_stored(partition_artifact(store.classes, clients, split.test, config), stored)
+    artifact = keep_stored(partition_artifact(store.classes, clients, split.test, config, split.val), stored)
     check_partition(artifact, args.out, store.classes, stored)  # e.g. a client left without images that the store holds
     write_json(args.out, artifact)
     for client in artifact["clients"]:
@@ -74,7 +82,7 @@ def cmd_paper_split(args: argparse.Namespace) -> None:
 
 
 def add_commands(add) -> None:
-    p = add("split", cmd_split, "train/test split of a store: the paper's random one, or ChestX-ray14's official lists")
+    p = add("split", cmd_split, "train/validation/test split of a store: the paper's random one, or ChestX-ray14's official lists")
     p.add_argument("--store", type=Path, required=True)
     p.add_argument("--settings", default="{}", help="JSON of the 'split' config section")
     p.add_argument("--raw", type=Path, default=None, help="raw directory holding the official split lists")

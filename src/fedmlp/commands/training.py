@@ -17,7 +17,7 @@ from typing import Any
 from fedmlp.commands.common import count, parse_json_option, read_json, seed
 from fedmlp.errors import FedmlpError
 
-ROUND_COLUMNS = ("round", "train_loss", "test_mAP", "test_AUROC")  # a training run's rounds.csv
+ROUND_COLUMNS = ("round", "train_loss", "test_mAP", "test_AUROC", "val_mAP", "val_AUROC")  # a training run's rounds.csv
 
 
 @dataclass
@@ -124,11 +124,12 @@ def train_and_save(args: argparse.Namespace, inputs: TrainingInputs, rounds: ran
 
 
 def score_final_model(args: argparse.Namespace, inputs: TrainingInputs, model, rows: list[dict]) -> None:
-    """The saved model on the test set, as ``fedmlp evaluate`` would score the files just written (the
-    outputs are renamed into place only when the command succeeds, so they are not read back)."""
+    """The saved model on the test set (thresholds from the validation set), as ``fedmlp evaluate``
+    would score the files just written (the outputs are renamed into place only when the command
+    succeeds, so they are not read back)."""
     from fedmlp.commands.evaluate import parse_run, score
 
-    score(model, inputs.store, inputs.partition["test"], rows, parse_run(args.run), inputs.train.device, inputs.train.threads,
+    score(model, inputs.store, inputs.partition, rows, parse_run(args.run), inputs.train.device, inputs.train.threads,
           args.out_metrics, args.out_predictions, warnings=inputs.method.warnings())
 
 
@@ -217,7 +218,7 @@ def add_commands(add) -> None:
         p.add_argument("--out-model", type=Path, required=True)
         p.add_argument("--out-rounds", type=Path, required=True)
         p.add_argument("--live", type=Path, default=None,
-                       help="also write each round's loss and test scores here as it ends (DVCLive: plots/metrics/*.tsv, metrics.json); "
+                       help="also write each round's loss, test and validation scores here as it ends (DVCLive: plots/metrics/*.tsv, metrics.json); "
                             "written as training goes, not at the end like the other outputs")
 
     def scored_outputs(p: argparse.ArgumentParser) -> None:

@@ -23,6 +23,7 @@ DEFAULTS: dict[str, Any] = {
     "min-sites": 0,  # 0: every site must answer every exchange (a failed site stops the run)
     "test-store": "",
     "test-images": "",  # a JSON list of image IDs, or a text file of them; empty: every image of test-store
+    "val-images": "",  # the same for the validation set (images of test-store); empty: no validation set
     "out-model": "",
     "out-rounds": "",
     "out-federation": "",
@@ -91,6 +92,7 @@ class ServerSettings:
     min_sites: int
     test_store: str
     test_images: str
+    val_images: str
     out_model: str
     out_rounds: str
     out_federation: str
@@ -103,7 +105,7 @@ class ServerSettings:
     @classmethod
     def from_run_config(cls, config: dict[str, Any]) -> ServerSettings:
         s = cls(*(_get(config, key, kind) for key, kind in (
-            ("num-sites", int), ("min-sites", int), ("test-store", str), ("test-images", str), ("out-model", str),
+            ("num-sites", int), ("min-sites", int), ("test-store", str), ("test-images", str), ("val-images", str), ("out-model", str),
             ("out-rounds", str), ("out-federation", str), ("resume-state", str), ("resume-key", str), ("resume-every", int),
             ("connect-timeout", float), ("round-timeout", float))))
         if s.num_sites < 1:

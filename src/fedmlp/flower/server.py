@@ -2,13 +2,14 @@
 
 Each round is :func:`fedmlp.federated.server_round` (the method's server half: client selection,
 broadcast payload, prepare exchange, aggregation) and :func:`fedmlp.federated.round_record` (loss
-and test scores), exactly as in :func:`fedmlp.federated.run`; only the two exchanges differ: their
-broadcasts travel to the sites as Flower messages (:mod:`fedmlp.flower.codec`) and their uploads
-come back the same way, in the simulation's order.
+and test and validation scores), exactly as in :func:`fedmlp.federated.run`; only the two exchanges
+differ: their broadcasts travel to the sites as Flower messages (:mod:`fedmlp.flower.codec`) and
+their uploads come back the same way, in the simulation's order.
 
 The server never opens a site's data. It knows each site by what the site says about itself in the
 ``hello`` exchange (client id, number of images, class list) and scores the global model on its own
-test store (``test-store``, ``test-images``), as the paper's protocol does.
+test store (``test-store``, ``test-images``), as the paper's protocol does, and on the validation
+images of that store (``val-images``), if any.
 
 Failure policy: a site whose ClientApp raises, or that does not answer within ``round-timeout``
 seconds (a SuperNode that disappears is reported by the SuperLink once its heartbeats stop), fails
@@ -91,21 +92,31 @@ def wait_for_nodes(transport: Transport, wanted: int, timeout: float, required: 
 
 
 def test_image_ids(settings: ServerSettings, store: Any) -> list[str]:
-    if not settings.test_images:
-        return list(store.image_ids)
-    path = Path(settings.test_images)
+    """Run config ``test-images``; empty: every image of the test store."""
+    return image_list(Path(settings.test_images), "test") if settings.test_images else list(store.image_ids)
+
+
+def val_image_ids(settings: ServerSettings) -> list[str]:
+    """Run config ``val-images``; empty: no validation set."""
+    return image_list(Path(settings.val_images), "val", missing=[]) if settings.val_images else []
+
+
+def image_list(path: Path, part: str, missing: list[str] | None = None) -> list[str]:
+    """Image IDs from a JSON list, a text file of them, or a partition JSON (its ``part`` list;
+    ``missing`` if it has none)."""
+    key = f"run config '{part}-images'"
     try:
         text = path.read_text()
     except OSError as exc:
-        raise FedmlpError(f"{path}: cannot read the test image list (run config 'test-images'): {exc.strerror}") from None
+        raise FedmlpError(f"{path}: cannot read the {part} image list ({key}): {exc.strerror}") from None
     try:
         ids = json.loads(text)
     except json.JSONDecodeError:
         return text.split()
-    if isinstance(ids, dict):  # a partition file: its test list
-        ids = ids.get("test")
+    if isinstance(ids, dict):  # a partition file
+        ids = ids.get(part, missing)
     if not isinstance(ids, list):
-        raise FedmlpError(f"{path}: expected a JSON list of image IDs or a partition JSON (run config 'test-images')")
+        raise FedmlpError(f"{path}: expected a JSON list of image IDs or a partition JSON ({key})")
     return [str(i) for i in ids]
 
 
@@ -247,8 +258,8 @@ class Coordinator:
         method, train, model_config = job.method(), job.train, job.model_config
         runtime = job.runtime()
         store = ImageStore.open(Path(settings.test_store))
-        test_rows = store.rows(test_image_ids(settings, store))
-        test_labels = store.labels[test_rows]
+        test = federated.Scored.of(store, test_image_ids(settings, store))
+        val = federated.Scored.of(store, val_image_ids(settings))
         self.join(store)
 
         global_model = federated.init_model(model_config, len(store.classes), job.seed, runtime)
@@ -279,7 +290,7 @@ class Coordinator:
 
             updates = federated.server_round(method, train, global_model, self.client_ids, round_index, job.seed, runtime,
                                              self.answer_prepare, train_answer)
-            record = federated.round_record(round_index, updates, global_model, store, test_rows, test_labels, runtime,
+            record = federated.round_record(round_index, updates, global_model, store, test, val, runtime,
                                             last or (round_index + 1) % train.eval_every == 0)
             history.append(record)
             self.outcome.rounds_done = record.round

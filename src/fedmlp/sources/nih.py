@@ -119,6 +119,11 @@ def pa_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["View Position"] == "PA"]
 
 
+def patients(frame: pd.DataFrame) -> dict[str, str]:
+    """Image → patient, from the label file: the validation set of the official split is drawn by patient."""
+    return dict(zip(frame["Image Index"], frame["Patient ID"].astype(str)))
+
+
 def read_list(path: Path) -> list[str]:
     try:
         return [line.strip() for line in path.read_text().splitlines() if line.strip()]
