@@ -262,6 +262,31 @@ def test_staged_run_equals_one_shot_run(store: ImageStore, federation: dict, sca
     assert all(torch.equal(x, y) for x, y in zip(_weights(whole.model), _weights(final.model)))
 
 
+def test_prior_scale_resumes_with_the_saved_prior(store: ImageStore, federation: dict, tmp_path) -> None:
+    """The global prior is server state: a run stopped in stage 2 continues without a second census
+    to the weights of the uninterrupted run."""
+    from fedmlp.resume import ResumePoint
+
+    settings = {**SHORT, "degree_scale": "prior"}
+    rt = runtime.resolve("cpu", "fp32", 1)
+    whole = federated.run(store, federation, methods.create("fedmlp", settings), TRAIN, MODEL, 3, rt)
+    point = ResumePoint(tmp_path / "state.pt", key="run")
+
+    def stop_in_round_4(round_number, clients, states):
+        if round_number == 4:
+            raise KeyboardInterrupt
+        return []
+
+    with pytest.raises(KeyboardInterrupt):
+        federated.run(store, federation, methods.create("fedmlp", settings), TRAIN, MODEL, 3, rt, resume=point, on_round_end=stop_in_round_4)
+    assert point.load()["round"] == 3 and point.load()["method"]["prior"] is not None
+    resumed = methods.create("fedmlp", settings)
+    censuses = []
+    resumed.server_census = lambda server, uploads: censuses.append(server.round)
+    final = federated.run(store, federation, resumed, TRAIN, MODEL, 3, rt, resume=point)
+    assert censuses == [] and all(torch.equal(x, y) for x, y in zip(_weights(whole.model), _weights(final.model)))
+
+
 def test_variants_select_differently(store: ImageStore, federation: dict) -> None:
     rt = runtime.resolve("cpu", "fp32", 1)
     counts = {}
