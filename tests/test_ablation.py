@@ -40,12 +40,13 @@ def test_the_shipped_arms_are_valid_and_share_warmups(tmp_path: Path) -> None:
     # arms that keep the default's stage-1 keys run first, one after another (they reuse its warm-up)
     stage1 = [stage_signatures(arm.fedmlp)[0] for arm in plan.arms]
     assert stage1 == sorted(stage1, key=stage1.index)  # each warm-up's arms are contiguous
-    shared = {"oracle", "lambda-cr-0", "no-pseudo", "selection-x5", "selection-fixed", "pseudo-weight-0.5", "pseudo-weight-2"}
+    shared = {"oracle", "lambda-cr-0", "no-pseudo", "selection-x5", "selection-fixed", "degree-prior", "pseudo-weight-0.5",
+              "pseudo-weight-2"}
     assert all(stage1[names.index(n)] == stage1[0] for n in shared)
     assert stage1[names.index("lambda-dis-0")] != stage1[0]
     rows = estimate_jobs(plan)
     count = {kind: sum(r[2] for r in rows if r[1] == kind) for kind in ("warmup", "pseudolabel", "teacher", "train")}
-    assert count == {"warmup": 5 * 5, "pseudolabel": 8 * 5, "teacher": len(names) * 5, "train": 2 * 5}
+    assert count == {"warmup": 5 * 5, "pseudolabel": 9 * 5, "teacher": len(names) * 5, "train": 2 * 5}
 
 
 def test_a_bad_arm_fails_before_any_work(tmp_path: Path) -> None:

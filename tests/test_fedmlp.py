@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 
 from fedmlp import federated, methods, runtime
 from fedmlp.config import ModelConfig, TrainConfig
+from fedmlp.methods import Upload, broadcast_of
 from fedmlp.methods.fedmlp import (
     UNLABELLED,
     ThresholdConfig,
@@ -21,6 +23,8 @@ from fedmlp.methods.fedmlp import (
     class_prior,
     detection_scores,
     floor_count,
+    global_prior,
+    label_counts,
     learning_degrees,
     logit_offset,
     oracle_targets,
@@ -59,6 +63,22 @@ def test_learning_degrees() -> None:
     degrees = learning_degrees(probabilities, torch.tensor([True, True, False]), 0.3, 0.7)
     assert degrees[:2].tolist() == pytest.approx([2 / 3, 1 / 3])
     assert math.isnan(degrees[2])
+
+
+def test_global_prior_pools_the_annotating_clients_counts() -> None:
+    """π_c = (Σ positives + 1) / (Σ N_k + 2) over the clients that annotate c: the warm-up's smoothed
+    prior for one client, pooled; 0.5 for a class nobody annotates."""
+    a = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # annotates class 0
+    b = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # annotates classes 0 and 1
+    counts = [label_counts(a, torch.tensor([True, False, False])), label_counts(b, torch.tensor([True, True, False]))]
+    assert counts[0].tolist() == [[2.0, 2.0], [0.0, 0.0], [0.0, 0.0]] and counts[1].tolist() == [[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]]
+    assert global_prior(counts).tolist() == pytest.approx([(3 + 1) / (6 + 2), (1 + 1) / (2 + 2), 0.5])
+    one = torch.tensor([True, False, False])
+    assert torch.equal(global_prior([label_counts(a, one)])[one], class_prior(a, one)[one])  # the same smoothing
+
+    method = methods.create("fedmlp", {**SHORT, "degree_scale": "prior"})
+    method.server_census(None, [Upload(0, 4, payload={"counts": counts[0]}), Upload(1, 2, payload={"counts": counts[1]})])
+    assert torch.equal(method.server.prior, global_prior(counts))
 
 
 def test_aggregation_weights_by_client_size_over_defined_entries() -> None:
@@ -159,24 +179,112 @@ def _weights(model: torch.nn.Module) -> list[torch.Tensor]:
     return [v.clone() for v in model.state_dict().values()]
 
 
-def test_staged_run_equals_one_shot_run(store: ImageStore, federation: dict) -> None:
-    """warmup → checkpoint → pseudolabel export → teacher reproduces the uninterrupted run exactly."""
+def _zero_head_site(store: ImageStore, federation: dict, settings: dict) -> tuple[federated.Site, torch.nn.Module]:
+    """A Site over the fixture's clients whose model's logits are all exactly 0."""
     rt = runtime.resolve("cpu", "fp32", 1)
-    whole = federated.run(store, federation, methods.create("fedmlp", SHORT), TRAIN, MODEL, 3, rt)
+    method = methods.create("fedmlp", settings)
+    model = federated.init_model(MODEL, len(store.classes), 0, rt)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    return federated.Site(method, federated.build_clients(store, federation, method), store, TRAIN, rt, 0, model), model
 
-    stage1 = methods.create("fedmlp", SHORT)
+
+def test_prior_scale_degrees_on_constructed_logits(store: ImageStore, federation: dict) -> None:
+    """Logits all 0: raw σ(0) = 0.5 is never confident (degree 0); with a global prior of 0.2,
+    σ(0 + log(0.2/0.8)) = 0.2 < L = 0.3 on every image (degree 1), and 0.9 gives 0.9 > U (degree 1);
+    a prior of 0.5 (no offset) gives raw's degrees bit for bit."""
+    C = len(store.classes)
+    degrees = {}
+    for scale, prior in (("raw", None), ("prior", 0.2), ("prior", 0.9), ("prior", 0.5)):
+        site, model = _zero_head_site(store, federation, {**SHORT, "degree_scale": scale})
+        payload = {} if prior is None else {"prior": torch.full((C,), prior)}
+        uploads = [site.prepare(cid, broadcast_of(2, model, payload)) for cid in sorted(site.clients)]
+        degrees[scale, prior] = torch.stack([u.payload["degree"] for u in uploads])
+    missing = ~torch.isnan(degrees["raw", None])
+    assert missing.any() and (degrees["raw", None][missing] == 0).all()
+    assert (degrees["prior", 0.2][missing] == 1).all() and (degrees["prior", 0.9][missing] == 1).all()
+    assert torch.equal(torch.isnan(degrees["prior", 0.2]), ~missing)  # NaN on annotated classes, as raw
+    assert torch.equal(degrees["prior", 0.5].nan_to_num(-1), degrees["raw", None].nan_to_num(-1))
+
+
+def test_census_only_with_prior_scale_and_once(store: ImageStore, federation: dict) -> None:
+    """raw: no census, no prior in any broadcast or the artifact (today's exchanges). prior: one census
+    before the first stage-2 round's prepare; its counts are the prototypes' counts."""
+    rt = runtime.resolve("cpu", "fp32", 1)
+    for scale in ("raw", "prior"):
+        site, model = _zero_head_site(store, federation, {**SHORT, "degree_scale": scale})
+        method = site.method
+        requests: list[dict] = []
+
+        def answer(ids, broadcast, site=site, requests=requests):
+            requests.append(dict(broadcast.payload))
+            return [site.prepare(i, broadcast) for i in ids]
+
+        ids = sorted(site.clients)
+        assert not method.census(1)  # a warm-up round
+        for round_index in (2, 3):
+            server = federated.server_context(method, TRAIN, model, ids, round_index, 0, rt)
+            broadcast = federated.exchange(method, server, model, answer)
+            assert ("prior" in broadcast.payload) == (scale == "prior")
+        census = [r for r in requests if r.get("census") is True]
+        assert len(census) == (scale == "prior") and len(requests) == 2 + len(census)
+        if scale == "prior":
+            assert requests[0] == {"census": True} and "prior" in requests[1]
+            counts = [label_counts(c.observed, c.annotated) for c in site.clients.values()]
+            assert torch.equal(method.server.prior, global_prior(counts))
+        artifact = method.export(list(site.clients.values()), site.state_list(), store)
+        assert ("global_prior" in artifact) == (scale == "prior")
+
+
+@pytest.mark.parametrize("scale", ["raw", "prior"])
+def test_staged_run_equals_one_shot_run(store: ImageStore, federation: dict, scale: str) -> None:
+    """warmup → checkpoint → pseudolabel export → teacher reproduces the uninterrupted run exactly
+    (with degree_scale prior, the artifact's global prior stands in for the census)."""
+    settings = {**SHORT, "degree_scale": scale}
+    rt = runtime.resolve("cpu", "fp32", 1)
+    whole = federated.run(store, federation, methods.create("fedmlp", settings), TRAIN, MODEL, 3, rt)
+
+    stage1 = methods.create("fedmlp", settings)
     warm = federated.run(store, federation, stage1, TRAIN, MODEL, 3, rt, rounds=range(2)).model
-    detector = methods.create("fedmlp", SHORT)
+    detector = methods.create("fedmlp", settings)
     site = federated.start_round(store, federation, detector, TRAIN, rt, 3, warm, 2)
-    artifact = detector.export(list(site.clients.values()), site.state_list(), store)
+    artifact = json.loads(json.dumps(detector.export(list(site.clients.values()), site.state_list(), store)))  # as written
     assert sum(len(v["pseudo_positive"]) + len(v["pseudo_negative"]) for c in artifact["clients"] for v in c["classes"].values()) > 0
+    assert ("global_prior" in artifact) == (scale == "prior")
 
-    stage2 = methods.create("fedmlp", SHORT)
+    stage2 = methods.create("fedmlp", settings)
     stage2.preload(artifact)
+    assert not stage2.census(3)  # the prior came with the artifact
     final = federated.run(store, federation, stage2, TRAIN, MODEL, 3, rt, rounds=range(2, 4), initial_model=warm)
     assert [r.round for r in final.history] == [3, 4]
     assert final.history[-1].test_mAP == whole.history[-1].test_mAP
     assert all(torch.equal(x, y) for x, y in zip(_weights(whole.model), _weights(final.model)))
+
+
+def test_prior_scale_resumes_with_the_saved_prior(store: ImageStore, federation: dict, tmp_path) -> None:
+    """The global prior is server state: a run stopped in stage 2 continues without a second census
+    to the weights of the uninterrupted run."""
+    from fedmlp.resume import ResumePoint
+
+    settings = {**SHORT, "degree_scale": "prior"}
+    rt = runtime.resolve("cpu", "fp32", 1)
+    whole = federated.run(store, federation, methods.create("fedmlp", settings), TRAIN, MODEL, 3, rt)
+    point = ResumePoint(tmp_path / "state.pt", key="run")
+
+    def stop_in_round_4(round_number, clients, states):
+        if round_number == 4:
+            raise KeyboardInterrupt
+        return []
+
+    with pytest.raises(KeyboardInterrupt):
+        federated.run(store, federation, methods.create("fedmlp", settings), TRAIN, MODEL, 3, rt, resume=point, on_round_end=stop_in_round_4)
+    assert point.load()["round"] == 3 and point.load()["method"]["prior"] is not None
+    resumed = methods.create("fedmlp", settings)
+    censuses = []
+    resumed.server_census = lambda server, uploads: censuses.append(server.round)
+    final = federated.run(store, federation, resumed, TRAIN, MODEL, 3, rt, resume=point)
+    assert censuses == [] and all(torch.equal(x, y) for x, y in zip(_weights(whole.model), _weights(final.model)))
 
 
 def test_variants_select_differently(store: ImageStore, federation: dict) -> None:
@@ -195,7 +303,7 @@ def test_variants_select_differently(store: ImageStore, federation: dict) -> Non
 # Non-default values of every FedMLP key that is neither a warm-up key nor one the first detection reads.
 LATER_KEYS = {"lambda_cr": 0.25, "rounds": 3, "stage2_views": 2, "pseudo_weight": 0.5, "oracle_pseudolabels": True}
 DETECTION_KEYS = {"selection": "fixed", "accumulate": False, "variant": "official-code", "confidence_low": 0.2,
-                  "confidence_high": 0.8, "tau0": {"min": 0.1, "max": 0.5, "fixed": 0.2}, "tau1": {"min": 0.1, "max": 0.5, "fixed": 0.2}}
+                  "confidence_high": 0.8, "degree_scale": "prior", "tau0": {"min": 0.1, "max": 0.5, "fixed": 0.2}, "tau1": {"min": 0.1, "max": 0.5, "fixed": 0.2}}
 
 
 def test_stage_keys_are_classified_by_what_each_stage_reads(store: ImageStore, federation: dict) -> None:
@@ -219,6 +327,7 @@ def test_stage_keys_are_classified_by_what_each_stage_reads(store: ImageStore, f
 
     assert detection(SHORT) == detection({**SHORT, **LATER_KEYS})
     assert detection(SHORT) != detection({**SHORT, **DETECTION_KEYS})  # the test can tell
+    assert detection(SHORT)["clients"] != detection({**SHORT, "degree_scale": "prior"})["clients"]  # the degrees, thresholds
 
 
 class _Stage2Context:

@@ -72,7 +72,7 @@ def summary_markdown(artifact: dict, quality: list[dict]) -> str:
         f"# Pseudo-labels before stage-2 round {artifact['round']} ({artifact['method']})",
         "",
         f"Selection: {artifact['config']['selection']}, variant: {artifact['config']['variant']}, "
-        f"accumulate: {artifact['config']['accumulate']}.",
+        f"accumulate: {artifact['config']['accumulate']}, degree scale: {artifact['config'].get('degree_scale', 'raw')}.",
         "",
         "Precision and recall are diagnostics against the hidden labels; training never reads them.",
         "",
@@ -92,4 +92,7 @@ def summary_markdown(artifact: dict, quality: list[dict]) -> str:
               f"recall of hidden positives {fmt(total['recall_positive'])}).", ""]
     degrees = ", ".join(f"{c} {fmt(v) if v is not None else 'n/a'}" for c, v in artifact["global_learning_degree"].items())
     lines += [f"Global learning degrees: {degrees}.", ""]
+    if "global_prior" in artifact:
+        prior = ", ".join(f"{c} {fmt(v)}" for c, v in artifact["global_prior"].items())
+        lines += [f"Global class prior (the degrees' offset log(π/(1−π))): {prior}.", ""]
     return "\n".join(lines)

@@ -30,6 +30,7 @@ from fedmlp.errors import FedmlpError
 from fedmlp.inference import predict_proba
 from fedmlp.loader import ClientData, make_client, n_batches
 from fedmlp.methods import Broadcast, LocalContext, Method, ServerContext, Upload, broadcast_of
+from fedmlp.methods.messages import CENSUS
 from fedmlp.metrics import ranking_metrics
 from fedmlp.models import Classifier, build_model
 from fedmlp.progress import bar
@@ -123,8 +124,10 @@ class Site:
         )
 
     def prepare(self, client_id: int, broadcast: Broadcast) -> Upload:
+        """The answer to a prepare broadcast, or to a census request (:data:`~fedmlp.methods.messages.CENSUS`)."""
         ctx = self._context(client_id, broadcast, 0, lambda: None)
-        return Upload(client_id, len(ctx.client), payload=self.method.client_prepare(ctx))
+        answer = self.method.client_census if broadcast.payload.get(CENSUS) is True else self.method.client_prepare
+        return Upload(client_id, len(ctx.client), payload=answer(ctx))
 
     def begin(self, client_id: int, broadcast: Broadcast) -> None:
         """Only the start of a local update (:meth:`Method.before_training`), e.g. to export a detection."""
@@ -147,7 +150,9 @@ def server_context(method: Method, train: TrainConfig, global_model: Classifier,
 
 
 def exchange(method: Method, server: ServerContext, global_model: Classifier, answer_prepare: Callable[[list[int], Broadcast], list[Upload]]) -> Broadcast:
-    """The training broadcast of a round, after its prepare exchange if the method has one."""
+    """The training broadcast of a round, after its census and its prepare exchange if the method has them."""
+    if method.census(server.round):
+        method.server_census(server, answer_prepare(server.client_ids, broadcast_of(server.round, global_model, {CENSUS: True})))
     broadcast = broadcast_of(server.round, global_model, method.broadcast_payload(server))
     if method.prepares(server.round):
         broadcast.payload.update(method.server_prepare(server, answer_prepare(server.client_ids, broadcast)))

@@ -5,6 +5,7 @@ Its format is the one :meth:`fedmlp.methods.fedmlp.FedMLP.export` writes::
 
     {"method", "round", "config", "classes",
      "global_learning_degree": {class: number or null},
+     "global_prior": {class: number in (0, 1)},      (only with degree_scale: prior)
      "global_prototypes": {class: {"negative": [numbers] or null, "positive": [numbers] or null}},
      "clients": [{"id", "classes": {missing class: {"learning_degree", "tau0", "tau1",
                                                     "pseudo_negative": [image IDs], "pseudo_positive": [image IDs]}}}]}
@@ -40,6 +41,9 @@ def check_artifact(data: Any, path: Path, method: str, store: ImageStore, partit
     degrees, prototypes = data.get("global_learning_degree"), data.get("global_prototypes")
     require(isinstance(degrees, dict) and all(_number_or_null(degrees.get(c)) and c in degrees for c in classes), path,
             "global_learning_degree: expected a number or null per class")
+    prior = data.get("global_prior", {c: 0.5 for c in classes})
+    require(isinstance(prior, dict) and all(_number_or_null(prior.get(c)) and prior.get(c) is not None and 0 < prior[c] < 1
+                                            for c in classes), path, "global_prior: expected a number in (0, 1) per class")
     require(isinstance(prototypes, dict) and all(isinstance(prototypes.get(c), dict) for c in classes), path,
             "global_prototypes: expected negative and positive per class")
     vectors = [prototypes[c].get(side) for c in classes for side in ("negative", "positive")]

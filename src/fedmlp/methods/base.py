@@ -2,13 +2,14 @@
 
 Server side (sees only :class:`ServerContext` and the clients' :class:`~fedmlp.methods.messages.Upload`):
 which clients train this round (:meth:`Method.select_clients`, repeats allowed), what rides on the
-broadcast besides the weights (:meth:`Method.broadcast_payload`), an optional prepare exchange
+broadcast besides the weights (:meth:`Method.broadcast_payload`), an optional census before the
+broadcast (:meth:`Method.census`, :meth:`Method.server_census`), an optional prepare exchange
 (:meth:`Method.prepares`, :meth:`Method.server_prepare`), and the server step
 (:meth:`Method.aggregate`). Server-side state lives in ``self.server`` (a dataclass of tensors and
 plain values) and is saved for resuming by the loop, not by each method.
 
 Client side (sees only :class:`LocalContext`: its own data, its own state, the broadcast): the
-prepare answer (:meth:`Method.client_prepare`), a hook before training (:meth:`Method.before_training`),
+census and prepare answers (:meth:`Method.client_census`, :meth:`Method.client_prepare`), a hook before training (:meth:`Method.before_training`),
 the loss per batch (:meth:`Method.loss`), hooks after every optimiser step (:meth:`Method.after_step`)
 and after training (:meth:`Method.after_training`), the upload's payload and aggregation weight. The default local update is one Adam optimiser (created
 anew each round, as in the published code) over ``train.local_epochs`` shuffled epochs.
@@ -99,6 +100,17 @@ class Method(ABC):
     def broadcast_payload(self, server: ServerContext) -> dict[str, Any]:
         return {}
 
+    def census(self, round: int) -> bool:
+        """Whether this round opens with a census, before its broadcast is built: each client answers
+        :meth:`client_census` (statistics of its own labels, no model pass) and the server keeps the
+        combination in its state (:meth:`server_census`), so that the round's broadcasts (its prepare
+        exchange's included) can carry it. It travels as a prepare exchange whose broadcast payload is
+        ``{CENSUS: True}`` (:data:`fedmlp.methods.messages.CENSUS`)."""
+        return False
+
+    def server_census(self, server: ServerContext, uploads: list[Upload]) -> None:
+        """Combine the census answers into the server's state."""
+
     def prepares(self, round: int) -> bool:
         """Whether this round starts with a prepare exchange (clients answer :meth:`client_prepare`)."""
         return False
@@ -121,6 +133,9 @@ class Method(ABC):
 
     def init_client_state(self, client: ClientData) -> dict[str, Any]:
         return {}
+
+    def client_census(self, ctx: LocalContext) -> dict[str, Any]:
+        raise NotImplementedError(f"{self.name} has no census")
 
     def client_prepare(self, ctx: LocalContext) -> dict[str, Any]:
         raise NotImplementedError(f"{self.name} has no prepare exchange")

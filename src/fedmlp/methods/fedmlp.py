@@ -9,11 +9,13 @@ A stage-2 round has two exchanges. Prepare: each client computes, with the recei
 its local prototypes and learning degrees in one pass over its images and uploads them; the server
 aggregates them into global prototypes and degrees and broadcasts those with the weights. Train:
 each client detects pseudo-labels for its missing classes (with the features of its prepare pass)
-and trains.
+and trains. With ``degree_scale: prior`` the first stage-2 round opens with a census: each client
+uploads its label counts per annotated class, and the server's global class prior (kept from then
+on) rides on every later broadcast, for the degrees' prior-adjusted probabilities.
 
 Per client state (kept across rounds): the logit-adjustment offsets, the pseudo-label matrix
 (-1 unlabelled, 0 or 1; only ever set on missing classes) and the learning degrees. Server state:
-the global prototypes and learning degrees.
+the global prototypes and learning degrees, and with ``degree_scale: prior`` the global class prior.
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ class FedMLPConfig:
                                 minimum=1, maximum=2)
     confidence_low: float = setting(0.3, "L: a prediction below it counts as confident.", minimum=0, maximum=1)
     confidence_high: float = setting(0.7, "U: a prediction above it counts as confident.", minimum=0, maximum=1)
+    degree_scale: Literal["raw", "prior"] = setting(
+        "raw", "Probabilities the learning degrees count as confident: raw: σ(z); prior: σ(z + log(π_c/(1−π_c))), π_c the class's "
+        "global prevalence over the clients that annotate it (a census; docs/method.md says why).")
     tau0: ThresholdConfig = setting(ThresholdConfig(min=0.0, max=0.1, fixed=0.005),
                                     "Share of negative candidates given pseudo-label 0 per detection.")
     tau1: ThresholdConfig = setting(ThresholdConfig(min=0.0, max=0.02, fixed=0.01),
@@ -106,6 +111,12 @@ def prototypes(features: torch.Tensor, labels: torch.Tensor, annotated: torch.Te
     return sums / counts.clamp(min=1)[..., None], counts
 
 
+def label_counts(labels: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
+    """(C, 2): per annotated class the number of samples labelled 0 and 1 (0 for a missing class):
+    the counts :func:`prototypes` returns."""
+    return (torch.stack([1 - labels, labels], dim=2) * annotated[None, :, None]).sum(0)
+
+
 def learning_degrees(probabilities: torch.Tensor, missing: torch.Tensor, low: float, high: float) -> torch.Tensor:
     """d_c: share of samples predicted confidently (p < low or p > high), for missing classes; NaN elsewhere."""
     confident = ((probabilities < low) | (probabilities > high)).float().mean(0)
@@ -119,6 +130,15 @@ def aggregate_prototypes(local: list[tuple[torch.Tensor, torch.Tensor]], sizes: 
     total = weights.sum(0)
     merged = (stacked * weights[..., None]).sum(0) / total.clamp(min=1e-12)[..., None]
     return merged, total > 0
+
+
+def global_prior(counts: list[torch.Tensor]) -> torch.Tensor:
+    """π_c per class from the clients' label counts (C, 2) (negatives, positives; 0 where a client
+    does not annotate c), pooled over the clients that annotate c, with the warm-up's Laplace
+    smoothing (:func:`~fedmlp.methods.common.class_prior`): (Σ positives + 1) / (Σ N_k + 2). A class
+    nobody annotates gets 0.5 (no offset)."""
+    total = torch.stack(counts).sum(0)  # (C, 2)
+    return (total[:, 1] + 1) / (total.sum(1) + 2)
 
 
 def aggregate_degrees(local: list[torch.Tensor], sizes: list[int]) -> torch.Tensor:
@@ -217,6 +237,7 @@ class ServerState:
     prototypes: torch.Tensor | None = None  # (C, 2, D)
     defined: torch.Tensor | None = None  # (C, 2) bool
     degrees: torch.Tensor | None = None  # (C,) global learning degrees (NaN for classes nobody misses)
+    prior: torch.Tensor | None = None  # (C,) global class prior (degree_scale: prior), from the census
 
 
 class FedMLP(StagedMethod):
@@ -254,10 +275,24 @@ class FedMLP(StagedMethod):
     def prepares(self, round: int) -> bool:
         return round >= self.first_stage2_round and not self._preloaded_round(round)
 
+    def census(self, round: int) -> bool:
+        """With ``degree_scale: prior``, once: before the first prepare exchange that needs the prior
+        (the first stage-2 round, unless a preloaded detection or a resumed state brought it)."""
+        return self.config.degree_scale == "prior" and self.server.prior is None and self.prepares(round)
+
+    def client_census(self, ctx: LocalContext) -> dict[str, Any]:
+        """The client's label counts per annotated class (C, 2): what its prototype upload's counts reveal too."""
+        return {"counts": label_counts(ctx.client.observed, ctx.client.annotated)}
+
+    def server_census(self, server: ServerContext, uploads: list[Upload]) -> None:
+        self.server.prior = global_prior([u.payload["counts"] for u in uploads])
+
     def client_prepare(self, ctx: LocalContext) -> dict[str, Any]:
         """One pass over the client's images with the received model: its learning degrees (kept in
-        its state), its local prototypes (uploaded) and its features (kept for the detection)."""
-        features, probabilities = client_pass(ctx.model, ctx.store, ctx.client, ctx.runtime)
+        its state), its local prototypes (uploaded) and its features (kept for the detection). With
+        ``degree_scale: prior`` the degrees count σ(z + log(π/(1−π))), π the broadcast global prior."""
+        offset = logit_offset(ctx.payload["prior"]) if self.config.degree_scale == "prior" else None
+        features, probabilities = client_pass(ctx.model, ctx.store, ctx.client, ctx.runtime, offset=offset)
         ctx.state["degree"] = learning_degrees(probabilities, ctx.client.missing, self.config.confidence_low, self.config.confidence_high)
         ctx.state["features"] = features
         local, counts = prototypes(features, ctx.client.observed, ctx.client.annotated)
@@ -271,9 +306,12 @@ class FedMLP(StagedMethod):
         return self.broadcast_payload(server)
 
     def broadcast_payload(self, server: ServerContext) -> dict[str, Any]:
-        if self.server.prototypes is None or server.round < self.first_stage2_round:
+        if server.round < self.first_stage2_round:
             return {}
-        return {"prototypes": self.server.prototypes, "defined": self.server.defined, "degrees": self.server.degrees}
+        payload = {"prior": self.server.prior} if self.server.prior is not None else {}
+        if self.server.prototypes is not None:
+            payload.update({"prototypes": self.server.prototypes, "defined": self.server.defined, "degrees": self.server.degrees})
+        return payload
 
     # --- client side: detection before training -------------------------------------------------
 
@@ -335,6 +373,7 @@ class FedMLP(StagedMethod):
             "config": dataclasses.asdict(self.config),
             "classes": classes,
             "global_learning_degree": {c: _num(v) for c, v in zip(classes, self.server.degrees)},
+            **({"global_prior": {c: float(v) for c, v in zip(classes, self.server.prior)}} if self.server.prior is not None else {}),
             "global_prototypes": {
                 c: {"negative": self.server.prototypes[i, 0].tolist() if self.server.defined[i, 0] else None,
                     "positive": self.server.prototypes[i, 1].tolist() if self.server.defined[i, 1] else None}
@@ -345,7 +384,8 @@ class FedMLP(StagedMethod):
 
     def preload(self, artifact: dict[str, Any]) -> None:
         """Use an exported detection for the first stage-2 round instead of recomputing it: the
-        server's prototypes and degrees from the artifact, each client's pseudo-labels from its entry."""
+        server's prototypes, degrees (and global prior) from the artifact, each client's pseudo-labels
+        from its entry."""
         self.preloaded = artifact
         protos = artifact["global_prototypes"]
         classes = artifact["classes"]
@@ -355,6 +395,8 @@ class FedMLP(StagedMethod):
         )
         self.server.defined = torch.tensor([[protos[c]["negative"] is not None, protos[c]["positive"] is not None] for c in classes])
         self.server.degrees = torch.tensor([_nan(artifact["global_learning_degree"][c]) for c in classes])
+        if "global_prior" in artifact:
+            self.server.prior = torch.tensor([float(artifact["global_prior"][c]) for c in classes])
 
     def _restore_client(self, ctx: LocalContext) -> None:
         artifact = self.preloaded
@@ -411,8 +453,10 @@ class FedMLP(StagedMethod):
 
 
 @torch.inference_mode()
-def client_pass(model: Classifier, store: ImageStore, client: ClientData, runtime: Runtime, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass over a client's images (eval mode, no augmentation): features and sigmoid outputs."""
+def client_pass(model: Classifier, store: ImageStore, client: ClientData, runtime: Runtime, batch_size: int = 256,
+                offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over a client's images (eval mode, no augmentation): features and sigmoid outputs
+    (of the logits plus ``offset`` (C,), if given)."""
     model.eval()
     features, probabilities = [], []
     for _, images in iterate_rows(store, client.rows, batch_size, runtime.device):
@@ -420,7 +464,8 @@ def client_pass(model: Classifier, store: ImageStore, client: ClientData, runtim
             f = model.features(to_float(images))
             logits = model.head(f)
         features.append(f.float().cpu())
-        probabilities.append(torch.sigmoid(logits.float()).cpu())
+        logits = logits.float() if offset is None else logits.float() + offset.to(logits.device)
+        probabilities.append(torch.sigmoid(logits).cpu())
     return torch.cat(features), torch.cat(probabilities)
 
 

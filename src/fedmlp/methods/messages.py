@@ -1,9 +1,11 @@
 """What travels between the server and the clients: the only coupling between the two sides.
 
-A round is one or two exchanges. The server sends a :class:`Broadcast` (the global weights and a
+A round is one to three exchanges. The server sends a :class:`Broadcast` (the global weights and a
 method payload); each client answers with an :class:`Upload`. An optional *prepare* exchange comes
 first (FedMLP: clients upload prototypes and learning degrees computed with the received model, and
-the server's aggregate rides on the training broadcast). Payloads hold tensors and plain values only,
+the server's aggregate rides on the training broadcast), and before it an optional *census* (a
+prepare exchange whose payload is ``{CENSUS: True}``: clients report statistics of their own labels,
+no model pass; FedMLP with ``degree_scale: prior``, once). Payloads hold tensors and plain values only,
 so a message can be saved with ``torch.save(weights_only=True)`` or sent over a network unchanged.
 """
 
@@ -15,6 +17,10 @@ from typing import Any
 import torch
 
 Weights = dict[str, torch.Tensor]
+
+# A census request (:meth:`fedmlp.methods.Method.census`): a prepare broadcast whose payload is
+# {CENSUS: True} asks each client for :meth:`~fedmlp.methods.Method.client_census`.
+CENSUS = "census"
 
 
 @dataclass
