@@ -163,11 +163,11 @@ def test_every_method_runs_through_the_messages_as_in_the_simulation(store: Imag
     assert not (tmp_path / "sites").exists() or not any((tmp_path / "sites").rglob("*.pt")), "site state is removed at the end"
 
 
-def test_fedmlp_with_prior_degrees_and_its_census_runs_as_in_the_simulation(store: ImageStore, federation: dict, tmp_path: Path,
-                                                                           monkeypatch) -> None:
+def test_fedmlp_with_prior_degrees_and_its_census_runs_as_in_the_simulation(store: ImageStore, validated_federation: dict,
+                                                                           tmp_path: Path, monkeypatch) -> None:
     """degree_scale: prior adds a census (a prepare message whose payload asks for label counts)."""
     monkeypatch.setitem(SETTINGS, "fedmlp", {**SETTINGS["fedmlp"], "degree_scale": "prior"})
-    test_every_method_runs_through_the_messages_as_in_the_simulation(store, federation, tmp_path, "fedmlp")
+    test_every_method_runs_through_the_messages_as_in_the_simulation(store, validated_federation, tmp_path, "fedmlp")
 
 
 class FailingTransport(LoopbackTransport):
