@@ -53,6 +53,7 @@ class LocalContext:
     generator: torch.Generator  # this client's and round's random stream
     payload: dict[str, Any] = field(default_factory=dict)  # what the server broadcast beside the weights
     on_batch: Callable[[], None] = lambda: None
+    memo: dict[Any, Any] = field(default_factory=dict)  # this local update's scratch values (never saved; not client state)
 
     def augment(self, images: torch.Tensor, policy: str = "weak") -> torch.Tensor:
         """A uint8 batch augmented by a named policy (``none``, ``weak``, ``strong``): float in [0, 1]."""
