@@ -9,13 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import (
-    average_precision_score,
-    balanced_accuracy_score,
-    hamming_loss,
-    precision_recall_fscore_support,
-    roc_auc_score,
-)
+
+# scikit-learn is imported by the functions that score (about 1 CPU-second, most of it scipy.stats):
+# fedmlp.federated imports this module, and FedMLP's pseudolabel stage runs rounds without scoring.
 
 METRICS = ("mAP", "AUROC", "BACC", "F1", "precision", "recall", "hamming_loss")
 MACRO_OF = {"mAP": "AP", "AUROC": "AUROC", "BACC": "BACC", "F1": "F1", "precision": "precision", "recall": "recall"}
@@ -28,6 +24,8 @@ def defined_classes(y_true: np.ndarray) -> np.ndarray:
 
 def ranking_metrics(y_true: np.ndarray, y_prob: np.ndarray) -> dict[str, float]:
     """Macro AP and AUROC over defined classes: cheap enough to compute every round."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     ok = defined_classes(y_true)
     if not ok.any():
         return {"mAP": float("nan"), "AUROC": float("nan")}
@@ -39,6 +37,14 @@ def ranking_metrics(y_true: np.ndarray, y_prob: np.ndarray) -> dict[str, float]:
 
 def evaluate(y_true: np.ndarray, y_prob: np.ndarray, classes: list[str], threshold: float = 0.5) -> dict[str, Any]:
     """Overall and per-class metrics; predictions are ``y_prob >= threshold``."""
+    from sklearn.metrics import (
+        average_precision_score,
+        balanced_accuracy_score,
+        hamming_loss,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
+
     y_true = np.asarray(y_true).astype(int)
     y_pred = (np.asarray(y_prob) >= threshold).astype(int)
     ok = defined_classes(y_true)
