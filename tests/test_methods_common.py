@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fedmlp.config import ModelConfig
-from fedmlp.methods.common import ema_alpha, ema_pairs, ema_update_, positive_weights
+from fedmlp.methods.common import ema_alpha, ema_pairs, ema_update_, local_ema_pairs, positive_weights
 from fedmlp.models import build_model
 
 MODEL = ModelConfig(width=4)
@@ -41,3 +41,20 @@ def test_ema_pairs_cover_parameters_and_running_statistics() -> None:
     assert all(t.is_floating_point() for t in t_all)
     ema_update_(t_all, s_all, 0.0)  # the views write through to the teacher's modules
     assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), student.state_dict().values()))
+
+
+def test_ema_update_is_bit_identical_to_the_per_tensor_loop() -> None:
+    generator = torch.Generator().manual_seed(0)
+    teacher = [torch.rand(3, 4, generator=generator), torch.rand(7, generator=generator)]
+    student = [torch.rand(3, 4, generator=generator), torch.rand(7, generator=generator, dtype=torch.float64)]
+    expected = [t.clone().mul_(0.993).add_(s.to(t.dtype), alpha=1 - 0.993) for t, s in zip(teacher, student)]
+    ema_update_(teacher, student, 0.993)
+    assert all(torch.equal(t, e) for t, e in zip(teacher, expected))
+
+
+def test_local_ema_pairs_are_built_once_per_update() -> None:
+    teacher, student = build_model(MODEL, 3), build_model(MODEL, 3)
+    memo: dict = {}
+    first = local_ema_pairs(memo, teacher, student, buffers=True)
+    assert local_ema_pairs(memo, teacher, student, buffers=True) is first
+    assert [len(x) for x in first] == [len(x) for x in ema_pairs(teacher, student, buffers=True)]

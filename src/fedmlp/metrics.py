@@ -12,14 +12,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import (
-    average_precision_score,
-    balanced_accuracy_score,
-    hamming_loss,
-    precision_recall_curve,
-    precision_recall_fscore_support,
-    roc_auc_score,
-)
+
+# scikit-learn is imported by the functions that score (about 1 CPU-second, most of it scipy.stats):
+# fedmlp.federated imports this module, and FedMLP's pseudolabel stage runs rounds without scoring.
 
 METRICS = ("mAP", "AUROC", "BACC", "F1", "precision", "recall", "hamming_loss")
 FIXED_THRESHOLD = 0.5  # without a validation set, and for a class without validation positives
@@ -33,6 +28,8 @@ def defined_classes(y_true: np.ndarray) -> np.ndarray:
 
 def ranking_metrics(y_true: np.ndarray, y_prob: np.ndarray) -> dict[str, float]:
     """Macro AP and AUROC over defined classes: cheap enough to compute every round."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     ok = defined_classes(y_true)
     if not ok.any():
         return {"mAP": float("nan"), "AUROC": float("nan")}
@@ -47,6 +44,8 @@ def f1_thresholds(y_true: np.ndarray, y_prob: np.ndarray, classes: list[str]) ->
     the lowest); :data:`FIXED_THRESHOLD` for a class without positives, which has no F1 to maximise.
     Chosen per method on its own probabilities, so that a method whose logits are shifted (FedMLP's
     logit adjustment) is not judged at a cut-off that suits another."""
+    from sklearn.metrics import precision_recall_curve
+
     y_true, y_prob = np.asarray(y_true), np.asarray(y_prob)
     thresholds = {}
     for c, name in enumerate(classes):
@@ -74,6 +73,14 @@ def best_val_round(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None
 def evaluate(y_true: np.ndarray, y_prob: np.ndarray, classes: list[str], thresholds: Mapping[str, float] | None = None) -> dict[str, Any]:
     """Overall and per-class metrics; predictions are ``y_prob >= thresholds[class]`` (default
     :data:`FIXED_THRESHOLD` for every class)."""
+    from sklearn.metrics import (
+        average_precision_score,
+        balanced_accuracy_score,
+        hamming_loss,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
+
     thresholds = dict(thresholds) if thresholds is not None else dict.fromkeys(classes, FIXED_THRESHOLD)
     y_true = np.asarray(y_true).astype(int)
     y_pred = (np.asarray(y_prob) >= np.array([thresholds[name] for name in classes])).astype(int)

@@ -35,7 +35,7 @@ from fedmlp.config import from_dict
 from fedmlp.errors import FedmlpError
 from fedmlp.loader import Batch, ClientData
 from fedmlp.methods.base import LocalContext, Method, ServerContext, weighted_average
-from fedmlp.methods.common import ema_alpha, ema_pairs, ema_update_, masked_mean, positive_weights
+from fedmlp.methods.common import ema_alpha, ema_update_, local_ema_pairs, masked_mean, positive_weights
 from fedmlp.methods.messages import Upload, Weights
 from fedmlp.methods.registry import register
 from fedmlp.schema import setting
@@ -289,7 +289,7 @@ class FedIRM(Method):
         if ctx.round < self.phase1(ctx.total_rounds):
             return
         alpha = ema_alpha(ctx.state["step"], self.config.ema_decay)
-        ema_update_(*ema_pairs(ctx.scratch, ctx.model, buffers=not self.official), alpha)
+        ema_update_(*local_ema_pairs(ctx.memo, ctx.scratch, ctx.model, buffers=not self.official), alpha)
         ctx.state["step"] += 1
 
     def upload_payload(self, ctx: LocalContext) -> dict[str, Any]:

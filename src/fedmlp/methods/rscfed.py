@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from fedmlp.config import from_dict
 from fedmlp.loader import Batch, ClientData
 from fedmlp.methods.base import LocalContext, Method, ServerContext
-from fedmlp.methods.common import ema_alpha, ema_pairs, ema_update_, masked_mean, positive_weights
+from fedmlp.methods.common import ema_alpha, ema_update_, local_ema_pairs, masked_mean, positive_weights
 from fedmlp.methods.messages import Upload, Weights
 from fedmlp.methods.registry import register
 from fedmlp.schema import setting
@@ -198,7 +198,7 @@ class RSCFed(Method):
 
     def after_step(self, ctx: LocalContext) -> None:
         alpha = ema_alpha(ctx.state["step"], self.config.ema_decay, warm_start=not self.official)
-        ema_update_(*ema_pairs(ctx.scratch, ctx.model, buffers=True), alpha)
+        ema_update_(*local_ema_pairs(ctx.memo, ctx.scratch, ctx.model, buffers=True), alpha)
         ctx.state["step"] += 1
 
 
