@@ -44,3 +44,12 @@ def test_a_local_update_does_not_import_dynamo():
             "(p * p).sum().backward(); o.step(); o.zero_grad()\n"
             "assert 'torch._dynamo' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_adam_falls_back_to_torch_where_the_private_op_is_missing(monkeypatch) -> None:
+    from fedmlp import optim
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    assert isinstance(optim.adam(params, lr=0.1), FusedAdam)
+    monkeypatch.delattr(torch, "_fused_adam_")
+    assert isinstance(optim.adam(params, lr=0.1), torch.optim.Adam)

@@ -45,7 +45,7 @@ from fedmlp.loader import ClientData, make_client
 from fedmlp.methods.base import LocalContext
 from fedmlp.methods.fedmlp import FedMLP, make
 from fedmlp.models import build_model
-from fedmlp.optim import FusedAdam
+from fedmlp.optim import adam
 from fedmlp.runtime import Runtime, resolve
 from fedmlp.store import ImageStore
 
@@ -184,7 +184,7 @@ def plain_seconds_per_image(model_config: ModelConfig, n_classes: int, images: t
     """Seconds per image of a plain forward + backward + Adam step, and of an inference forward, on
     a fixed float batch (no data path, no augmentation, no method): what the hardware allows."""
     model = build_model(model_config, n_classes).to(runtime.device, memory_format=torch.channels_last).train()
-    optimizer = FusedAdam(model.parameters(), lr=1e-3)  # as Method.local_update
+    optimizer = adam(model.parameters(), lr=1e-3)  # as Method.local_update
     targets = torch.zeros(images.shape[0], n_classes, device=runtime.device)
 
     def train_step() -> None:

@@ -55,3 +55,12 @@ class FusedAdam:
             torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=self.lr,
                                beta1=self.betas[0], beta2=self.betas[1], weight_decay=self.weight_decay, eps=self.eps,
                                maximize=False, grad_scale=None, found_inf=None)
+
+
+def adam(params: Iterable[torch.Tensor], lr: float, weight_decay: float = 0.0) -> FusedAdam | torch.optim.Adam:
+    """The training loop's optimizer: :class:`FusedAdam`, or ``torch.optim.Adam(fused=True)`` (the
+    same arithmetic, the slower start-up) on a torch without the private ``_fused_adam_`` op, which
+    this class depends on and torch may rename."""
+    if hasattr(torch, "_fused_adam_"):
+        return FusedAdam(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)

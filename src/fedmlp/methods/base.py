@@ -32,7 +32,7 @@ from fedmlp.config import TrainConfig
 from fedmlp.loader import Batch, ClientData, batches
 from fedmlp.methods.messages import Broadcast, Upload, Weights
 from fedmlp.models import Classifier
-from fedmlp.optim import FusedAdam
+from fedmlp.optim import adam
 from fedmlp.runtime import Runtime
 from fedmlp.store import ImageStore
 
@@ -169,7 +169,7 @@ class Method(ABC):
         model.train()
         # fused: one kernel for all parameters, a third of the for-loop version's time per step on CPU;
         # torch.optim.Adam(fused=True)'s kernel without its import of torch._dynamo (fedmlp.optim)
-        optimizer = FusedAdam(model.parameters(), lr=ctx.train.lr, weight_decay=ctx.train.weight_decay)
+        optimizer = adam(model.parameters(), lr=ctx.train.lr, weight_decay=ctx.train.weight_decay)
         total, seen = 0.0, 0
         for _ in range(ctx.train.local_epochs):
             for batch in ctx.batches():
