@@ -44,6 +44,16 @@ def test_compare_to_a_reference_over_methods() -> None:
     assert results["a"].p_holm >= results["a"].p
 
 
+def test_missing_values_leave_the_pairing_instead_of_faking_a_difference() -> None:
+    nan = float("nan")
+    rows = [{"method": m, "seed": s, "metric": "val_mAP", "value": v}
+            for m, values in {"fedmlp": [0.6, 0.62, 0.61], "no-val": [nan, nan, nan], "one-gap": [0.5, nan, 0.52]}.items()
+            for s, v in enumerate(values)]
+    results = {r.method: r for r in compare_to(pd.DataFrame(rows), "fedmlp", "val_mAP")}
+    assert set(results) == {"one-gap"}  # no value at all: not compared (a NaN difference once read as p = 0)
+    assert results["one-gap"].n == 2 and results["one-gap"].mean == pytest.approx(-0.095)
+
+
 def test_wilcoxon_beside_the_t_test() -> None:
     a = pd.Series([0.70, 0.72, 0.69, 0.75, 0.71])
     b = pd.Series([0.65, 0.73, 0.66, 0.70, 0.70])

@@ -65,8 +65,9 @@ def holm(p_values: list[float]) -> list[float]:
 
 
 def compare_to(block: pd.DataFrame, reference: str, metric: str) -> list[PairedDifference]:
-    """Every other method of ``block`` (long form: method, seed, metric, value) against ``reference``."""
-    rows = block[block["metric"] == metric]
+    """Every other method of ``block`` (long form: method, seed, metric, value) against ``reference``;
+    missing values (NaN: e.g. no validation set) drop their seed from the pairing."""
+    rows = block[(block["metric"] == metric) & block["value"].notna()]
     by_method = {m: g.set_index("seed")["value"] for m, g in rows.groupby("method", sort=False)}
     if reference not in by_method:
         return []
