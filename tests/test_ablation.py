@@ -90,9 +90,11 @@ def test_the_table_pairs_by_seed_and_shows_val_and_diagnostics(tmp_path: Path) -
     assert list(rows) == ["default", "no-pseudo", "fedavg-masked"]
     assert rows["default"][3] == "0.597 ± 0.015" and rows["default"][4] == "0.577 ± 0.015"  # test, val (final round)
     assert rows["no-pseudo"][5].startswith("-0.043 [") and float(rows["no-pseudo"][6]) < 0.05  # paired to default, Holm
-    assert rows["default"][7].startswith("-0.023 [") and rows["fedavg-masked"][7] == "—"
-    assert rows["default"][9:] == ["4", "0.500 ± 0.000", "20", "1.000 ± 0.000", "0.250 ± 0.000"]  # last round
-    assert rows["fedavg-masked"][4] == "n/a" and rows["fedavg-masked"][9] == "—"
+    assert rows["no-pseudo"][7].startswith("-0.043 [") and float(rows["no-pseudo"][8]) < 0.05  # the same on validation
+    assert rows["fedavg-masked"][7] == "—"  # no validation set: nothing to pair, not a spurious p = 0
+    assert rows["default"][9].startswith("-0.023 [") and rows["fedavg-masked"][9] == "—"
+    assert rows["default"][11:] == ["4", "0.500 ± 0.000", "20", "1.000 ± 0.000", "0.250 ± 0.000"]  # last round
+    assert rows["fedavg-masked"][4] == "n/a" and rows["fedavg-masked"][11] == "—"
     assert (tmp_path / "ablation" / "ablation.csv").is_file()
 
 
