@@ -1,3 +1,3 @@
-from fedmlp.cli import main
+from fedmlp.cli import entry
 
-raise SystemExit(main())
+entry()
