@@ -1,3 +1,3 @@
-from fedmlp.cli import entry
+from fedmlp.cli import main
 
-entry()
+raise SystemExit(main())

@@ -77,8 +77,12 @@ def entry() -> None:
     objects one by one) takes 0.5-1 CPU-s per process, and the workflow starts one process per job.
     Everything the command does, its outputs renamed into place and its clean-ups included, has
     finished when main() returns; logs and standard streams are flushed here first. main() itself
-    returns normally, so a program that calls it in-process is unaffected."""
+    returns normally, so a program that calls it in-process is unaffected, and so does ``python -m
+    fedmlp``; under a profiler or a coverage tracer the exit is the normal one too (they write their
+    results at exit)."""
     code = main()
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        raise SystemExit(code)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
