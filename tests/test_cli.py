@@ -4,6 +4,7 @@ command printed or logged must still be complete, and its exit status the comman
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 from conftest import bin_dir
@@ -35,3 +36,12 @@ def test_failure_keeps_its_status_and_its_one_line(tmp_path: Path) -> None:
 def test_main_in_process_returns() -> None:
     """main() itself never ends the calling process (tests and other programs call it in-process)."""
     assert main(["methods"]) == 0
+
+
+def test_a_profiler_still_gets_its_results(tmp_path: Path) -> None:
+    """Under cProfile (which writes its file at exit) the console script exits the normal way."""
+    stats = tmp_path / "fedmlp.prof"
+    code = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(stats), f"{bin_dir()}/fedmlp", "methods"],
+                          capture_output=True).returncode
+    assert code == 0
+    assert stats.stat().st_size > 0
