@@ -112,7 +112,7 @@ class FederationConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     arch: Literal["compact-cnn", "resnet18"] = "compact-cnn"
-    width: int = bounded(16, minimum=4, maximum=1024)
+    width: int = bounded(12, minimum=4, maximum=1024)
     pretrained: bool = False
     weights_path: str | None = None
     weights_sha256: str | None = None
