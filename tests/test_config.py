@@ -40,6 +40,16 @@ def test_cli_reports_bad_settings_in_one_line(tmp_path, capsys: pytest.CaptureFi
     assert not (tmp_path / "s.json").exists()
 
 
+def test_the_default_runs_every_registered_method() -> None:
+    import yaml
+    from conftest import REPO
+
+    from fedmlp.methods import registry
+
+    shipped = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    assert sorted(shipped["methods"]) == registry.names(), "a registered method is missing from config/config.yaml's methods"
+
+
 def test_schema_defaults_are_the_default_config() -> None:
     """`--configfile` replaces config/config.yaml; keys it leaves out must fall back to the same values."""
     import copy
