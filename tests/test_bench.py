@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 from conftest import bin_dir
 
+from fedmlp import loader
 from fedmlp.errors import FedmlpError
 from fedmlp.loader import batches, make_client, prefetched
 from fedmlp.store import ImageStore
@@ -96,8 +98,10 @@ def test_prefetching_keeps_order_and_errors() -> None:
         next(items)
 
 
-def test_prefetched_batches_do_not_disturb_the_random_stream(store: ImageStore) -> None:
-    """The order is drawn before the first batch; what the caller draws meanwhile cannot change it."""
+def test_prefetched_batches_do_not_disturb_the_random_stream(store: ImageStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The order is drawn before the first batch; what the caller draws meanwhile cannot change it
+    (batches are prefetched on a GPU only; here on the CPU as they would be there)."""
+    monkeypatch.setattr(loader, "ahead_on", lambda device, items: prefetched(items))
     client = make_client(store, 0, store.image_ids[:50], store.classes[:1])
 
     def epoch(draw_between: bool) -> list[list[int]]:
@@ -111,6 +115,13 @@ def test_prefetched_batches_do_not_disturb_the_random_stream(store: ImageStore) 
         return seen
 
     assert epoch(False) == epoch(True)
+
+
+def test_no_prefetching_thread_on_the_cpu(store: ImageStore) -> None:
+    """On the CPU a prefetching thread only contends for the GIL (fedmlp.loader.ahead_on)."""
+    client = make_client(store, 0, store.image_ids[:50], store.classes[:1])
+    for _ in batches(store, client, 8, torch.Generator().manual_seed(0), torch.device("cpu")):
+        assert not [t for t in threading.enumerate() if t.name.startswith("fedmlp-prefetch")]
 
 
 def test_bound_counts_the_stages_operations() -> None:
