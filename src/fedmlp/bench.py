@@ -276,13 +276,13 @@ def run(settings: BenchSettings) -> BenchResult:
         precision=runtime.precision if settings.stage != "loader" else "uint8→fp32",
         threads=torch.get_num_threads(),
         store=str(settings.store) if settings.store else "synthetic (temporary)",
-        seconds=round(seconds, 4),
+        seconds=round(seconds, 6),
         images_per_second=round(images_per_second, 2),
         peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         gpu_peak_memory_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1) if runtime.device.type == "cuda" else None,
         torch_version=torch.__version__,
         bound_images_per_second=round(bound, 2) if bound is not None else None,
-        fraction_of_bound=round(images_per_second / bound, 3) if bound is not None else None,
+        fraction_of_bound=round(images_per_second / bound, 4) if bound is not None else None,
     )
 
 
