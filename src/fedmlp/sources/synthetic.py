@@ -85,12 +85,13 @@ def draw_head(size: int, rng: np.random.Generator) -> tuple[np.ndarray, Head]:
     rim = brain & (r > 0.95)
     n_sulci = rng.integers(8, 14)
     sulci = np.zeros_like(brain)
-    # a sulcus lies in the outer band of the brain (depth at most 0.22): its angles are computed there
-    # only, the same values pixel for pixel, at a fraction of the cost for the whole image
-    band = np.flatnonzero(brain & (r > 1 - 0.22))
+    deepest = 0.22
+    # a sulcus lies in the outer band of the brain, at most `deepest` deep: its angles are computed
+    # there only, the same values pixel for pixel, at a fraction of the cost for the whole image
+    band = np.flatnonzero(brain & (r > 1 - deepest))
     theta_band, r_band = theta.flat[band], r.flat[band]
     for angle in rng.uniform(-np.pi, np.pi, n_sulci):
-        depth = rng.uniform(0.12, 0.22)
+        depth = rng.uniform(0.12, deepest)
         sulci.flat[band] |= (np.abs(_angle_diff(theta_band, angle)) < 0.035) & (r_band > 1 - depth)
     fissure = brain & (np.abs(x) < 0.015) & (np.abs(y) > 0.25 * b)
     hu[rim | sulci | fissure] = CSF
