@@ -99,8 +99,22 @@ RULE_COMMANDS = {
     "report": "report",
 }
 TRAINING_RULES = ("train", "warmup", "pseudolabel", "teacher")  # these add their method's module
+ALL_METHODS_RULES = ("report",)  # these print every method's display name, so follow every method module
+
+
+def all_method_modules() -> tuple[str, ...]:
+    """Every method module, found by listing the package as the registry does (nothing is imported)."""
+    from fedmlp.methods.registry import INFRASTRUCTURE
+
+    return tuple(f"{PACKAGE}.methods.{path.stem}" for path in sorted((SRC / "methods").glob("*.py"))
+                 if path.stem not in INFRASTRUCTURE and not path.stem.startswith("_"))
 
 
 def rule_roots(rule: str, *method_modules: str) -> tuple[str, ...]:
-    """The modules a rule's code params follow: its command module, plus the method's for training."""
-    return (f"{PACKAGE}.commands.{RULE_COMMANDS[rule]}", *(method_modules if rule in TRAINING_RULES else ()))
+    """The modules a rule's code params follow: its command module, plus the method's for training
+    and every method's for the report."""
+    if rule in ALL_METHODS_RULES:
+        method_modules = all_method_modules()
+    elif rule not in TRAINING_RULES:
+        method_modules = ()
+    return (f"{PACKAGE}.commands.{RULE_COMMANDS[rule]}", *method_modules)

@@ -20,6 +20,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from fedmlp.atomic import atomic_path, write_json, write_text  # noqa: E402
 from fedmlp.diagnostics import COUNTS, rates  # noqa: E402
 from fedmlp.errors import FedmlpError  # noqa: E402
+from fedmlp.figures import look, plot_rounds, save  # noqa: E402
 from fedmlp.metrics import METRICS  # noqa: E402
 from fedmlp.statistics import compare_to  # noqa: E402
 from fedmlp.sweep import split_name  # noqa: E402
@@ -66,29 +67,6 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def plot_rounds(runs: list[dict[str, Any]], path: Path) -> None:
-    groups = sorted({(r["run"]["dataset"], r["run"]["setting"]) for r in runs})
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False)
-    for ax, (dataset, setting) in zip(axes[0], groups):
-        members = [r for r in runs if (r["run"]["dataset"], r["run"]["setting"]) == (dataset, setting)]
-        for method in dict.fromkeys(r["run"]["method"] for r in members):
-            curves = [r["rounds"] for r in members if r["run"]["method"] == method]
-            rounds = np.asarray(curves[0]["round"])
-            values = np.array([np.asarray(c["test_mAP"], dtype=float) for c in curves])
-            mean = np.nanmean(values, axis=0)
-            (line,) = ax.plot(rounds, mean, label=f"{method} (n={len(curves)})")
-            if len(curves) > 1:
-                ax.fill_between(rounds, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=line.get_color(), alpha=0.2)
-        ax.set(title=f"{dataset} · {setting}", xlabel="round", ylabel="test mAP")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-
-
 def gap_closed(block: pd.DataFrame) -> dict[str, float]:
     """Share of the fedavg-partial → fedavg-full mAP gap each method closes (empty without both)."""
     means = block[block["metric"] == "mAP"].groupby("method")["value"].mean()
@@ -112,16 +90,16 @@ def plot_pseudolabels(pooled: pd.DataFrame, path: Path) -> None:
     for ax, (column, title) in zip(axes[0], panels):
         for (setting, method), group in pooled.groupby(["setting", "method"], sort=False):
             curve = group.groupby("round")[column].agg(["mean", "min", "max"])
-            (line,) = ax.plot(curve.index, curve["mean"], marker=".", label=f"{method} · {setting}")
-            ax.fill_between(curve.index, curve["min"], curve["max"], color=line.get_color(), alpha=0.2)
+            style = look(method)
+            ax.plot(curve.index, curve["mean"], color=style.color, linestyle=style.linestyle, marker=style.marker, markersize=3,
+                    label=f"{style.label} · {setting}")
+            ax.fill_between(curve.index, curve["min"], curve["max"], color=style.color, alpha=0.1, linewidth=0)
         ax.set(title=title, xlabel="round", ylim=(0, 1.02))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save(fig, path)
 
 
 def diagnostics_markdown(pooled: pd.DataFrame, figure: str) -> list[str]:
@@ -329,9 +307,6 @@ def across_markdown(summary: pd.DataFrame, best_val: pd.DataFrame, n_classes: di
     return out
 
 
-_MARKERS = "osD^v<>pPX*h"
-
-
 def plot_annotated(summary: pd.DataFrame, path: Path, metric: str = "mAP") -> None:
     """Test ``metric`` against annotated classes per client: a line per method (mean over seeds, error
     bar one sd), a panel per setting family; methods are shifted a little sideways to stay apart."""
@@ -344,18 +319,17 @@ def plot_annotated(summary: pd.DataFrame, path: Path, metric: str = "mAP") -> No
         block = block.assign(annotated=block["setting"].map(counted))
         methods = list(dict.fromkeys(block["method"]))
         shifts = np.linspace(-0.15, 0.15, len(methods)) if len(methods) > 1 else [0.0]
-        for i, (method, shift) in enumerate(zip(methods, shifts)):
+        for method, shift in zip(methods, shifts):
             agg = block[block["method"] == method].groupby("annotated")["value"].agg(["mean", "std"])
-            ax.errorbar(agg.index + shift, agg["mean"], yerr=agg["std"].fillna(0), marker=_MARKERS[i % len(_MARKERS)], markersize=4,
-                        capsize=3, linestyle="-" if i < 10 else "--", label=method)  # the colours repeat after 10
+            style = look(method)
+            ax.errorbar(agg.index + shift, agg["mean"], yerr=agg["std"].fillna(0), color=style.color, marker=style.marker,
+                        markersize=4, capsize=3, linestyle=style.linestyle, label=style.label)
         ax.set(title=f"{dataset} · {family}", xlabel="annotated classes per client", ylabel=f"test {metric}")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
-    plt.close(fig)
+    save(fig, path)
 
 
 def latex(summary: pd.DataFrame, best_val: pd.DataFrame, n_classes: dict[str, int]) -> str:

@@ -11,7 +11,8 @@ rule report:
                     caption="../report/pseudolabels.rst",
                     category="Results",
                     subcategory="Figures",
-                )
+                ),
+                "pseudo_figure_pdf": f"{REPORT}/figures/pseudolabels.pdf",
             }
             if staged_methods()
             else {}
@@ -23,7 +24,8 @@ rule report:
                     caption="../report/map_by_annotated.rst",
                     category="Results",
                     subcategory="Figures",
-                )
+                ),
+                "annotated_figure_pdf": f"{REPORT}/figures/map_by_annotated.pdf",
             }
             if len(SETTINGS) > 1
             else {}
@@ -37,6 +39,7 @@ rule report:
             category="Results",
             subcategory="Figures",
         ),
+        figure_pdf=f"{REPORT}/figures/map_per_round.pdf",  # every figure is also written as PDF beside its PNG
         dvc_metrics=f"{REPORT}/metrics.json",  # mean and SD of mAP and AUROC per method, for dvc metrics show / dvc exp show
         plot_data=f"{REPORT}/plots/map_per_round.csv",  # per-round test mAP per method, for dvc plots show
     log:

@@ -304,7 +304,7 @@ class CBAFed(Method):
         return {"counts": counts}
 
 
-@register("cbafed", section="cbafed", config=CBAFedConfig,
+@register("cbafed", display="CBAFed", section="cbafed", config=CBAFedConfig,
           summary="CBAFed: fixed pseudo-labels for missing classes under class-balanced thresholds, residual averaging")
 def _cbafed(settings: dict) -> Method:
     return CBAFed("cbafed", from_dict(CBAFedConfig, settings, "cbafed"))

@@ -32,16 +32,16 @@ class FedAvgFull(FedAvg):
     label_access = "full"
 
 
-@register("fedavg-full", summary="FedAvg, every client sees every class (upper bound)")
+@register("fedavg-full", display="FedAvg (full labels)", summary="FedAvg, every client sees every class (upper bound)")
 def _full(settings: dict) -> Method:
     return FedAvgFull("fedavg-full", mask_missing=False)
 
 
-@register("fedavg-partial", summary="FedAvg, missing classes trained as negatives")
+@register("fedavg-partial", display="FedAvg (missing as 0)", summary="FedAvg, missing classes trained as negatives")
 def _partial(settings: dict) -> Method:
     return FedAvg("fedavg-partial", mask_missing=False)
 
 
-@register("fedavg-masked", summary="FedAvg, missing classes left out of the loss")
+@register("fedavg-masked", display="FedAvg (masked)", summary="FedAvg, missing classes left out of the loss")
 def _masked(settings: dict) -> Method:
     return FedAvg("fedavg-masked", mask_missing=True)

@@ -306,7 +306,7 @@ class FedIRM(Method):
         return {"rows": rows, "counts": counts, "annotated": ctx.client.annotated.clone()}
 
 
-@register("fedirm", section="fedirm", config=FedIRMConfig,
+@register("fedirm", display="FedIRM", section="fedirm", config=FedIRMConfig,
           summary="FedIRM: supervised warm-up, then EMA-teacher consistency and inter-client relation matching")
 def _fedirm(settings: dict[str, Any]) -> Method:
     return FedIRM("fedirm", from_dict(FedIRMConfig, settings, "fedirm"))

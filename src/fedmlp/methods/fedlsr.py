@@ -168,7 +168,7 @@ class FedLSR(Method):
         return loss
 
 
-@register("fedlsr", section="fedlsr", config=FedLSRConfig,
+@register("fedlsr", display="FedLSR", section="fedlsr", config=FedLSRConfig,
           summary="FedLSR: mixed sharpened two-view predictions + ramped self-distillation (missing = noisy 0)")
 def _fedlsr(settings: dict[str, Any]) -> Method:
     return FedLSR("fedlsr", from_dict(FedLSRConfig, settings, "fedlsr"))

@@ -478,11 +478,12 @@ def _nan(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
 
-VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
-    "fedmlp": ({}, "FedMLP: prototype pseudo-labels with adaptive thresholds + global teacher"),
-    "fedmlp-fixed": ({"selection": "fixed", "accumulate": True}, "FedMLP with the published code's fixed, accumulated fractions"),
+VARIANTS: dict[str, tuple[dict[str, Any], str, str]] = {  # name: (settings it fixes, summary, display name)
+    "fedmlp": ({}, "FedMLP: prototype pseudo-labels with adaptive thresholds + global teacher", "FedMLP"),
+    "fedmlp-fixed": ({"selection": "fixed", "accumulate": True}, "FedMLP with the published code's fixed, accumulated fractions",
+                     "FedMLP (fixed fractions)"),
     "fedmlp-official": ({"variant": "official-code", "selection": "fixed", "accumulate": True},
-                        "FedMLP's stage 2 as the published code runs it"),
+                        "FedMLP's stage 2 as the published code runs it", "FedMLP (published code)"),
 }
 
 
@@ -490,6 +491,6 @@ def make(name: str, settings: dict[str, Any]) -> FedMLP:
     return FedMLP(name, from_dict(FedMLPConfig, {**settings, **VARIANTS[name][0]}, "fedmlp"))
 
 
-for _variant, (_, _summary) in VARIANTS.items():  # one registry entry per variant, all sharing the warm-up
-    register(_variant, section="fedmlp", config=FedMLPConfig, staged=True, summary=_summary)(
+for _variant, (_, _summary, _display) in VARIANTS.items():  # one registry entry per variant, all sharing the warm-up
+    register(_variant, section="fedmlp", config=FedMLPConfig, staged=True, summary=_summary, display=_display)(
         lambda settings, name=_variant: make(name, settings))

@@ -181,7 +181,7 @@ class FedNoRo(Method):
         return {"complete": bool(ctx.client.annotated.all())}
 
 
-@register("fednoro", section="fednoro", config=FedNoRoConfig,
+@register("fednoro", display="FedNoRo", section="fednoro", config=FedNoRoConfig,
           summary="FedNoRo: logit-adjusted BCE on annotated classes, ramped distillation from the global model on missing ones")
 def _fednoro(settings: dict) -> Method:
     return FedNoRo("fednoro", from_dict(FedNoRoConfig, settings, "fednoro"))

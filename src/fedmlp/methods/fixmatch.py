@@ -163,7 +163,7 @@ class FedAvgFixMatch(Method):
                       ctx.state["mask_rate"])
 
 
-@register("fedavg-fixmatch", section="fedavg_fixmatch", config=FixMatchConfig,
+@register("fedavg-fixmatch", display="FedAvg+FixMatch", section="fedavg_fixmatch", config=FixMatchConfig,
           summary="FedAvg + FixMatch: confident weak-view pseudo-labels on missing classes train the strong view")
 def _fixmatch(settings: dict[str, Any]) -> Method:
     return FedAvgFixMatch("fedavg-fixmatch", from_dict(FixMatchConfig, settings, "fedavg_fixmatch"))

@@ -34,17 +34,18 @@ class MethodSpec:
     config: type | None  # the dataclass of that section
     staged: bool  # trained in the workflow's warmup → pseudolabel → teacher stages (see base.StagedMethod)
     summary: str  # one line for tables and --help
+    display: str  # the name figures, tables and the report print (the id where none is given)
 
 
 _SPECS: dict[str, MethodSpec] = {}
 
 
 def register(name: str, *, section: str | None = None, config: type | None = None, staged: bool = False,
-             summary: str = "") -> Callable[[Factory], Factory]:
+             summary: str = "", display: str = "") -> Callable[[Factory], Factory]:
     def decorate(factory: Factory) -> Factory:
         if name in _SPECS:
             raise ValueError(f"method {name!r} registered twice")
-        _SPECS[name] = MethodSpec(name, factory, factory.__module__, section, config, staged, summary)
+        _SPECS[name] = MethodSpec(name, factory, factory.__module__, section, config, staged, summary, display or name)
         return factory
 
     return decorate
@@ -72,6 +73,12 @@ def spec(name: str) -> MethodSpec:
     if name not in known:
         raise FedmlpError(f"config key 'methods': unknown method {name!r} (available: {', '.join(known)})")
     return known[name]
+
+
+def display_name(name: str) -> str:
+    """What a figure or table prints for method ``name``; an unregistered name (an old run's) as it is."""
+    known = specs()
+    return known[name].display if name in known else name
 
 
 def sections() -> dict[str, type]:

@@ -202,7 +202,7 @@ class RSCFed(Method):
         ctx.state["step"] += 1
 
 
-@register("rscfed", section="rscfed", config=RSCFedConfig,
+@register("rscfed", display="RSCFed", section="rscfed", config=RSCFedConfig,
           summary="RSCFed: sub-consensus groups with distance-reweighted aggregation, per-client EMA teacher")
 def _rscfed(settings: dict[str, Any]) -> Method:
     return RSCFed("rscfed", from_dict(RSCFedConfig, settings, "rscfed"))

@@ -1,0 +1,100 @@
+"""The report's figures: how each method is drawn, and the per-round curves.
+
+Every method keeps one look across figures and settings, chosen from its position in the registry's
+sorted list (so a method looks the same in every report): a colour of the Okabe–Ito palette
+(distinguishable with the common colour-vision deficiencies), a line style and a marker. Eight colours
+times three line styles and twelve markers keep as many methods apart as the registry can hold in
+practice. Figures are written as PNG at print resolution and as PDF (vector) beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from fedmlp.atomic import atomic_path  # noqa: E402
+from fedmlp.methods import registry  # noqa: E402
+
+# Okabe & Ito (2008), "Color Universal Design": black, orange, sky blue, bluish green, yellow, blue,
+# vermillion, reddish purple; yellow is darkened a little to stay visible on white.
+PALETTE = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#C8B400", "#0072B2", "#D55E00", "#CC79A7")
+LINESTYLES = ("-", "--", ":")
+MARKERS = "osD^v<>pPX*h"
+DPI = 300  # the PNG's resolution: print quality at the figure's size
+
+
+@dataclass(frozen=True)
+class Look:
+    label: str
+    color: str
+    linestyle: str
+    marker: str
+
+
+def look(method: str) -> Look:
+    """How ``method`` is drawn: fixed by its place among the registered methods (others after them)."""
+    known = registry.names()
+    index = known.index(method) if method in known else len(known) + sum(map(ord, method)) % 97
+    return Look(registry.display_name(method), PALETTE[index % len(PALETTE)],
+                LINESTYLES[(index // len(PALETTE)) % len(LINESTYLES)], MARKERS[index % len(MARKERS)])
+
+
+def save(fig: Figure, png: Path) -> None:
+    """Write ``fig`` as ``png`` and, beside it, as a PDF of the same name (each written atomically)."""
+    for path, kind in ((png, "png"), (png.with_suffix(".pdf"), "pdf")):
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=DPI, format=kind, bbox_inches="tight", metadata={"CreationDate": None} if kind == "pdf" else None)
+    plt.close(fig)
+
+
+def rounds_figure(runs: list[dict[str, Any]], column: str = "test_mAP", ylabel: str = "test mAP") -> Figure:
+    """One panel per (dataset, setting); per method the mean over seeds of ``column`` drawn through
+    the rounds that were scored (``train.eval_every`` leaves the others without a score), a marker on
+    each, and the range over seeds shaded."""
+    groups = sorted({(r["run"]["dataset"], r["run"]["setting"]) for r in runs})
+    columns = min(len(groups), 3)
+    rows = -(-len(groups) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.9 * rows), squeeze=False, sharey=True)
+    for ax, (dataset, setting) in zip(axes.flat, groups):
+        members = [r for r in runs if (r["run"]["dataset"], r["run"]["setting"]) == (dataset, setting)]
+        for method in dict.fromkeys(r["run"]["method"] for r in members):
+            curves = [r["rounds"] for r in members if r["run"]["method"] == method]
+            rounds = np.asarray(curves[0]["round"], dtype=float)
+            values = np.array([np.asarray(c[column], dtype=float) for c in curves])
+            scored = ~np.all(np.isnan(values), axis=0)
+            if not scored.any():
+                continue
+            x, mean = rounds[scored], np.nanmean(values[:, scored], axis=0)
+            style = look(method)
+            ax.plot(x, mean, color=style.color, linestyle=style.linestyle, marker=style.marker, markersize=3.5,
+                    linewidth=1.4, label=f"{style.label} (n={len(curves)})", gid=method)
+            if len(curves) > 1:
+                ax.fill_between(x, np.nanmin(values[:, scored], axis=0), np.nanmax(values[:, scored], axis=0),
+                                color=style.color, alpha=0.08, linewidth=0)
+        ax.set_title(f"{dataset} · {setting}", fontsize=10)
+        ax.set_xlabel("communication round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, max(1, len(labels))), fontsize=8,
+               frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_rounds(runs: list[dict[str, Any]], path: Path) -> None:
+    """The per-round test mAP figure (PNG and PDF)."""
+    save(rounds_figure(runs), path)
