@@ -24,6 +24,7 @@ from fedmlp.figures import look, plot_rounds, save  # noqa: E402
 from fedmlp.metrics import METRICS  # noqa: E402
 from fedmlp.statistics import compare_to  # noqa: E402
 from fedmlp.sweep import split_name  # noqa: E402
+from fedmlp.tuning import budget, choose  # noqa: E402
 
 RUN_KEYS = ("dataset", "setting", "method", "seed")
 REFERENCE = "fedmlp"  # the method every other is compared with, when it is in the run
@@ -413,14 +414,42 @@ def write_plot_data(runs: list[dict[str, Any]], path: Path) -> None:
         round_curves(runs).to_csv(tmp, index=False, float_format="%.6f")
 
 
+def tuning_markdown(table: pd.DataFrame) -> list[str]:
+    """Every grid point's validation mAP per setting and method, the chosen one in bold, and the
+    number of points each method had."""
+    if table.empty:
+        return []
+    out = ["## Tuning on validation", "",
+           "Each tuned method ran every point of its grid (config key `tuning`); per setting, the point with the highest "
+           "mean final-round validation mAP over seeds is chosen (never the test set), and the tables above show the "
+           "chosen point's test scores under the method's name. Every point and seed is in `tuning.csv`.", ""]
+    rows = []
+    points = budget(table)
+    for (dataset, setting, method, point), group in table.groupby(["dataset", "setting", "method", "point"], sort=False):
+        cells = [setting, method, str(points[(dataset, setting, method)]), point.split("@", 1)[1], _mean_std(group["val_mAP"])]
+        rows.append([_bold(c, bool(group["chosen"].iloc[0])) for c in cells])
+    out += [_table(["setting", "method", "points", "settings", "validation mAP"], rows), "",
+            "**Bold**: the chosen point. Methods not listed ran one point, their config's settings.", ""]
+    return out
+
+
 def write_report(
     runs: list[dict[str, Any]], summary_path: Path, report_path: Path, figure_path: Path, diagnostics: pd.DataFrame | None = None,
-    metrics_path: Path | None = None, plot_data: Path | None = None, latex_path: Path | None = None,
+    metrics_path: Path | None = None, plot_data: Path | None = None, latex_path: Path | None = None, tuning_path: Path | None = None,
 ) -> None:
     """Write summary.csv, the mAP plot and report.md; with diagnostics also pseudolabels.png beside the plot;
     with several settings also the section across settings and its figure map_by_annotated.png beside the
     plot; with ``latex_path`` the family tables as LaTeX; with ``metrics_path`` and ``plot_data`` DVC's
-    metrics file and per-round curves."""
+    metrics file and per-round curves. Runs of tuning grid points are reduced to each method's chosen
+    point first (fedmlp.tuning); ``tuning_path`` receives every point."""
+    runs, tuned = choose(runs)
+    if tuning_path is not None:
+        with atomic_path(tuning_path) as tmp:
+            tuned.to_csv(tmp, index=False, float_format="%.6f")
+    if diagnostics is not None and not tuned.empty:  # diagnostics of the chosen points, under their method's name
+        chosen = {p: m for p, m in zip(tuned["point"], tuned["method"]) if p in set(tuned.loc[tuned["chosen"], "point"])}
+        diagnostics = diagnostics[~diagnostics["method"].str.contains("@", regex=False) | diagnostics["method"].isin(chosen)]
+        diagnostics = diagnostics.assign(method=diagnostics["method"].replace(chosen))
     summary = summary_frame(runs)
     best_val = best_val_frame(runs)
     n_classes = {run["run"]["dataset"]: len(run["per_class"]) for run in runs}
@@ -444,4 +473,5 @@ def write_report(
         pseudo_path = figure_path.with_name("pseudolabels.png")
         plot_pseudolabels(pooled, pseudo_path)
         extra = diagnostics_markdown(pooled, os.path.relpath(pseudo_path, report_path.parent))
+    extra += tuning_markdown(tuned)
     write_text(report_path, markdown(runs, summary, os.path.relpath(figure_path, report_path.parent), extra, across))

@@ -91,7 +91,32 @@ def workflow_schema(path: str | Path) -> dict[str, Any]:
     schema["properties"]["methods"]["items"]["enum"] = registry.names()
     for section, cls in registry.sections().items():
         schema["properties"][section] = dataclass_schema(cls)
+    schema["properties"]["tuning"] = tuning_schema({name: spec.config for name, spec in registry.specs().items() if spec.config})
     return schema
+
+
+def _leaves(schema: dict[str, Any], prefix: str = "") -> dict[str, dict[str, Any]]:
+    """A section's settings by dotted name (nested groups such as FedMLP's ``tau0`` flattened)."""
+    out = {}
+    for key, prop in schema["properties"].items():
+        if prop.get("type") == "object" and "properties" in prop:
+            out.update(_leaves(prop, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = {k: v for k, v in prop.items() if k != "default"}
+    return out
+
+
+def tuning_schema(configs: dict[str, type]) -> dict[str, Any]:
+    """The ``tuning`` section: per method, a list of values for any of its settings (fedmlp.tuning)."""
+    methods = {}
+    for name, cls in configs.items():
+        leaves = _leaves(dataclass_schema(cls))
+        methods[name] = {"type": ["object", "null"], "additionalProperties": False,
+                         "properties": {key: {"type": "array", "minItems": 1, "maxItems": 20, "items": prop,
+                                              "description": f"values of {key} to try"} for key, prop in leaves.items()}}
+    return {"type": ["object", "null"], "default": None, "additionalProperties": False, "properties": methods,
+            "description": "A grid per method over some of its settings; each point is a run, the point with the best mean "
+                           "final-round validation mAP is reported (fedmlp.tuning, docs/comparison.md)."}
 
 
 def fill_defaults(instance: Any, schema: dict[str, Any]) -> Any:

@@ -40,8 +40,8 @@ COMMANDS = {  # each stage runs its part of the DAG; Snakemake skips what is up 
 # default's, results/).
 PARAMS = {
     "data": ("dataset", "ich", "chestxray14", "synthetic", "preprocess"),
-    "experiments": ("methods", "seeds", "split", "federation", "sweep", "model", "train"),
-    "report": ("dataset", "methods", "seeds", "preprocess", "federation", "sweep", "report"),
+    "experiments": ("methods", "seeds", "split", "federation", "sweep", "model", "train", "tuning"),
+    "report": ("dataset", "methods", "seeds", "preprocess", "federation", "sweep", "report", "tuning"),
 }
 NOT_RESULTS = ("cluster",)  # how jobs are scheduled, never what they compute
 STAGE_DEPS = {"experiments": ("resources",), "report": ("results/runs",)}  # the previous stage's outputs

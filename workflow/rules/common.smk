@@ -3,6 +3,7 @@ import os
 import re
 import json
 import math
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from fedmlp.fingerprint import RULE_COMMANDS, TRAINING_RULES, code_fingerprint, 
 from fedmlp.methods import registry
 from fedmlp.sources import nih, rsna
 from fedmlp.sweep import federation_settings
+from fedmlp import tuning
 
 # Rules call `fedmlp` by name: take the one beside the Python that runs Snakemake, so that
 # `.venv/bin/snakemake` works without activating the venv. The directory is not resolved (a venv's
@@ -53,10 +55,14 @@ WARMUP_ID = "{dataset}/{prep}/{setting}/fedmlp-warmup/seed{seed}"  # shared by e
 WARMUP = f"results/runs/{WARMUP_ID}"
 REPORT = os.path.normpath(config["report"]["dir"])  # the report rule's outputs (report.dir)
 
-# Methods trained in stages (warmup → pseudolabel → teacher); all others go through rule train.
+# Methods trained in stages (warmup → pseudolabel → teacher); all others go through rule train. A run's
+# method may be a tuning grid point of a method, "rscfed@dist_scale=100" (fedmlp.tuning).
 METHODS = registry.specs()
-STAGED = "|".join(re.escape(name) for name, spec in METHODS.items() if spec.staged)
-ONE_STAGE = "|".join(re.escape(name) for name, spec in METHODS.items() if not spec.staged)
+_POINT = f"(?:{re.escape(tuning.SEPARATOR)}{tuning.POINT_PATTERN})?"
+STAGED = "(?:" + "|".join(re.escape(name) for name, spec in METHODS.items() if spec.staged) + ")" + _POINT
+ONE_STAGE = "(?:" + "|".join(re.escape(name) for name, spec in METHODS.items() if not spec.staged) + ")" + _POINT
+POINTS = {point.name: point for point in tuning.points(config)}
+RUN_METHODS = tuning.run_methods(config)  # the methods' names in the runs' paths: grid points for a tuned method
 FEDMLP = METHODS["fedmlp"].config  # the staged rules' settings (fedmlp.smk)
 
 
@@ -64,7 +70,7 @@ wildcard_constraints:
     dataset=r"[a-z0-9-]+",
     prep=r"(header|bsb|png)\d+",
     setting=r"[a-z0-9.-]+",
-    method=r"[a-z0-9+-]+",
+    method=r"[a-z0-9+-]+" + _POINT,
     seed=r"\d+",
 
 
@@ -81,14 +87,20 @@ CODE = {rule: code_fingerprint(*rule_roots(rule)) for rule in RULE_COMMANDS if r
 
 
 def method_code(method):
-    """Training code of one method: the training commands plus the method's own module."""
-    return code_fingerprint(*rule_roots("train", METHODS[method].module))
+    """Training code of one method (or grid point): the training commands plus the method's own module."""
+    return code_fingerprint(*rule_roots("train", METHODS[tuning.base_method(method)].module))
 
 
 def method_settings(method):
-    """The config section a method reads ({} for a method without settings)."""
-    section = METHODS[method].section
-    return config[section] if section else {}
+    """The config section a method reads ({} for a method without settings), with a grid point's values."""
+    section = METHODS[tuning.base_method(method)].section
+    settings = config[section] if section else {}
+    return tuning.apply(settings, POINTS[method].overrides) if method in POINTS else settings
+
+
+def registered_method(wildcards):
+    """The registered method a run trains (its grid point's settings come with --method-settings)."""
+    return tuning.base_method(wildcards.method)
 
 
 def fedmlp_stage1():
@@ -96,9 +108,9 @@ def fedmlp_stage1():
     return {key: config["fedmlp"][key] for key in FEDMLP.STAGE1_KEYS}
 
 
-def fedmlp_detection():
+def fedmlp_detection(method):
     """The FedMLP keys the first detection depends on (not the stage-2 loss weight or length)."""
-    return {key: value for key, value in config["fedmlp"].items() if key not in FEDMLP.NOT_DETECTION_KEYS}
+    return {key: value for key, value in method_settings(method).items() if key not in FEDMLP.NOT_DETECTION_KEYS}
 
 
 def train_for_fedmlp():
@@ -152,6 +164,11 @@ def check_config():
     if config["split"]["method"] == "official" and dataset != "chestxray14":
         raise FedmlpError(f"config key 'split.method': 'official' exists for chestxray14 only, not {dataset}")
     check_combinations(config)
+    tuning.check(
+        config,
+        {name: spec.section for name, spec in METHODS.items()},
+        {name: FEDMLP.STAGE1_KEYS for name, spec in METHODS.items() if spec.staged},
+    )
     for name, setting in SETTING_SOURCES.items():
         try:
             assign_classes(classes(), from_dict(FederationConfig, setting.federation, "federation"))
@@ -212,13 +229,13 @@ def final_files(name, methods=None):
         dataset=config["dataset"],
         prep=prep_name(),
         setting=list(SETTINGS),
-        method=config["methods"] if methods is None else methods,
+        method=RUN_METHODS if methods is None else methods,
         seed=config["seeds"],
     )
 
 
 def staged_methods():
-    return [m for m in config["methods"] if METHODS[m].staged]
+    return [m for m in RUN_METHODS if METHODS[tuning.base_method(m)].staged]
 
 
 def resume_file(rule, pattern):

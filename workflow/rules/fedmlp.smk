@@ -56,11 +56,12 @@ rule pseudolabel:
     params:
         train=json_arg(train_for_fedmlp()),
         model=json_arg(config["model"]),
-        fedmlp=json_arg(fedmlp_detection()),
+        fedmlp=lambda wildcards: json_arg(fedmlp_detection(wildcards.method)),
+        registered=registered_method,
         store=parent_of("manifest"),
         code=method_code("fedmlp"),
     shell:
-        "fedmlp pseudolabel --store {params.store:q} --partition {input.partition:q} --method {wildcards.method:q}"
+        "fedmlp pseudolabel --store {params.store:q} --partition {input.partition:q} --method {params.registered:q}"
         " --seed {wildcards.seed:q} --train {params.train:q} --model {params.model:q} --method-settings {params.fedmlp:q}"
         " --warmup-model {input.warmup:q} --out-artifact {output.artifact:q} --out-summary {output.summary:q} > {log:q} 2>&1"
 
@@ -97,13 +98,14 @@ rule teacher:
     params:
         train=json_arg(train_for_fedmlp()),
         model=json_arg(config["model"]),
-        fedmlp=json_arg(config["fedmlp"]),
+        fedmlp=lambda wildcards: json_arg(method_settings(wildcards.method)),
+        registered=registered_method,
         run=run_identity,
         store=parent_of("manifest"),
         resume=resume_file("teacher", RUN_ID),
         code=method_code("fedmlp"),
     shell:
-        "fedmlp teacher --store {params.store:q} --partition {input.partition:q} --method {wildcards.method:q}"
+        "fedmlp teacher --store {params.store:q} --partition {input.partition:q} --method {params.registered:q}"
         " --seed {wildcards.seed:q} --train {params.train:q} --model {params.model:q} --method-settings {params.fedmlp:q}"
         " --warmup-model {input.warmup:q} --warmup-rounds {input.warmup_rounds:q} --pseudolabels {input.pseudolabels:q}"
         " --run {params.run:q} --out-model {output.model:q} --out-rounds {output.rounds:q} --live {output.live:q}"

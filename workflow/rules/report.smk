@@ -30,6 +30,7 @@ rule report:
             if len(SETTINGS) > 1
             else {}
         ),
+        **({"tuning": f"{REPORT}/tuning.csv"} if POINTS else {}),  # every grid point's validation mAP (fedmlp.tuning)
         summary=report(f"{REPORT}/summary.csv", caption="../report/summary.rst", category="Results", subcategory="Tables"),
         report=report(f"{REPORT}/report.md", caption="../report/report.rst", category="Results", subcategory="Tables"),
         table=report(f"{REPORT}/table.tex", caption="../report/table.rst", category="Results", subcategory="Tables"),
@@ -48,7 +49,8 @@ rule report:
         ENV
     params:
         code=CODE["report"],
+        tuning=lambda wildcards, output: f"--tuning {shlex.quote(output.tuning)}" if POINTS else "",
     shell:
         "fedmlp report {input.metrics:q} --diagnostics {input.diagnostics:q} --summary {output.summary:q}"
         " --report {output.report:q} --latex {output.table:q} --figure {output.figure:q} --dvc-metrics {output.dvc_metrics:q}"
-        " --plot-data {output.plot_data:q} > {log:q} 2>&1"
+        " --plot-data {output.plot_data:q} {params.tuning} > {log:q} 2>&1"

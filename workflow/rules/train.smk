@@ -26,12 +26,13 @@ rule train:
         train=json_arg(config["train"]),
         model=json_arg(config["model"]),
         method=lambda wildcards: json_arg(method_settings(wildcards.method)),
+        registered=registered_method,
         run=run_identity,
         store=parent_of("manifest"),
         resume=resume_file("train", RUN_ID),
         code=lambda wildcards: method_code(wildcards.method),
     shell:
-        "fedmlp train --store {params.store:q} --partition {input.partition:q} --method {wildcards.method:q}"
+        "fedmlp train --store {params.store:q} --partition {input.partition:q} --method {params.registered:q}"
         " --seed {wildcards.seed:q} --train {params.train:q} --model {params.model:q} --method-settings {params.method:q}"
         " --run {params.run:q} --out-model {output.model:q} --out-rounds {output.rounds:q} --live {output.live:q} --out-metrics {output.metrics:q}"
         " --out-predictions {output.predictions:q} --resume-state {params.resume:q} > {log:q} 2>&1"

@@ -81,7 +81,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         if negative.any():
             raise FedmlpError(f"{path}:{int(negative.to_numpy().argmax()) + 2}: a negative count")
     diagnostics = pd.concat(tables) if tables else None
-    write_report(runs, args.summary, args.report, args.figure, diagnostics, args.dvc_metrics, args.plot_data, args.latex)
+    write_report(runs, args.summary, args.report, args.figure, diagnostics, args.dvc_metrics, args.plot_data, args.latex, args.tuning)
 
 
 def add_commands(add) -> None:
@@ -95,6 +95,9 @@ def add_commands(add) -> None:
                    help="the per-round test mAP plot; with several settings map_by_annotated.png is written beside it")
     p.add_argument("--latex", type=Path, default=None,
                    help="also write the tables per setting family (methods × annotated classes per client) as LaTeX (booktabs)")
+    p.add_argument("--tuning", type=Path, default=None,
+                   help="also write every tuning grid point's validation mAP per seed and which point was chosen (CSV); "
+                        "runs named method@settings are grid points")
     p.add_argument("--dvc-metrics", type=Path, default=None,
                    help="also write mean and SD over seeds of mAP and AUROC per setting and method (JSON, for dvc metrics show)")
     p.add_argument("--plot-data", type=Path, default=None,
