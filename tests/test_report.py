@@ -163,3 +163,50 @@ def test_report_shows_a_runs_warnings(tmp_path: Path) -> None:
     report = (tmp_path / "report.md").read_text()
     assert "**Warning** (fedmlp, s, seed 1): oracle pseudo-labels: not a method." in report
     assert report.count("**Warning**") == 1
+
+
+COSTS = {"fedavg-masked": 3.0, "fedavg-masked-2view": 6.0, "fedirm": 7.5, "fedmlp": 4.5}
+
+
+def costed_runs(methods: dict[str, float]) -> list[dict]:
+    """Two settings, two seeds per method, each run with the counted cost of its method (metrics.json's compute)."""
+    runs = []
+    for setting in ("iid-k5-a1", "iid-k5-a2"):
+        for method, cost in methods.items():
+            for seed in range(2):
+                r = run(method, seed, 0.6 + 0.01 * seed)
+                r["run"]["setting"] = setting
+                r["compute"] = {"forward_backward": cost / 3, "forward_only": 0.0, "cost": cost}
+                runs.append(r)
+    return runs
+
+
+def test_main_tables_show_each_methods_compute_relative_to_fedavg_masked(tmp_path: Path) -> None:
+    runs = costed_runs(COSTS)
+    for r in runs:
+        check_metrics(r, tmp_path / "metrics.json")
+    write_report(runs, tmp_path / "summary.csv", tmp_path / "report.md", tmp_path / "rounds.png", latex_path=tmp_path / "table.tex")
+    report = (tmp_path / "report.md").read_text()
+    section = report[report.index("## d · iid-k5-a1"):report.index("## d · iid-k5-a2")]
+    assert "forward-equivalents" in section
+    main = section[:section.index("**Bold**")].splitlines()  # the setting's main table
+    assert next(line for line in main if line.startswith("| method |")).endswith("| compute (× fedavg-masked) |")
+    rows = {line.split("|")[1].strip(): line.split("|")[-2].strip() for line in main if line.startswith("| fed")}
+    assert rows == {"fedavg-masked": "1.00", "fedavg-masked-2view": "2.00", "fedirm": "2.50", "fedmlp": "1.50"}
+    assert set(pd.read_csv(tmp_path / "summary.csv")["metric"]) == set(METRICS)  # the cost stays out of the paired metrics
+    latex = (tmp_path / "table.tex").read_text()
+    fedirm = next(row for row in well_formed_latex(latex) if row.startswith("fedirm &"))
+    assert "{compute / fedavg-masked}" in latex and fedirm.replace(" ", "").endswith("&2.50&2.50\\\\")
+
+
+def test_without_fedavg_masked_there_is_no_compute_column(tmp_path: Path) -> None:
+    write_report(costed_runs({m: c for m, c in COSTS.items() if m != "fedavg-masked"}), tmp_path / "summary.csv",
+                 tmp_path / "report.md", tmp_path / "rounds.png", latex_path=tmp_path / "table.tex")
+    assert "compute" not in (tmp_path / "report.md").read_text() and "compute" not in (tmp_path / "table.tex").read_text()
+
+
+def test_a_bad_compute_is_refused(tmp_path: Path) -> None:
+    r = costed_runs(COSTS)[0]
+    r["compute"] = {"cost": "cheap"}
+    with pytest.raises(FedmlpError, match="compute: expected"):
+        check_metrics(r, tmp_path / "metrics.json")

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedmlp.compute import Compute, Passes
 from fedmlp.config import ModelConfig, TrainConfig
 from fedmlp.errors import FedmlpError
 from fedmlp.inference import predict_proba
@@ -92,7 +93,8 @@ def init_model(model_config: ModelConfig, n_classes: int, seed: int, runtime: Ru
 
 class Site:
     """The client side of a method for one or more clients (one per hospital in a deployment): their
-    data, their state across rounds, and the models their local work runs in."""
+    data, their state across rounds, and the models their local work runs in, whose passes it counts
+    (``passes``, :mod:`fedmlp.compute`)."""
 
     def __init__(self, method: Method, clients: list[ClientData], store: ImageStore, train: TrainConfig,
                  runtime: Runtime, seed: int, template: Classifier):
@@ -102,6 +104,8 @@ class Site:
         self.model = copy.deepcopy(template)
         self.teacher = copy.deepcopy(template).eval().requires_grad_(False)
         self.scratch = copy.deepcopy(template).eval().requires_grad_(False)
+        self.passes = Passes()
+        self.passes.watch(self.model, self.teacher, self.scratch)
 
     def _context(self, client_id: int, broadcast: Broadcast, visit: int, on_batch: Callable[[], None]) -> LocalContext:
         self.model.load_state_dict(broadcast.weights)
@@ -142,6 +146,10 @@ class Site:
     def load_states(self, states: list[dict[str, Any]]) -> None:
         self.states = dict(zip(sorted(self.states), states))
 
+    def compute(self, rounds: int) -> Compute:
+        """The passes counted so far, over this site's images and ``rounds`` rounds."""
+        return Compute(sum(len(c) for c in self.clients.values()), rounds, self.passes)
+
 
 def server_context(method: Method, train: TrainConfig, global_model: Classifier, client_ids: list[int], round_index: int,
                    seed: int, runtime: Runtime) -> ServerContext:
@@ -181,6 +189,7 @@ class RunResult:
     model: Classifier
     history: list[RoundRecord]
     round_rows: list[dict[str, Any]]  # whatever ``on_round_end`` returned, in round order
+    compute: Compute  # the clients' passes over the rounds trained (a resumed run's earlier rounds included)
 
 
 def visits(tasks: list[int]) -> list[int]:
@@ -241,7 +250,7 @@ def run(
     then stage 2) draws the same random streams as one uninterrupted run. With ``resume``, the state
     after every ``resume.every`` rounds is saved, and a saved state of the same run is continued.
     ``on_record`` gets each round's record as it is completed, the restored rounds' first on resume."""
-    rounds = rounds if rounds is not None else range(method.n_rounds(train))
+    rounds = stage = rounds if rounds is not None else range(method.n_rounds(train))
     clients = build_clients(store, partition, method)
     global_model = initial_model if initial_model is not None else init_model(model_config, len(store.classes), seed, runtime)
     global_model = global_model.to(runtime.device, memory_format=torch.channels_last)
@@ -256,6 +265,10 @@ def run(
         method.load_state_dict(saved["method"])
         history = [RoundRecord(**record) for record in saved["history"]]
         round_rows = saved["round_rows"]
+        if "passes" not in saved:  # a state saved before passes were counted: the rounds before it are not
+            log.warning("resume state without pass counts: the run's compute leaves out rounds 1 to %d", saved["round"])
+        restored = Passes(**saved.get("passes", {}))
+        site.passes.forward_backward, site.passes.forward_only = restored.forward_backward, restored.forward_only
         rounds = range(saved["round"], rounds.stop)
     for record in history if on_record is not None else ():
         on_record(record)
@@ -292,8 +305,9 @@ def run(
                 "method": method.state_dict(),
                 "history": history_rows(history),
                 "round_rows": round_rows,
+                "passes": asdict(site.passes),
             })
-    return RunResult(global_model, history, round_rows)
+    return RunResult(global_model, history, round_rows, site.compute(len(stage)))
 
 
 def history_rows(history: list[RoundRecord]) -> list[dict[str, Any]]:

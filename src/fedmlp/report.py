@@ -5,7 +5,8 @@ per-round curves as CSV."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,12 @@ UPPER_BOUND = "fedavg-full"  # fully labelled: shown, but never marked best amon
 LOWER_IS_BETTER = {"hamming_loss"}
 BEST_VAL = "mAP at best val"  # test mAP at the round of the best validation mAP (metrics.json's best_val)
 BEST_VAL_LABEL = "test mAP at the best-validation round"
+COMPUTE_REFERENCE = "fedavg-masked"  # each method's training cost is shown as a multiple of this method's
+COMPUTE = f"compute (× {COMPUTE_REFERENCE})"
+COMPUTE_NOTE = (f"*{COMPUTE}*: the method's mean training cost divided by {COMPUTE_REFERENCE}'s, both counted as the runs "
+                "trained: model passes over the clients' images per training image per round, in forward-equivalents "
+                "(a forward+backward pass counts 3, a forward-only pass such as a teacher's 1); a method's gain over "
+                f"{COMPUTE_REFERENCE} may come from that extra compute (compare fedavg-masked-2view, the same loss on two views).")
 
 
 def summary_frame(runs: list[dict[str, Any]]) -> pd.DataFrame:
@@ -51,6 +58,22 @@ def best_val_frame(runs: list[dict[str, Any]]) -> pd.DataFrame:
     rows = [{**{k: run["run"][k] for k in RUN_KEYS}, "metric": BEST_VAL, "value": run["best_val"]["test_mAP"]}
             for run in runs if run.get("best_val") is not None]
     return pd.DataFrame(rows, columns=[*RUN_KEYS, "metric", "value"]).astype({"value": float})
+
+
+def relative_compute(runs: list[dict[str, Any]]) -> pd.DataFrame:
+    """Each run's counted cost (metrics.json's ``compute``) over the mean cost of the
+    :data:`COMPUTE_REFERENCE` runs of its dataset and setting, in summary.csv's long form (metric
+    :data:`COMPUTE`; kept out of summary.csv, whose metrics are tested in pairs); empty where the
+    reference was not run or the runs carry no compute."""
+    rows = [{**{k: run["run"][k] for k in RUN_KEYS}, "cost": run["compute"]["cost"]} for run in runs if "compute" in run]
+    costs = pd.DataFrame(rows, columns=[*RUN_KEYS, "cost"]).astype({"cost": float})
+    reference = costs[costs["method"] == COMPUTE_REFERENCE].groupby(["dataset", "setting"])["cost"].mean().rename("reference")
+    costs = costs.join(reference, on=["dataset", "setting"], how="inner")
+    return costs.assign(metric=COMPUTE, value=costs["cost"] / costs["reference"])[[*RUN_KEYS, "metric", "value"]]
+
+
+def _ratio(values: pd.Series) -> str:
+    return f"{values.mean():.2f}" if not values.dropna().empty else "n/a"
 
 
 def _mean_std(values: pd.Series, digits: int = 3) -> str:
@@ -169,10 +192,12 @@ def markdown(runs: list[dict[str, Any]], summary: pd.DataFrame, figure: str, ext
             out += [f"**Warning** ({run['run']['method']}, {run['run']['setting']}, seed {run['run']['seed']}): {warning}.", ""]
     out += list(across)
     best_val = best_val_frame(runs)
+    compute = relative_compute(runs)
     for (dataset, setting), block in summary.groupby(["dataset", "setting"], sort=False):
         methods = list(dict.fromkeys(block["method"]))
         out += [f"## {dataset} · {setting}", ""]
         gap = gap_closed(block)
+        cost = compute[(compute["dataset"] == dataset) & (compute["setting"] == setting)].groupby("method")["value"]
         block = pd.concat([block, best_val[(best_val["dataset"] == dataset) & (best_val["setting"] == setting)]])
         columns = [*METRICS] + ([BEST_VAL] if BEST_VAL in set(block["metric"]) else [])
         means = block.groupby(["method", "metric"])["value"].mean()
@@ -182,8 +207,10 @@ def markdown(runs: list[dict[str, Any]], summary: pd.DataFrame, figure: str, ext
             sub = block[block["method"] == method]
             seeds = sub["seed"].nunique()
             cells = [_bold(_mean_std(sub.loc[sub["metric"] == m, "value"]), method == best[m]) for m in columns]
-            rows.append([method, str(seeds), *cells] + ([f"{gap[method]:.0%}"] if gap else []))
-        header = ["method", "seeds", *[BEST_VAL_LABEL if m == BEST_VAL else m for m in columns]] + (["mAP gap closed"] if gap else [])
+            rows.append([method, str(seeds), *cells] + ([f"{gap[method]:.0%}"] if gap else [])
+                        + ([_ratio(cost.get_group(method)) if method in cost.groups else "n/a"] if cost.ngroups else []))
+        header = (["method", "seeds", *[BEST_VAL_LABEL if m == BEST_VAL else m for m in columns]] + (["mAP gap closed"] if gap else [])
+                  + ([COMPUTE] if cost.ngroups else []))
         out += [_table(header, rows), "", "**Bold**: the best mean per column among the methods with partial labels "
                 f"({UPPER_BOUND}, the fully labelled upper bound, is left out).", ""]
         if BEST_VAL in columns:
@@ -192,6 +219,8 @@ def markdown(runs: list[dict[str, Any]], summary: pd.DataFrame, figure: str, ext
         if gap:
             out += ["*mAP gap closed*: (method − fedavg-partial) / (fedavg-full − fedavg-partial), on mean mAP: "
                     "0% is the naive baseline, 100% the fully labelled upper bound.", ""]
+        if cost.ngroups:
+            out += [COMPUTE_NOTE, ""]
         out += paired_markdown(block[block["metric"] != BEST_VAL])
 
         members = [r for r in runs if (r["run"]["dataset"], r["run"]["setting"]) == (dataset, setting)]
@@ -245,8 +274,9 @@ def _column(annotated: int | None, setting: str, n_classes: int) -> str:
     return setting if annotated is None else f"{annotated} ({1 - annotated / n_classes:.0%} missing)"
 
 
-def family_tables(long: pd.DataFrame, metric: str, n_classes: dict[str, int]) -> list[FamilyTable]:
-    """One table per setting family for ``metric`` of ``long`` (long form, as summary.csv)."""
+def family_tables(long: pd.DataFrame, metric: str, n_classes: dict[str, int], cell: Callable[[pd.Series], str] = _mean_std) -> list[FamilyTable]:
+    """One table per setting family for ``metric`` of ``long`` (long form, as summary.csv), each cell
+    the ``cell`` of its values."""
     rows = long[long["metric"] == metric]
     tables = []
     for (dataset, family), members in families(long).items():
@@ -257,7 +287,7 @@ def family_tables(long: pd.DataFrame, metric: str, n_classes: dict[str, int]) ->
         for setting, column in columns.items():
             block = rows[(rows["dataset"] == dataset) & (rows["setting"] == setting)]
             for method, values in block.groupby("method", sort=False)["value"]:
-                cells.loc[method, column] = _mean_std(values)
+                cells.loc[method, column] = cell(values)
             winner = _best(block.groupby("method")["value"].mean().drop(UPPER_BOUND, errors="ignore"), metric)
             if winner is not None:
                 best.loc[winner, column] = True
@@ -333,16 +363,19 @@ def plot_annotated(summary: pd.DataFrame, path: Path, metric: str = "mAP") -> No
     save(fig, path)
 
 
-def latex(summary: pd.DataFrame, best_val: pd.DataFrame, n_classes: dict[str, int]) -> str:
+def latex(summary: pd.DataFrame, best_val: pd.DataFrame, n_classes: dict[str, int], compute: pd.DataFrame | None = None) -> str:
     """The family tables as LaTeX for a paper (booktabs rules; needs ``\\usepackage{booktabs}``): one
     table per family, mAP and AUROC side by side (and the best-validation test mAP when there is one),
-    each column's best among the partial-label methods in bold."""
-    names = {"mAP": "mAP", "AUROC": "AUROC", BEST_VAL: "mAP at best val."}
+    each column's best among the partial-label methods in bold; with ``compute``
+    (:func:`relative_compute`) each method's cost as a multiple of fedavg-masked's beside them."""
+    names = {"mAP": "mAP", "AUROC": "AUROC", BEST_VAL: "mAP at best val.", COMPUTE: f"compute / {COMPUTE_REFERENCE}"}  # escaped: plain text
     metrics = {"mAP": summary, "AUROC": summary} | ({BEST_VAL: best_val} if not best_val.empty else {})
     by_family: dict[tuple[str, str], list[FamilyTable]] = {}
     for metric, long in metrics.items():
         for table in family_tables(long, metric, n_classes):
             by_family.setdefault((table.dataset, table.family), []).append(table)
+    for table in family_tables(compute, COMPUTE, n_classes, cell=_ratio) if compute is not None and not compute.empty else ():
+        by_family.setdefault((table.dataset, table.family), []).append(replace(table, best=table.best & False))  # nothing bold
     out = ["% Written by `fedmlp report`; needs \\usepackage{booktabs}. Mean $\\pm$ sd over seeds of the final round's test metric;",
            f"% bold: each column's best among the methods with partial labels ({UPPER_BOUND}, the fully labelled upper bound, left out).", ""]
     for (dataset, family), parts in by_family.items():
@@ -353,9 +386,11 @@ def latex(summary: pd.DataFrame, best_val: pd.DataFrame, n_classes: dict[str, in
         body = cells.map(lambda cell: cell.replace(" ± ", r" $\pm$ "))
         styler = body.style.apply(lambda _, best=best: best.map(lambda on: "textbf:--rwrap;" if on else ""), axis=None)
         styler = styler.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
-        what = "Test mAP, AUROC and the test mAP at the best-validation round" if len(parts) > 2 else "Test mAP and AUROC"
+        what = "Test mAP, AUROC and the test mAP at the best-validation round" if BEST_VAL in {p.metric for p in parts} else "Test mAP and AUROC"
         caption = (f"{what} on {dataset}, {family}; columns: the classes each client annotates, of {n_classes[dataset]} "
-                   f"(missing rate 1 $-$ a/{n_classes[dataset]}); mean $\\pm$ sd over seeds.")
+                   f"(missing rate 1 $-$ a/{n_classes[dataset]}); mean $\\pm$ sd over seeds."
+                   + (f" Compute: mean training cost as a multiple of {COMPUTE_REFERENCE}'s (forward-equivalents per training "
+                      "image per round, a forward+backward pass 3, a forward-only pass 1)." if COMPUTE in {p.metric for p in parts} else ""))
         out.append(styler.to_latex(hrules=True, column_format="l" + "r" * cells.shape[1], multicol_align="c", caption=caption,
                                    label=f"tab:{dataset}-{family}", position_float="centering"))
     return "\n".join(out)
@@ -460,7 +495,7 @@ def write_report(
     with atomic_path(summary_path) as tmp:
         summary.to_csv(tmp, index=False, float_format="%.6f")
     if latex_path is not None:
-        write_text(latex_path, latex(summary, best_val, n_classes))
+        write_text(latex_path, latex(summary, best_val, n_classes, relative_compute(runs)))
     plot_rounds(runs, figure_path)
     across: list[str] = []
     if summary[["dataset", "setting"]].drop_duplicates().shape[0] > 1:

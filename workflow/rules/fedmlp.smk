@@ -9,6 +9,7 @@ rule warmup:
     output:
         model=f"{WARMUP}/model.pt",
         rounds=f"{WARMUP}/rounds.csv",
+        compute=f"{WARMUP}/compute.json",  # its counted model passes, added into each run's metrics.json by the teacher stage
         live=directory(f"{WARMUP}/live"),  # per-round metrics as the rounds happen (DVCLive; rebuilt on resume)
     log:
         f"logs/warmup/{WARMUP_ID}.log",
@@ -31,7 +32,8 @@ rule warmup:
     shell:
         "fedmlp warmup --store {params.store:q} --partition {input.partition:q} --method fedmlp --seed {wildcards.seed:q}"
         " --train {params.train:q} --model {params.model:q} --method-settings {params.fedmlp:q}"
-        " --out-model {output.model:q} --out-rounds {output.rounds:q} --live {output.live:q} --resume-state {params.resume:q} > {log:q} 2>&1"
+        " --out-model {output.model:q} --out-rounds {output.rounds:q} --out-compute {output.compute:q} --live {output.live:q}"
+        " --resume-state {params.resume:q} > {log:q} 2>&1"
 
 
 rule pseudolabel:
@@ -43,6 +45,7 @@ rule pseudolabel:
     output:
         artifact=f"{RUN}/pseudolabels.json",
         summary=f"{RUN}/pseudolabels.md",
+        compute=f"{RUN}/pseudolabel-compute.json",  # the detection's model passes (for the teacher stage's metrics.json)
     log:
         f"logs/pseudolabel/{RUN_ID}.log",
     wildcard_constraints:
@@ -63,18 +66,21 @@ rule pseudolabel:
     shell:
         "fedmlp pseudolabel --store {params.store:q} --partition {input.partition:q} --method {params.registered:q}"
         " --seed {wildcards.seed:q} --train {params.train:q} --model {params.model:q} --method-settings {params.fedmlp:q}"
-        " --warmup-model {input.warmup:q} --out-artifact {output.artifact:q} --out-summary {output.summary:q} > {log:q} 2>&1"
+        " --warmup-model {input.warmup:q} --out-artifact {output.artifact:q} --out-summary {output.summary:q}"
+        " --out-compute {output.compute:q} > {log:q} 2>&1"
 
 
 rule teacher:
     """FedMLP stage 2: pseudo-labels plus consistency with the global teacher, from the warm-up; then
-    the final model's metrics on the fully labelled test set."""
+    the final model's metrics on the fully labelled test set, with the compute of all three stages."""
     input:
         **store_files(),
         partition=PARTITION,
         warmup=f"{WARMUP}/model.pt",
         warmup_rounds=f"{WARMUP}/rounds.csv",
         pseudolabels=f"{RUN}/pseudolabels.json",
+        warmup_compute=f"{WARMUP}/compute.json",
+        pseudolabel_compute=f"{RUN}/pseudolabel-compute.json",
     output:
         model=f"{RUN}/model.pt",
         rounds=f"{RUN}/rounds.csv",
@@ -108,6 +114,7 @@ rule teacher:
         "fedmlp teacher --store {params.store:q} --partition {input.partition:q} --method {params.registered:q}"
         " --seed {wildcards.seed:q} --train {params.train:q} --model {params.model:q} --method-settings {params.fedmlp:q}"
         " --warmup-model {input.warmup:q} --warmup-rounds {input.warmup_rounds:q} --pseudolabels {input.pseudolabels:q}"
+        " --earlier-compute {input.warmup_compute:q} {input.pseudolabel_compute:q}"
         " --run {params.run:q} --out-model {output.model:q} --out-rounds {output.rounds:q} --live {output.live:q}"
         " --out-diagnostics {output.diagnostics:q} --out-metrics {output.metrics:q} --out-predictions {output.predictions:q}"
         " --resume-state {params.resume:q} > {log:q} 2>&1"

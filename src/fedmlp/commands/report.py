@@ -43,6 +43,9 @@ def check_metrics(data: Any, path: Path) -> dict[str, Any]:
     require(all(isinstance(v, list) and v and all(_number(x) for x in v) for v in lists) and len({len(v) for v in lists}) == 1, path,
             "rounds: expected lists round, test_mAP and test_AUROC of one length")
     require(all(_number(x, allow_missing=False) for x in rounds["round"]), path, "rounds.round: expected round numbers")
+    compute = data.get("compute", {"cost": 1.0})
+    require(isinstance(compute, dict) and _number(compute.get("cost"), allow_missing=False) and compute["cost"] > 0, path,
+            "compute: expected an object with a positive number 'cost' (the run's counted training cost)")
     best_val = data.get("best_val")
     require(best_val is None or (isinstance(best_val, dict) and all(_number(best_val.get(k, "absent")) for k in BEST_VAL_FIELDS)), path,
             f"best_val: expected null or a number (or null) for each of {', '.join(BEST_VAL_FIELDS)}")

@@ -2,7 +2,10 @@
 
 All four read the same inputs (:func:`training_inputs`); the three that train share one
 train → write rounds → save checkpoint → score it on the test set → clear resume state sequence
-(:func:`train_and_save`). Scoring in the training job rather than in a job of its own saves a Python,
+(:func:`train_and_save`). Each counts its model passes (:mod:`fedmlp.compute`): the scored run's
+``metrics.json`` gets them as ``compute``, and FedMLP's earlier stages write theirs to a file
+(``--out-compute``) that the teacher stage adds in (``--earlier-compute``), so a staged run's compute
+covers all its stages. Scoring in the training job rather than in a job of its own saves a Python,
 torch and scikit-learn start-up per run (about 5 CPU-seconds each, a tenth of the default pipeline).
 """
 
@@ -95,10 +98,27 @@ def checkpoint_meta(model_config: Any, classes: list[str], method: str, seed: in
             "precision": precision}
 
 
+def write_compute(args: argparse.Namespace, compute) -> None:
+    """A stage's pass counts, for the stage that scores the run (``--out-compute``, when given)."""
+    from fedmlp.atomic import write_json
+
+    if args.out_compute is not None:
+        write_json(args.out_compute, compute.counts())
+
+
+def earlier_compute(paths: list[Path]):
+    """The summed counts of the earlier stages' compute files (None without any)."""
+    from fedmlp.compute import Compute
+
+    stages = [Compute.from_json(read_json(path), str(path)) for path in paths]
+    return sum(stages[1:], stages[0]) if stages else None
+
+
 def train_and_save(args: argparse.Namespace, inputs: TrainingInputs, rounds: range, initial_model=None,
                    on_round_end: Callable | None = None, earlier_rounds: list[dict] | None = None,
-                   resume_files: tuple[Path, ...] = ()):
-    """Train ``rounds``, then write the per-round CSV (after ``earlier_rounds``) and the checkpoint."""
+                   resume_files: tuple[Path, ...] = (), earlier=None):
+    """Train ``rounds``, then write the per-round CSV (after ``earlier_rounds``) and the checkpoint;
+    the run's compute is this training's passes plus ``earlier`` (the earlier stages')."""
     from fedmlp import checkpoint, federated
 
     resume = resume_point(args, *resume_files)
@@ -116,21 +136,23 @@ def train_and_save(args: argparse.Namespace, inputs: TrainingInputs, rounds: ran
         live.close()
     meta = checkpoint_meta(inputs.model_config, inputs.store.classes, args.method, args.seed, rounds.stop, inputs.runtime.precision)
     checkpoint.save(args.out_model, result.model, meta)
+    compute = result.compute if earlier is None else earlier + result.compute
+    write_compute(args, compute)
     if getattr(args, "out_metrics", None) is not None:
-        score_final_model(args, inputs, checkpoint.as_loaded(result.model, meta), rows)
+        score_final_model(args, inputs, checkpoint.as_loaded(result.model, meta), rows, compute)
     if resume:
         resume.clear()
     return result
 
 
-def score_final_model(args: argparse.Namespace, inputs: TrainingInputs, model, rows: list[dict]) -> None:
+def score_final_model(args: argparse.Namespace, inputs: TrainingInputs, model, rows: list[dict], compute) -> None:
     """The saved model on the test set (thresholds from the validation set), as ``fedmlp evaluate``
     would score the files just written (the outputs are renamed into place only when the command
-    succeeds, so they are not read back)."""
+    succeeds, so they are not read back), with the run's counted compute."""
     from fedmlp.commands.evaluate import parse_run, score
 
     score(model, inputs.store, inputs.partition, rows, parse_run(args.run), inputs.train.device, inputs.train.threads,
-          args.out_metrics, args.out_predictions, warnings=inputs.method.warnings())
+          args.out_metrics, args.out_predictions, warnings=inputs.method.warnings(), compute=compute.to_json())
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -172,6 +194,7 @@ def cmd_pseudolabel(args: argparse.Namespace) -> None:
     quality = pseudo_label_quality(method.first_stage2_round + 1, inputs.store, clients, site.state_list())
     write_json(args.out_artifact, artifact)
     write_text(args.out_summary, summary_markdown(artifact, quality))
+    write_compute(args, site.compute(0))
 
 
 def cmd_teacher(args: argparse.Namespace) -> None:
@@ -195,7 +218,7 @@ def cmd_teacher(args: argparse.Namespace) -> None:
 
     stage2 = range(method.first_stage2_round, method.n_rounds(inputs.train))
     result = train_and_save(args, inputs, stage2, initial_model=model, on_round_end=record, earlier_rounds=warmup.to_dict(orient="records"),
-                            resume_files=(args.warmup_model, args.pseudolabels))
+                            resume_files=(args.warmup_model, args.pseudolabels), earlier=earlier_compute(args.earlier_compute))
     write_rounds(args.out_diagnostics, result.round_rows)
 
 
@@ -221,6 +244,10 @@ def add_commands(add) -> None:
                        help="also write each round's loss, test and validation scores here as it ends (DVCLive: plots/metrics/*.tsv, metrics.json); "
                             "written as training goes, not at the end like the other outputs")
 
+    def compute_output(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--out-compute", type=Path, default=None,
+                       help="also write this stage's counted model passes (JSON), for the stage that scores the run (--earlier-compute)")
+
     def scored_outputs(p: argparse.ArgumentParser) -> None:
         p.add_argument("--run", default="{}", help="JSON identifying the run: dataset, setting, method, seed (copied into the outputs)")
         p.add_argument("--out-metrics", type=Path, default=None, help="also score the final checkpoint on the test set (as fedmlp evaluate)")
@@ -231,17 +258,20 @@ def add_commands(add) -> None:
     resume_args(p)
     outputs(p)
     scored_outputs(p)
+    compute_output(p)
 
     p = add("warmup", cmd_warmup, "FedMLP stage 1: the warm-up rounds, ending in the warm-up checkpoint")
     training_args(p)
     resume_args(p)
     outputs(p)
+    compute_output(p)
 
     p = add("pseudolabel", cmd_pseudolabel, "FedMLP: prototypes, learning degrees and the first missing-label detection")
     training_args(p)
     p.add_argument("--warmup-model", type=Path, required=True)
     p.add_argument("--out-artifact", type=Path, required=True, help="pseudolabels.json (training input; no hidden labels)")
     p.add_argument("--out-summary", type=Path, required=True, help="human-readable summary with diagnostics")
+    compute_output(p)
 
     p = add("teacher", cmd_teacher, "FedMLP stage 2: pseudo-labels and the global teacher, from the warm-up")
     training_args(p)
@@ -249,6 +279,9 @@ def add_commands(add) -> None:
     p.add_argument("--warmup-model", type=Path, required=True)
     p.add_argument("--warmup-rounds", type=Path, required=True)
     p.add_argument("--pseudolabels", type=Path, required=True)
+    p.add_argument("--earlier-compute", type=Path, nargs="*", default=[],
+                   help="the earlier stages' --out-compute files (warm-up, pseudolabel): added to this stage's passes in metrics.json's compute")
     outputs(p)
     scored_outputs(p)
+    compute_output(p)
     p.add_argument("--out-diagnostics", type=Path, required=True)
