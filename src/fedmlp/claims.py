@@ -140,12 +140,15 @@ def sentence(claim: Claim) -> str:
 
 def _span(fam: Family) -> str:
     """What the family spans: settings × comparisons × metrics."""
-    settings = len(fam.per_setting)
-    per = {n // len(METRICS) for n in fam.per_setting.values()}
-    if len(per) == 1 and all(n % len(METRICS) == 0 for n in fam.per_setting.values()):
-        return f"{settings} setting{'s' * (settings != 1)} × {per.pop()} comparisons × {len(METRICS)} metrics"
-    counts = ", ".join(f"{s} {n}" for (_, s), n in fam.per_setting.items())
-    return f"{settings} settings × their comparisons × {len(METRICS)} metrics ({counts})"
+    settings = f"{len(fam.per_setting)} setting{'s' * (len(fam.per_setting) != 1)}"
+    if any(n % len(METRICS) for n in fam.per_setting.values()):  # a metric missing for some pair
+        counts = ", ".join(f"{s} {n}" for (_, s), n in fam.per_setting.items())
+        return f"{settings} × their comparisons × {len(METRICS)} metrics, where defined: {counts}"
+    per = {s: n // len(METRICS) for (_, s), n in fam.per_setting.items()}
+    if len(set(per.values())) == 1:
+        return f"{settings} × {next(iter(per.values()))} comparisons × {len(METRICS)} metrics"
+    counts = ", ".join(f"{s} {n}" for s, n in per.items())
+    return f"{settings} × {min(per.values())}–{max(per.values())} comparisons × {len(METRICS)} metrics; comparisons per setting: {counts}"
 
 
 def _seeds(fam: Family) -> str:
@@ -170,6 +173,10 @@ def family_text(fam: Family) -> str:
     return text
 
 
+def _against(methods: list[str], reference: str) -> str:
+    return f"{methods[0]} − {reference}" if len(methods) == 1 else f"{{{', '.join(methods)}}} − {reference}"
+
+
 def conclusions_markdown(fam: Family) -> list[str]:
     """The report's "Conclusions" section: one line per decisive comparison, the rest counted and listed."""
     out = ["## Conclusions", "", "Generated from the tests below, not written by hand.", ""]
@@ -180,9 +187,10 @@ def conclusions_markdown(fam: Family) -> list[str]:
     out += [f"- {sentence(c)}" for c in decisive] or [f"None of the {len(fam.claims)} comparisons is decisive."]
     open_ = [c for c in fam.claims if c.verdict == "not resolved"]
     if open_:
-        groups: dict[str, list[str]] = {}
+        groups: dict[str, dict[str, list[str]]] = {}
         for c in open_:
-            groups.setdefault(f"{c.where}, {c.result.metric}", []).append(c.pair)
-        listed = "; ".join(f"{where}: {', '.join(p)}" for where, p in groups.items())
+            groups.setdefault(f"{c.where}, {c.result.metric}", {}).setdefault(c.result.reference, []).append(c.result.method)
+        listed = "; ".join(f"{where}: {', '.join(_against(m, r) for r, m in by_reference.items())}"
+                           for where, by_reference in groups.items())
         out += ["", f"Not resolved: {len(open_)} of {len(fam.claims)} ({listed})."]
     return out + [""]
