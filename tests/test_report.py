@@ -1,5 +1,6 @@
-"""report.md from hand-made metrics: the main table marks the best method, and every method is
-compared with FedMLP, paired by seed."""
+"""report.md from hand-made metrics: the main table marks the best method, and the comparisons
+(against fedavg-masked and among the top three, paired by seed, Holm over the whole family) give the
+generated conclusions."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fedmlp.claims import family, pairs
 from fedmlp.commands.report import check_metrics
+from fedmlp.config import ClaimsConfig, EquivalenceMargin, from_json
 from fedmlp.errors import FedmlpError
 from fedmlp.metrics import METRICS
 from fedmlp.report import family_tables, summary_frame, write_report
@@ -23,23 +26,111 @@ def run(method: str, seed: int, mAP: float) -> dict:
             "rounds": {"round": [1, 2], "test_mAP": [mAP - 0.1, mAP], "test_AUROC": [0.6, 0.7]}}
 
 
-def test_report_marks_the_best_and_pairs_every_method_with_fedmlp(tmp_path: Path) -> None:
-    values = {"fedavg-full": [0.9, 0.91, 0.92], "fedmlp": [0.6, 0.62, 0.61], "rscfed": [0.5, 0.51, 0.53], "cbafed": [0.65, 0.63, 0.64]}
+def test_report_marks_the_best_and_pairs_every_method_with_fedavg_masked(tmp_path: Path) -> None:
+    values = {"fedavg-full": [0.9, 0.91, 0.92], "fedavg-masked": [0.6, 0.62, 0.61], "rscfed": [0.5, 0.51, 0.53],
+              "cbafed": [0.65, 0.63, 0.64]}
     runs = [run(m, s, v) for m, seeds in values.items() for s, v in enumerate(seeds)]
     write_report(runs, tmp_path / "summary.csv", tmp_path / "report.md", tmp_path / "fig.png")
     report = (tmp_path / "report.md").read_text()
     assert "| cbafed | 3 | **0.640 ± 0.010**" in report  # best with partial labels; fedavg-full is not counted
     assert "| fedavg-full | 3 | 0.910 ± 0.010" in report
-    paired = report[report.index("difference to fedmlp"):]
-    rscfed = next(line for line in paired.splitlines() if line.startswith("| rscfed | mAP |"))
+    paired = report[report.index("| comparison |"):]
+    rscfed = next(line for line in paired.splitlines() if line.startswith("| rscfed − fedavg-masked | mAP |"))
     cells = [c.strip() for c in rscfed.strip("|").split("|")]
     assert cells[2] == "3" and cells[3] == "-0.097" and cells[4].startswith("[-0.1") and cells[4].endswith("]")
     assert float(cells[5]) < 0.05 and float(cells[6]) >= float(cells[5])
-    assert "| fedmlp | mAP |" not in paired
+    assert "fedavg-full −" not in paired and "− fedavg-full" not in paired  # the upper bound is not tested
+
+
+HAND = {  # method → its offset from fedavg-masked per seed 0..4 (the seed effect is shared and cancels)
+    "fedavg-masked": [0.0] * 5,
+    "fedavg-full": [0.2] * 5,
+    "fedirm": [0.05, 0.048, 0.053, 0.051, 0.049],  # consistently ahead: better
+    "fedmlp": [0.002, -0.001, 0.0025, 0.0, 0.0015],  # within ±0.003 of it: level within ±0.02
+    "noisy": [0.06, -0.05, 0.04, -0.07, 0.01],  # near 0 on average but spread: not resolved
+    "rscfed": [-0.1, -0.098, -0.103, -0.101, -0.099],  # consistently behind: worse
+}
+
+
+def hand_runs(settings: tuple[str, ...] = ("s1", "s2"), methods: tuple[str, ...] = tuple(HAND)) -> list[dict]:
+    runs = []
+    for setting in settings:
+        for method in methods:
+            for seed, offset in enumerate(HAND[method]):
+                r = run(method, seed, 0.6 + 0.02 * seed + offset)
+                r["run"]["setting"] = setting
+                runs.append(r)
+    return runs
+
+
+def conclusions(report: str) -> str:
+    return report[report.index("## Conclusions"):report.index("\n## ", report.index("## Conclusions") + 1)]
+
+
+def test_conclusions_are_generated_from_the_tests(tmp_path: Path) -> None:
+    write_report(hand_runs(), tmp_path / "summary.csv", tmp_path / "report.md", tmp_path / "fig.png")
+    report = (tmp_path / "report.md").read_text()
+    assert report.index("runs. Values are") < report.index("## Conclusions") < report.index("## d · s1")  # at the top
+    text = conclusions(report)
+    # per setting: fedmlp, fedirm, noisy, rscfed against fedavg-masked; top 3 by mAP (fedirm, fedmlp, fedavg-masked)
+    # pairwise adds fedirm − fedmlp only (the other two pairs are made already): 5 × 2 metrics × 2 settings
+    assert "**20 comparisons** (2 settings × 5 comparisons × 2 metrics)" in text and "n = 5 seeds" in text
+    assert "±0.02 mAP, ±0.02 AUROC" in text and "α = 0.05" in text
+    lines = [line for line in text.splitlines() if line.startswith("- ")]
+    for setting in ("s1", "s2"):
+        for metric in ("mAP", "AUROC"):
+            where = f"- d · {setting}, {metric}: "
+            assert f"{where}**fedirm better than fedavg-masked** (+0.050 [" in text
+            assert f"{where}**rscfed worse than fedavg-masked** (-0.100 [" in text
+            assert f"{where}**fedmlp level with fedavg-masked within ±0.02** (+0.001 [" in text
+            assert f"{where}**fedirm better than fedmlp**" in text
+            assert not any(line.startswith(where) and "noisy" in line for line in lines)
+    assert len(lines) == 16
+    assert "Not resolved: 4 of 20 (d · s1, mAP: noisy − fedavg-masked; d · s1, AUROC: noisy − fedavg-masked; d · s2, mAP:" in text
+    rows = [line for line in report.splitlines() if line.startswith("| ") and " − " in line.split("|")[1]]
+    assert len(rows) == 20  # the per-setting tables show every member of the family, and only those
+    verdicts = [line.strip("|").split("|")[-1].strip() for line in rows]
+    assert verdicts.count("better") == 8 and verdicts.count("worse") == 4 and verdicts.count("level within ±0.02") == 4
+    assert verdicts.count("not resolved") == 4
+
+
+def test_the_margin_and_alpha_come_from_the_config(tmp_path: Path) -> None:
+    tight = ClaimsConfig(equivalence_margin=EquivalenceMargin(mAP=0.0005, AUROC=0.02))
+    write_report(hand_runs(("s1",)), tmp_path / "summary.csv", tmp_path / "report.md", tmp_path / "fig.png", claims=tight)
+    text = conclusions((tmp_path / "report.md").read_text())
+    assert "**10 comparisons** (1 setting × 5 comparisons × 2 metrics)" in text and "±0.0005 mAP" in text
+    assert "d · s1, mAP: **fedmlp level" not in text and "d · s1, AUROC: **fedmlp level with fedavg-masked within ±0.02**" in text
+    summary = summary_frame(hand_runs(("s1",)))
+    strict = family(summary, ClaimsConfig(alpha=1e-12))
+    assert {c.verdict for c in strict.claims} == {"not resolved"}  # p = 0 needs no spread; none here
+    assert from_json(ClaimsConfig, '{"alpha": 0.1}', "report").equivalence_margin.mAP == 0.02
+
+
+@pytest.mark.parametrize(("text", "key"), [('{"alpha": 0.9}', "report.alpha"), ('{"equivalence_margin": {"mAP": 0}}', "report.equivalence_margin.mAP"),
+                                           ('{"equivalence_margin": {"BACC": 0.1}}', "report.equivalence_margin.BACC")])
+def test_bad_claims_settings_name_their_key(text: str, key: str) -> None:
+    with pytest.raises(FedmlpError, match=f"config key '{key}'"):
+        from_json(ClaimsConfig, text, "report")
+
+
+def test_without_fedavg_masked_the_top_three_are_compared_pairwise(tmp_path: Path) -> None:
+    methods = tuple(m for m in HAND if m != "fedavg-masked")
+    summary = summary_frame(hand_runs(("s1",), methods))
+    assert pairs(summary) == [("fedirm", "fedmlp"), ("fedirm", "noisy"), ("fedmlp", "noisy")]  # by mean mAP, best first
+    write_report(hand_runs(("s1",), methods), tmp_path / "summary.csv", tmp_path / "report.md", tmp_path / "fig.png")
+    text = conclusions((tmp_path / "report.md").read_text())
+    assert "**6 comparisons** (1 setting × 3 comparisons × 2 metrics)" in text
+    assert "fedavg-masked is not in the run (d · s1): there the comparisons are the top 3 pairwise only" in text
+
+
+def test_one_partial_label_method_makes_no_comparison(tmp_path: Path) -> None:
+    write_report(hand_runs(("s1",), ("fedavg-full", "fedmlp")), tmp_path / "summary.csv", tmp_path / "report.md", tmp_path / "fig.png")
+    report = (tmp_path / "report.md").read_text()
+    assert "No comparisons" in conclusions(report) and "| comparison |" not in report
 
 
 SETTINGS = {"iid-k5-a1": 1, "iid-k5-a2": 2, "iid-k5-a3": 3, "dir0.5-k5-a1": 1, "dir0.5-k5-a2": 2}
-OFFSETS = {"fedavg-full": 0.3, "fedmlp": 0.0, "cbafed": 0.02, "rscfed": -0.1, "fedlsr": -0.01}
+OFFSETS = {"fedavg-full": 0.3, "fedavg-masked": 0.005, "fedmlp": 0.0, "cbafed": 0.02, "rscfed": -0.1, "fedlsr": -0.01}
 
 
 def sweep_runs(best_val: bool | None = False, seeds: int = 5) -> list[dict]:
@@ -69,7 +160,7 @@ def test_family_tables_have_a_column_per_missing_rate_and_bold_the_best() -> Non
     iid = tables["iid-k5"]
     assert list(iid.cells.index) == list(OFFSETS)
     assert list(iid.cells.columns) == ["1 (80% missing)", "2 (60% missing)", "3 (40% missing)"] and iid.annotated == (1, 2, 3)
-    assert tables["dir0.5-k5"].cells.shape == (5, 2)
+    assert tables["dir0.5-k5"].cells.shape == (len(OFFSETS), 2)
     assert iid.best.sum().tolist() == [1, 1, 1] and iid.best.loc["cbafed"].all()  # fedavg-full is the upper bound, never bold
     mean = summary[(summary["setting"] == "iid-k5-a2") & (summary["method"] == "fedmlp") & (summary["metric"] == "mAP")]["value"]
     assert iid.cells.loc["fedmlp", "2 (60% missing)"] == f"{mean.mean():.3f} ± {mean.std():.3f}"
@@ -108,7 +199,7 @@ def test_report_across_settings(tmp_path: Path) -> None:
                  latex_path=tmp_path / "table.tex")
     report = (tmp_path / "report.md").read_text()
     assert report.index("## Across settings") < report.index("## d · iid-k5-a1")
-    for heading in ("### d · iid-k5: test mAP", "### d · iid-k5: test AUROC", "### d · dir0.5-k5: mAP difference to fedmlp"):
+    for heading in ("### d · iid-k5: test mAP", "### d · iid-k5: test AUROC", "### d · dir0.5-k5: mAP difference to fedavg-masked"):
         assert heading in report
     assert "| method | 1 (80% missing) | 2 (60% missing) | 3 (40% missing) |" in report
     assert "best-validation" not in report  # no validation split: nothing about it

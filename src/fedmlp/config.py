@@ -142,6 +142,22 @@ class TrainConfig:
     deterministic: bool = False
 
 
+@dataclass(frozen=True)
+class EquivalenceMargin:
+    """±m per metric within which two methods count as level (report.equivalence_margin)."""
+
+    mAP: float = bounded(0.02, exclusiveMinimum=0, maximum=1)
+    AUROC: float = bounded(0.02, exclusiveMinimum=0, maximum=1)
+
+
+@dataclass(frozen=True)
+class ClaimsConfig:
+    """The report's tests (report.alpha, report.equivalence_margin; docs: README, "Paired comparisons")."""
+
+    alpha: float = bounded(0.05, exclusiveMinimum=0, maximum=0.5)
+    equivalence_margin: EquivalenceMargin = field(default_factory=EquivalenceMargin)
+
+
 def from_dict(cls: type[T], data: Any, key: str) -> T:
     """Build dataclass ``cls`` from a mapping; errors name the dotted config ``key``."""
     if not isinstance(data, dict):

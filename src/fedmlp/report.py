@@ -19,17 +19,17 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fedmlp.atomic import atomic_path, write_json, write_text  # noqa: E402
+from fedmlp.claims import REFERENCE, UPPER_BOUND, Claim, Family, conclusions_markdown, interval, p_text, signed, verdict_text  # noqa: E402
+from fedmlp.claims import family as claims_family  # noqa: E402
+from fedmlp.config import ClaimsConfig  # noqa: E402
 from fedmlp.diagnostics import COUNTS, rates  # noqa: E402
 from fedmlp.errors import FedmlpError  # noqa: E402
 from fedmlp.figures import look, plot_rounds, save  # noqa: E402
 from fedmlp.metrics import METRICS  # noqa: E402
-from fedmlp.statistics import compare_to  # noqa: E402
 from fedmlp.sweep import split_name  # noqa: E402
 from fedmlp.tuning import budget, choose  # noqa: E402
 
 RUN_KEYS = ("dataset", "setting", "method", "seed")
-REFERENCE = "fedmlp"  # the method every other is compared with, when it is in the run
-UPPER_BOUND = "fedavg-full"  # fully labelled: shown, but never marked best among the partial-label methods
 LOWER_IS_BETTER = {"hamming_loss"}
 BEST_VAL = "mAP at best val"  # test mAP at the round of the best validation mAP (metrics.json's best_val)
 BEST_VAL_LABEL = "test mAP at the best-validation round"
@@ -157,28 +157,23 @@ def _bold(cell: str, on: bool) -> str:
     return f"**{cell}**" if on else cell
 
 
-def _p(value: float) -> str:
-    return "n/a" if np.isnan(value) else f"{value:.3g}"
-
-
-def paired_markdown(block: pd.DataFrame) -> list[str]:
-    """Each method against FedMLP, paired by seed: mean difference, 95 % interval, p-values."""
-    if REFERENCE not in set(block["method"]):
+def paired_markdown(claims: list[Claim]) -> list[str]:
+    """One setting's comparisons of the family: difference, interval, p-values and verdict."""
+    if not claims:
         return []
-    header = ["method", "metric", "seeds", f"difference to {REFERENCE}", "95 % CI", "p (paired t)", "p (Holm)", "p (Wilcoxon)"]
-    rows = []
-    for metric in ("mAP", "AUROC"):
-        for r in compare_to(block, REFERENCE, metric):
-            ci = "n/a" if np.isnan(r.low) else f"[{r.low:+.3f}, {r.high:+.3f}]"
-            rows.append([r.method, metric, str(r.n), f"{r.mean:+.3f}", ci, _p(r.p), _p(r.p_holm), _p(r.p_wilcoxon)])
-    return [f"Paired by seed (runs with the same seed share the round-0 model and data order): each method minus "
-            f"{REFERENCE}; 95 % t interval of the mean difference; two-sided paired t-test, and Holm-adjusted over "
-            "the methods per metric; the two-sided Wilcoxon signed-rank test beside it (no normality assumed; with n "
-            "seeds its p cannot go below 2/2^n, 0.25 with 3 and 0.0625 with 5). With 3 seeds only large, consistent "
-            "differences reach p < 0.05.", "", _table(header, rows), ""]
+    header = ["comparison", "metric", "seeds", "mean difference", "95 % CI", "p (paired t)", "p Holm (family)", "p TOST (Holm)",
+              "p (Wilcoxon)", "verdict"]
+    rows = [[c.pair, c.result.metric, str(c.result.n), signed(c.result.mean), interval(c.result), p_text(c.result.p),
+             p_text(c.result.p_holm), p_text(c.result.p_tost_holm), p_text(c.result.p_wilcoxon), verdict_text(c)] for c in claims]
+    return ["Paired by seed (runs with the same seed share the round-0 model and data order): the first method minus the "
+            "second; 95 % t interval of the mean difference; two-sided paired t-test, Holm-adjusted over the report's whole "
+            "family of comparisons (see Conclusions); the equivalence test (TOST) within the margin, Holm-adjusted over the "
+            "same family; the two-sided Wilcoxon signed-rank test beside them (no normality assumed, not used for the "
+            "verdict; with n seeds its p cannot go below 2/2^n, 0.25 with 3 and 0.0625 with 5).", "", _table(header, rows), ""]
 
 
-def markdown(runs: list[dict[str, Any]], summary: pd.DataFrame, figure: str, extra: list[str] = (), across: list[str] = ()) -> str:
+def markdown(runs: list[dict[str, Any]], summary: pd.DataFrame, figure: str, extra: list[str] = (), across: list[str] = (), *,
+             fam: Family) -> str:
     out = [
         "# fedmlp results",
         "",
@@ -186,6 +181,7 @@ def markdown(runs: list[dict[str, Any]], summary: pd.DataFrame, figure: str, ext
         "standard deviation over seeds. Per-round curves (below) are for inspection only: no round is "
         "picked on the test set.",
         "",
+        *conclusions_markdown(fam),
     ]
     for run in runs:  # e.g. FedMLP with oracle pseudo-labels: a diagnostic, not a method
         for warning in run.get("warnings", []):
@@ -221,7 +217,7 @@ def markdown(runs: list[dict[str, Any]], summary: pd.DataFrame, figure: str, ext
                     "0% is the naive baseline, 100% the fully labelled upper bound.", ""]
         if cost.ngroups:
             out += [COMPUTE_NOTE, ""]
-        out += paired_markdown(block[block["metric"] != BEST_VAL])
+        out += paired_markdown(fam.of(dataset, setting))
 
         members = [r for r in runs if (r["run"]["dataset"], r["run"]["setting"]) == (dataset, setting)]
         classes = list(members[0]["per_class"])
@@ -301,27 +297,28 @@ def family_markdown(table: FamilyTable, label: str) -> list[str]:
     return [f"### {table.title}: {label}", "", _table(header, rows), ""]
 
 
-def difference_markdown(summary: pd.DataFrame, dataset: str, family: str, members: dict[str, int | None], n_classes: int,
+def difference_markdown(fam: Family, dataset: str, family: str, members: dict[str, int | None], n_classes: int,
                         metric: str = "mAP") -> list[str]:
-    """Per family: each method's paired difference to FedMLP per setting, with its Holm-adjusted p."""
+    """Per setting family: each method's paired difference to fedavg-masked per setting, with its
+    family-wide Holm-adjusted p and verdict (the same comparisons as the settings' sections)."""
     header, cells = ["method"], {}
     for setting, annotated in members.items():
         header.append(_column(annotated, setting, n_classes))
-        block = summary[(summary["dataset"] == dataset) & (summary["setting"] == setting)]
-        for r in compare_to(block, REFERENCE, metric):
-            cells.setdefault(r.method, {})[header[-1]] = f"{r.mean:+.3f} ({_p(r.p_holm)})"
+        for c in fam.of(dataset, setting):
+            if c.result.reference == REFERENCE and c.result.metric == metric:
+                cells.setdefault(c.result.method, {})[header[-1]] = f"{signed(c.result.mean)} ({p_text(c.result.p_holm)}; {verdict_text(c)})"
     if not cells:
         return []
     rows = [[method, *(by_column.get(c, "n/a") for c in header[1:])] for method, by_column in cells.items()]
     return [f"### {dataset} · {family}: {metric} difference to {REFERENCE}", "",
-            f"Mean over seeds of (method − {REFERENCE}), paired by seed; in parentheses the paired t-test's p, "
-            "Holm-adjusted over the methods of the setting (each setting's section has the intervals).", "",
-            _table(header, rows), ""]
+            f"Mean over seeds of (method − {REFERENCE}), paired by seed; in parentheses the paired t-test's p, Holm-adjusted "
+            "over the report's whole family (see Conclusions), and the verdict (each setting's section has the intervals "
+            "and the equivalence test).", "", _table(header, rows), ""]
 
 
-def across_markdown(summary: pd.DataFrame, best_val: pd.DataFrame, n_classes: dict[str, int], figure: str) -> list[str]:
+def across_markdown(summary: pd.DataFrame, best_val: pd.DataFrame, n_classes: dict[str, int], figure: str, fam: Family) -> list[str]:
     """The section comparing settings: per family, mAP and AUROC (and, with a validation split, the
-    test mAP at the best-validation round) per missing rate, the differences to FedMLP, the figure."""
+    test mAP at the best-validation round) per missing rate, the differences to fedavg-masked, the figure."""
     out = ["## Across settings", "",
            "One table per setting family (partition and clients); columns are the classes each client annotates "
            "(of all classes: the missing rate); cells mean ± sd over seeds of the final round's test metric. "
@@ -333,7 +330,7 @@ def across_markdown(summary: pd.DataFrame, best_val: pd.DataFrame, n_classes: di
     for (dataset, family), members in families(summary).items():
         for metric, by_family in tables.items():
             out += [line for t in by_family if (t.dataset, t.family) == (dataset, family) for line in family_markdown(t, labels[metric])]
-        out += difference_markdown(summary, dataset, family, members, n_classes[dataset])
+        out += difference_markdown(fam, dataset, family, members, n_classes[dataset])
     out += [f"![test mAP against annotated classes per client]({figure})", ""]
     return out
 
@@ -470,13 +467,15 @@ def tuning_markdown(table: pd.DataFrame) -> list[str]:
 
 def write_report(
     runs: list[dict[str, Any]], summary_path: Path, report_path: Path, figure_path: Path, diagnostics: pd.DataFrame | None = None,
-    metrics_path: Path | None = None, plot_data: Path | None = None, latex_path: Path | None = None, tuning_path: Path | None = None,
+    metrics_path: Path | None = None, plot_data: Path | None = None, latex_path: Path | None = None,
+    claims: ClaimsConfig | None = None, tuning_path: Path | None = None,
 ) -> None:
     """Write summary.csv, the mAP plot and report.md; with diagnostics also pseudolabels.png beside the plot;
     with several settings also the section across settings and its figure map_by_annotated.png beside the
     plot; with ``latex_path`` the family tables as LaTeX; with ``metrics_path`` and ``plot_data`` DVC's
-    metrics file and per-round curves. Runs of tuning grid points are reduced to each method's chosen
-    point first (fedmlp.tuning); ``tuning_path`` receives every point."""
+    metrics file and per-round curves; ``claims``: the tests' α and margins (the defaults without). Runs
+    of tuning grid points are reduced to each method's chosen point first (fedmlp.tuning);
+    ``tuning_path`` receives every point."""
     runs, tuned = choose(runs)
     if tuning_path is not None:
         with atomic_path(tuning_path) as tmp:
@@ -486,6 +485,7 @@ def write_report(
         diagnostics = diagnostics[~diagnostics["method"].str.contains("@", regex=False) | diagnostics["method"].isin(chosen)]
         diagnostics = diagnostics.assign(method=diagnostics["method"].replace(chosen))
     summary = summary_frame(runs)
+    fam = claims_family(summary, claims or ClaimsConfig())
     best_val = best_val_frame(runs)
     n_classes = {run["run"]["dataset"]: len(run["per_class"]) for run in runs}
     if metrics_path is not None:
@@ -501,7 +501,7 @@ def write_report(
     if summary[["dataset", "setting"]].drop_duplicates().shape[0] > 1:
         annotated_path = figure_path.with_name("map_by_annotated.png")
         plot_annotated(summary, annotated_path)
-        across = across_markdown(summary, best_val, n_classes, os.path.relpath(annotated_path, report_path.parent))
+        across = across_markdown(summary, best_val, n_classes, os.path.relpath(annotated_path, report_path.parent), fam)
     extra: list[str] = []
     if diagnostics is not None and not diagnostics.empty:
         pooled = pooled_diagnostics(diagnostics)
@@ -509,4 +509,4 @@ def write_report(
         plot_pseudolabels(pooled, pseudo_path)
         extra = diagnostics_markdown(pooled, os.path.relpath(pseudo_path, report_path.parent))
     extra += tuning_markdown(tuned)
-    write_text(report_path, markdown(runs, summary, os.path.relpath(figure_path, report_path.parent), extra, across))
+    write_text(report_path, markdown(runs, summary, os.path.relpath(figure_path, report_path.parent), extra, across, fam=fam))

@@ -48,9 +48,10 @@ rule report:
     conda:
         ENV
     params:
+        claims=json_arg({k: v for k, v in config["report"].items() if k != "dir"}),  # alpha, equivalence_margin
         code=CODE["report"],
         tuning=lambda wildcards, output: f"--tuning {shlex.quote(output.tuning)}" if POINTS else "",
     shell:
         "fedmlp report {input.metrics:q} --diagnostics {input.diagnostics:q} --summary {output.summary:q}"
         " --report {output.report:q} --latex {output.table:q} --figure {output.figure:q} --dvc-metrics {output.dvc_metrics:q}"
-        " --plot-data {output.plot_data:q} {params.tuning} > {log:q} 2>&1"
+        " --plot-data {output.plot_data:q} --claims {params.claims:q} {params.tuning} > {log:q} 2>&1"

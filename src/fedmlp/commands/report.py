@@ -70,10 +70,12 @@ def check_runs(runs: list[dict[str, Any]], paths: list[Path]) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     import pandas as pd
 
+    from fedmlp.config import ClaimsConfig, from_json
     from fedmlp.diagnostics import COUNTS
     from fedmlp.inputs import read_csv
     from fedmlp.report import write_report
 
+    claims = from_json(ClaimsConfig, args.claims, "report") if args.claims is not None else ClaimsConfig()
     runs = [check_metrics(read_json(p), p) for p in args.metrics]
     check_runs(runs, args.metrics)
     columns = [*RUN_FIELDS, "round", "client", "class", *COUNTS]
@@ -84,7 +86,8 @@ def cmd_report(args: argparse.Namespace) -> None:
         if negative.any():
             raise FedmlpError(f"{path}:{int(negative.to_numpy().argmax()) + 2}: a negative count")
     diagnostics = pd.concat(tables) if tables else None
-    write_report(runs, args.summary, args.report, args.figure, diagnostics, args.dvc_metrics, args.plot_data, args.latex, args.tuning)
+    write_report(runs, args.summary, args.report, args.figure, diagnostics, args.dvc_metrics, args.plot_data, args.latex, claims,
+                 args.tuning)
 
 
 def add_commands(add) -> None:
@@ -105,3 +108,6 @@ def add_commands(add) -> None:
                    help="also write mean and SD over seeds of mAP and AUROC per setting and method (JSON, for dvc metrics show)")
     p.add_argument("--plot-data", type=Path, default=None,
                    help="also write the per-round test mAP and AUROC per setting and method, mean over seeds, as CSV (for dvc plots show)")
+    p.add_argument("--claims", default=None, metavar="JSON",
+                   help='the tests\' settings, as the config\'s report section: {"alpha": 0.05, "equivalence_margin": {"mAP": 0.02, '
+                        '"AUROC": 0.02}} (those are the defaults)')
