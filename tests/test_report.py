@@ -301,3 +301,18 @@ def test_a_bad_compute_is_refused(tmp_path: Path) -> None:
     r["compute"] = {"cost": "cheap"}
     with pytest.raises(FedmlpError, match="compute: expected"):
         check_metrics(r, tmp_path / "metrics.json")
+
+
+def test_the_top_methods_are_picked_on_validation_where_every_run_has_it(tmp_path: Path) -> None:
+    methods = tuple(m for m in HAND if m != "fedavg-masked")
+    runs = hand_runs(("s1",), methods)
+    validation = {"rscfed": 0.9, "noisy": 0.8, "fedmlp": 0.7, "fedirm": 0.1}  # the reverse of the test ranking
+    for r in runs:
+        r["rounds"]["val_mAP"] = [0.0, validation.get(r["run"]["method"], 0.0)]
+    write_report(runs, tmp_path / "summary.csv", tmp_path / "report.md", tmp_path / "fig.png")
+    text = conclusions((tmp_path / "report.md").read_text())
+    assert "picked on test mAP" not in text
+    assert "rscfed − noisy" in (tmp_path / "report.md").read_text() or "noisy − rscfed" in (tmp_path / "report.md").read_text()
+    runs[0]["rounds"]["val_mAP"] = [0.0, None]  # one run without: the pairs are picked on test, and the report says so
+    write_report(runs, tmp_path / "summary.csv", tmp_path / "report.md", tmp_path / "fig.png")
+    assert "picked on test mAP" in conclusions((tmp_path / "report.md").read_text())

@@ -17,7 +17,7 @@ TOST p < α, and otherwise "not resolved". The conclusions are generated from th
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from itertools import combinations
 
 import numpy as np
@@ -31,6 +31,7 @@ UPPER_BOUND = "fedavg-full"  # fully labelled: shown, never tested nor marked be
 METRICS = ("mAP", "AUROC")
 TOP = 3  # the methods with the highest mean mAP compared pairwise
 RANK_METRIC = "mAP"
+VALIDATION_RANK = "val_mAP"  # the final round's validation mAP: what the top methods are picked by, where every run has it
 VERDICTS = ("better", "worse", "level", "not resolved")
 
 
@@ -60,6 +61,7 @@ class Family:
     config: ClaimsConfig
     per_setting: dict[tuple[str, str], int]  # comparisons per (dataset, setting), over both metrics
     without_reference: list[tuple[str, str]]  # settings without fedavg-masked: top-3 pairwise only
+    ranked_on_test: list[tuple[str, str]] = field(default_factory=list)  # settings whose top methods were picked on test (no validation)
 
     def of(self, dataset: str, setting: str) -> list[Claim]:
         return [c for c in self.claims if (c.dataset, c.setting) == (dataset, setting)]
@@ -69,20 +71,30 @@ def partial_label_methods(block: pd.DataFrame) -> list[str]:
     return [m for m in dict.fromkeys(block["method"]) if m != UPPER_BOUND]
 
 
-def top_methods(block: pd.DataFrame, k: int = TOP) -> list[str]:
-    """The ``k`` partial-label methods with the highest mean mAP, best first."""
-    rows = block[(block["metric"] == RANK_METRIC) & block["method"].isin(partial_label_methods(block))]
+def top_methods(block: pd.DataFrame, k: int = TOP, metric: str = RANK_METRIC) -> list[str]:
+    """The ``k`` partial-label methods with the highest mean ``metric``, best first."""
+    rows = block[(block["metric"] == metric) & block["method"].isin(partial_label_methods(block))]
     means = rows.groupby("method", sort=False)["value"].mean().dropna()
     return list(means.sort_values(ascending=False, kind="stable").index[:k])
 
 
-def pairs(block: pd.DataFrame) -> list[tuple[str, str]]:
+def pairs(block: pd.DataFrame, ranking: pd.DataFrame | None = None) -> list[tuple[str, str]]:
     """(method, reference) for each comparison in one setting: against fedavg-masked, then the top
-    methods pairwise (the better-ranked first) unless that pair is already made."""
+    methods pairwise (the better-ranked first) unless that pair is already made. The top methods are
+    picked on ``ranking`` (the validation mAP, same long form) when given, else on test mAP."""
     methods = partial_label_methods(block)
     against = [(m, REFERENCE) for m in methods if m != REFERENCE] if REFERENCE in methods else []
     made = {frozenset(p) for p in against}
-    return against + [p for p in combinations(top_methods(block), 2) if frozenset(p) not in made]
+    top = top_methods(block) if ranking is None else top_methods(ranking, metric=VALIDATION_RANK)
+    return against + [p for p in combinations(top, 2) if frozenset(p) not in made]
+
+
+def validation_ranking(ranking: pd.DataFrame | None, dataset: str, setting: str, methods: list[str]) -> pd.DataFrame | None:
+    """The rows of ``ranking`` for one setting, if every run of its partial-label methods has a validation mAP."""
+    if ranking is None or ranking.empty:
+        return None
+    rows = ranking[(ranking["dataset"] == dataset) & (ranking["setting"] == setting) & ranking["method"].isin(methods)]
+    return rows if set(methods) <= set(rows["method"]) and rows["value"].notna().all() else None
 
 
 def verdict(result: PairedDifference, alpha: float) -> str:
@@ -94,22 +106,28 @@ def verdict(result: PairedDifference, alpha: float) -> str:
     return "not resolved"
 
 
-def family(summary: pd.DataFrame, config: ClaimsConfig) -> Family:
-    """Every comparison over the (dataset, setting) blocks of ``summary`` (long form, as summary.csv)."""
+def family(summary: pd.DataFrame, config: ClaimsConfig, ranking: pd.DataFrame | None = None) -> Family:
+    """Every comparison over the (dataset, setting) blocks of ``summary`` (long form, as summary.csv);
+    ``ranking``: each run's final validation mAP (metric ``val_mAP``, same long form), which picks the
+    top methods where every method has one, so that which pairs are tested is not read on test."""
     margins = asdict(config.equivalence_margin)
     keyed: list[tuple[str, str, PairedDifference]] = []
     without: list[tuple[str, str]] = []
+    on_test: list[tuple[str, str]] = []
     for (dataset, setting), block in summary.groupby(["dataset", "setting"], sort=False):
         if REFERENCE not in set(block["method"]):
             without.append((dataset, setting))
-        chosen = pairs(block)
+        rank = validation_ranking(ranking, dataset, setting, partial_label_methods(block))
+        if rank is None:
+            on_test.append((dataset, setting))
+        chosen = pairs(block, rank)
         for metric in METRICS:
             values = by_method(block, metric)
             keyed += [(dataset, setting, paired_difference(values[m], values[r], m, r, metric, margins[metric]))
                       for m, r in chosen if m in values and r in values]
     adjusted = holm_family([r for _, _, r in keyed])
     claims = [Claim(d, s, r, verdict(r, config.alpha)) for (d, s, _), r in zip(keyed, adjusted)]
-    return Family(claims, config, dict(Counter((c.dataset, c.setting) for c in claims)), without)
+    return Family(claims, config, dict(Counter((c.dataset, c.setting) for c in claims)), without, on_test)
 
 
 def signed(value: float) -> str:
@@ -162,7 +180,7 @@ def family_text(fam: Family) -> str:
     alpha = fam.config.alpha
     text = (f"The family: **{len(fam.claims)} comparisons** ({_span(fam)}), paired by seed, {_seeds(fam)}. Per setting: "
             f"each method with partial labels against {REFERENCE}, and the {TOP} partial-label methods with the highest "
-            f"mean {RANK_METRIC} pairwise ({UPPER_BOUND}, the fully labelled upper bound, is not tested). Correction: Holm over "
+            f"mean final-round validation {RANK_METRIC} pairwise ({UPPER_BOUND}, the fully labelled upper bound, is not tested). Correction: Holm over "
             f"the whole family, family-wise α = {alpha:g}, once for the paired t-tests (better / worse) and once for the "
             f"equivalence tests (TOST, level: two one-sided paired t-tests against the margin {margins}): the chance of "
             f"any false better / worse is at most α, of any false level at most α, of either at most {2 * alpha:g}. A comparison neither test decides is "
@@ -170,6 +188,10 @@ def family_text(fam: Family) -> str:
     if fam.without_reference:
         where = ", ".join(f"{d} · {s}" for d, s in fam.without_reference)
         text += f" {REFERENCE} is not in the run ({where}): there the comparisons are the top {TOP} pairwise only."
+    if fam.ranked_on_test:
+        where = ", ".join(f"{d} · {s}" for d, s in fam.ranked_on_test)
+        text += (f" Without a validation mAP for every method ({where}), the top {TOP} were picked on test mAP: "
+                 "that choice of pairs is not covered by the correction.")
     return text
 
 

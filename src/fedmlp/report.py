@@ -27,7 +27,7 @@ from fedmlp.errors import FedmlpError  # noqa: E402
 from fedmlp.figures import look, plot_rounds, save  # noqa: E402
 from fedmlp.metrics import METRICS  # noqa: E402
 from fedmlp.sweep import split_name  # noqa: E402
-from fedmlp.tuning import budget, choose  # noqa: E402
+from fedmlp.tuning import budget, choose, final_val_map  # noqa: E402
 
 RUN_KEYS = ("dataset", "setting", "method", "seed")
 LOWER_IS_BETTER = {"hamming_loss"}
@@ -74,6 +74,12 @@ def relative_compute(runs: list[dict[str, Any]]) -> pd.DataFrame:
 
 def _ratio(values: pd.Series) -> str:
     return f"{values.mean():.2f}" if not values.dropna().empty else "n/a"
+
+
+def validation_frame(runs: list[dict[str, Any]]) -> pd.DataFrame:
+    """The long form of each run's final-round validation mAP (metric ``val_mAP``; NaN without one)."""
+    rows = [{**{k: run["run"][k] for k in RUN_KEYS}, "metric": "val_mAP", "value": final_val_map(run)} for run in runs]
+    return pd.DataFrame(rows, columns=[*RUN_KEYS, "metric", "value"]).astype({"value": float})
 
 
 def _mean_std(values: pd.Series, digits: int = 3) -> str:
@@ -485,7 +491,7 @@ def write_report(
         diagnostics = diagnostics[~diagnostics["method"].str.contains("@", regex=False) | diagnostics["method"].isin(chosen)]
         diagnostics = diagnostics.assign(method=diagnostics["method"].replace(chosen))
     summary = summary_frame(runs)
-    fam = claims_family(summary, claims or ClaimsConfig())
+    fam = claims_family(summary, claims or ClaimsConfig(), validation_frame(runs))
     best_val = best_val_frame(runs)
     n_classes = {run["run"]["dataset"]: len(run["per_class"]) for run in runs}
     if metrics_path is not None:
