@@ -19,7 +19,7 @@ import copy
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from fedmlp.errors import FedmlpError
 from fedmlp.inference import predict_proba
 from fedmlp.loader import ClientData, make_client, n_batches
 from fedmlp.methods import Broadcast, LocalContext, Method, ServerContext, Upload, broadcast_of
+from fedmlp.methods.base import GATES
 from fedmlp.methods.messages import CENSUS
 from fedmlp.metrics import ranking_metrics
 from fedmlp.models import Classifier, build_model
@@ -142,6 +143,11 @@ class Site:
     def load_states(self, states: list[dict[str, Any]]) -> None:
         self.states = dict(zip(sorted(self.states), states))
 
+    def take_gates(self) -> dict[int, dict[str, float]]:
+        """Each client's gate rates of the round just trained (:func:`fedmlp.methods.base.record_gate`),
+        removed from its state so that a later round without them logs nothing."""
+        return {i: self.states[i].pop(GATES) for i in sorted(self.states) if GATES in self.states[i]}
+
 
 def server_context(method: Method, train: TrainConfig, global_model: Classifier, client_ids: list[int], round_index: int,
                    seed: int, runtime: Runtime) -> ServerContext:
@@ -181,6 +187,20 @@ class RunResult:
     model: Classifier
     history: list[RoundRecord]
     round_rows: list[dict[str, Any]]  # whatever ``on_round_end`` returned, in round order
+    gates: list[dict[str, Any]] = field(default_factory=list)  # gate_rows of every round, in round order
+
+
+GATE_FIELDS = ("round", "side", "unit", "gate", "rate")  # one gate's rate in one round for one client or server unit
+
+
+def gate_rows(round_number: int, clients: dict[int, dict[str, float]], server: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """A round's gate rates as rows: side ``client`` (unit: the client id) and side ``server`` (unit:
+    the index of the value in :meth:`~fedmlp.methods.Method.server_gates`, e.g. the group)."""
+    rows = [{"round": round_number, "side": "client", "unit": client_id, "gate": gate, "rate": rate}
+            for client_id, rates in clients.items() for gate, rate in sorted(rates.items())]
+    rows += [{"round": round_number, "side": "server", "unit": unit, "gate": gate, "rate": float(rate)}
+             for gate, values in sorted(server.items()) for unit, rate in enumerate(values)]
+    return rows
 
 
 def visits(tasks: list[int]) -> list[int]:
@@ -249,6 +269,7 @@ def run(
     client_ids = [c.client_id for c in clients]
     history: list[RoundRecord] = []
     round_rows: list[dict[str, Any]] = []
+    gates: list[dict[str, Any]] = []
     saved = resume.load() if resume is not None else None
     if saved is not None:
         global_model.load_state_dict(saved["global"])
@@ -256,6 +277,7 @@ def run(
         method.load_state_dict(saved["method"])
         history = [RoundRecord(**record) for record in saved["history"]]
         round_rows = saved["round_rows"]
+        gates = saved.get("gates", [])  # absent in resume states of before the gate log
         rounds = range(saved["round"], rounds.stop)
     for record in history if on_record is not None else ():
         on_record(record)
@@ -279,6 +301,7 @@ def run(
         record = round_record(round_index, updates, global_model, store, test, val, runtime,
                               last or (round_index + 1) % train.eval_every == 0)
         history.append(record)
+        gates.extend(gate_rows(record.round, site.take_gates(), method.server_gates()))
         log_round(method, record, total, time.perf_counter() - start)
         if on_record is not None:
             on_record(record)
@@ -292,8 +315,9 @@ def run(
                 "method": method.state_dict(),
                 "history": history_rows(history),
                 "round_rows": round_rows,
+                "gates": gates,
             })
-    return RunResult(global_model, history, round_rows)
+    return RunResult(global_model, history, round_rows, gates)
 
 
 def history_rows(history: list[RoundRecord]) -> list[dict[str, Any]]:
