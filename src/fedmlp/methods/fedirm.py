@@ -14,14 +14,14 @@ matrix per batch from its confident, low-uncertainty samples (observed labels on
 pseudo-labels on missing ones) and pulls it towards R^G with a symmetric Bernoulli KL divergence.
 Which predictions count as confident is the ``gate``: ``sample`` (the published one) needs every
 class of a sample confident at once, ``missing`` only its missing classes, ``entry`` lets each
-confident missing entry (and every annotated one) into its class's row on its own.
+confident entry (sample, class) into its class's row on its own.
 
 Cost per step: phase 1, one forward and backward pass over both views (2 images per image); phase 2,
 the same plus one no-grad forward of the EMA teacher on view 2 (as FedMLP's stage 2).
 
 Client state: the BCE positive weights, the EMA teacher (from the first phase-2 round) and its step
 counter. Gate rates (:func:`~fedmlp.methods.base.record_gate`), per phase-2 round: ``relation``, the
-share of samples (gate ``entry``: of missing entries) that pass the gate, and ``relation_batches``,
+share of samples (gate ``entry``: of entries) that pass the gate, and ``relation_batches``,
 the share of batches whose matching term has a row to compare (is not 0).
 Server state: the global relation matrix and which of its rows are defined.
 """
@@ -80,8 +80,8 @@ class FedIRMConfig:
     gate: Literal["sample", "missing", "entry"] = setting(
         "sample", "Which predictions build the source matrix. sample (the published gate): samples whose summed entropy is "
         "below entropy_threshold and whose every class is confident; missing: the same over the client's missing classes "
-        "only; entry: each missing entry that is confident joins its class's row on its own (annotated entries always do; "
-        "entropy_threshold unused). variant official-code: always sample.")
+        "only; entry: each confident entry (sample, class) joins its class's row on its own (entropy_threshold unused). "
+        "variant official-code: always sample.")
     pos_weight: bool = setting(
         False, "Positive weight N_k / n⁺_kc in the BCE of annotated classes, from the client's observed labels (1 where a class has "
         "no positive); off by default like the FedAvg reference points; official-code turns it on, as the published code.")
@@ -270,8 +270,8 @@ class FedIRM(Method):
             targets = pseudo_targets(probabilities, batch.observed, batch.annotated, config.pseudo_threshold,
                                      every_class=self.official)
             if self.gate == "entry":
-                passed = ((probabilities > config.confidence_high) | (probabilities < config.confidence_low)) & ~annotated
-                members = targets * (passed | annotated).to(targets.dtype)
+                passed = (probabilities > config.confidence_high) | (probabilities < config.confidence_low)
+                members = targets * passed.to(targets.dtype)
             else:
                 columns = probabilities if self.gate == "sample" else probabilities[:, ~batch.annotated]
                 mask = sample_mask(columns, config.entropy_threshold, config.confidence_low, config.confidence_high)
@@ -294,7 +294,7 @@ class FedIRM(Method):
         if accumulator is not None:
             if self.gate == "entry":
                 accumulator["masked"] += int(passed.sum())
-                accumulator["seen"] += int((~annotated).sum())
+                accumulator["seen"] += passed.numel()
             else:
                 accumulator["masked"] += int(mask.sum())
                 accumulator["seen"] += b
