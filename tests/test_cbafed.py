@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from gatelog import client_ids, client_rates
 
 from fedmlp import federated, methods, runtime
 from fedmlp.config import ModelConfig, TrainConfig
@@ -23,7 +24,6 @@ from fedmlp.methods.cbafed import (
 )
 from fedmlp.methods.common import UNLABELLED
 from fedmlp.store import ImageStore
-from gatelog import client_ids, client_rates
 
 TRAIN = TrainConfig(rounds=3, batch_size=8, precision="fp32", device="cpu")
 MODEL = ModelConfig(width=4)

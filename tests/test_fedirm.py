@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from gatelog import client_ids, client_rates
 
 from fedmlp import federated, methods, runtime
 from fedmlp.config import ModelConfig, TrainConfig
@@ -26,7 +27,6 @@ from fedmlp.methods.fedirm import (
     symmetric_bernoulli_kl,
 )
 from fedmlp.store import ImageStore
-from gatelog import client_ids, client_rates
 
 TRAIN = TrainConfig(rounds=3, batch_size=8, precision="fp32", device="cpu")
 MODEL = ModelConfig(width=4)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from gatelog import client_ids, client_rates
 
 from fedmlp import federated, methods, runtime
 from fedmlp.config import ModelConfig, TrainConfig
@@ -33,7 +34,6 @@ from fedmlp.methods.fedmlp import (
     stage2_targets,
 )
 from fedmlp.store import ImageStore
-from gatelog import client_ids, client_rates
 
 TRAIN = TrainConfig(batch_size=8, precision="fp32", device="cpu")
 MODEL = ModelConfig(width=4)

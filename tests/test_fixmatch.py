@@ -6,13 +6,13 @@ import math
 
 import pytest
 import torch
+from gatelog import client_ids, client_rates
 
 from fedmlp import federated, methods, runtime
 from fedmlp.config import ModelConfig, TrainConfig
 from fedmlp.errors import FedmlpError
 from fedmlp.methods.fixmatch import confidence_mask, positive_weights, pseudo_labels, supervised_loss, unsupervised_loss
 from fedmlp.store import ImageStore
-from gatelog import client_ids, client_rates
 
 TRAIN = TrainConfig(rounds=3, batch_size=8, precision="fp32", device="cpu")
 MODEL = ModelConfig(width=4)

@@ -41,7 +41,6 @@ from fedmlp.optim import adam
 from fedmlp.runtime import Runtime
 from fedmlp.store import ImageStore
 
-
 # Client-state key of this round's gate rates, {gate name: share in [0, 1]}: set by the method during a
 # local update, taken out (and so cleared) by the loop after the round.
 GATES = "gates"
