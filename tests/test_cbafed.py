@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from gatelog import client_ids, client_rates
 
 from fedmlp import federated, methods, runtime
 from fedmlp.config import ModelConfig, TrainConfig
@@ -200,5 +201,8 @@ def test_trains_end_to_end(store: ImageStore, federation: dict, variant: str) ->
     assert all(r["labelled"] == 0 for r in rows if r["round"] == 1)  # warm-up: no pseudo-labels
     assert sum(r["labelled"] for r in rows if r["round"] > 1) > 0
     assert all(r["on_annotated"] == 0 for r in rows)
+    labelled = client_rates(result, "pseudo", [2, 3], client_ids(federation))  # stage 2 only
+    positive = client_rates(result, "pseudo_positive", [2, 3], client_ids(federation))
+    assert all(positive[key] <= rate for key, rate in labelled.items()) and max(labelled.values()) > 0
     assert method.server.tau is not None and method.server.tau.shape == (len(store.classes),)
     assert ((method.server.tau >= 0.505) & (method.server.tau <= 0.95)).all()

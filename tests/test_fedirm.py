@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from gatelog import client_ids, client_rates
 
 from fedmlp import federated, methods, runtime
 from fedmlp.config import ModelConfig, TrainConfig
@@ -155,6 +156,30 @@ def test_trains_end_to_end(store: ImageStore, federation: dict, variant: str, mo
     assert divergences and max(divergences) > 0  # relation matching acted in phase 2
     assert ((relation > 0) & (relation < 1)).all()
     assert all("teacher" not in s for s in states[0]) and all("teacher" in s for s in states[2])
-    assert all(s["step"] > 0 and 0 < s["mask_rate"] <= 1 for s in states[2])
+    assert all(s["step"] > 0 for s in states[2])
+    mask = client_rates(result, "relation", [2, 3], client_ids(federation))  # the gate acts in phase 2 only
+    assert all(mask[(3, c)] > 0 for c in client_ids(federation))
+    client_rates(result, "relation_batches", [2, 3], client_ids(federation))
     assert all(v.device.type == "cpu" for s in states[2] for v in s["teacher"].values())
     assert all("relation_accumulator" not in s for r in states for s in r)
+
+
+@pytest.mark.parametrize("settings", [{"gate": "entry"}, {"gate": "missing", "entropy_threshold": 10.0}])
+def test_a_gate_over_fewer_classes_opens_and_the_relation_term_acts(store: ImageStore, federation: dict, settings: dict,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the confidence band closed to 0.5 every prediction is confident: the entry gate (no entropy
+    test) and the missing-classes gate pass entries and samples, and the matching term is not 0."""
+    divergences: list[float] = []
+    original = fedirm.relation_divergence
+    monkeypatch.setattr(fedirm, "relation_divergence", lambda *a: divergences.append(float(original(*a).detach())) or original(*a))
+    method = methods.create("fedirm", {"confidence_low": 0.5, "confidence_high": 0.5, **settings})
+    result = federated.run(store, federation, method, TRAIN, MODEL, 0, runtime.resolve("cpu", "fp32", 1))
+    rates = client_rates(result, "relation", [2, 3], client_ids(federation))
+    batches = client_rates(result, "relation_batches", [2, 3], client_ids(federation))
+    assert all(rate > 0 for rate in rates.values()) and all(rate > 0 for rate in batches.values())
+    assert divergences and max(divergences) > 0
+
+
+def test_the_gate_setting_is_checked() -> None:
+    with pytest.raises(FedmlpError, match="fedirm.gate"):
+        methods.create("fedirm", {"gate": "class"})

@@ -121,6 +121,7 @@ def test_fedlsr_trains_and_is_finite(store: ImageStore, federation: dict, settin
     start = federated.init_model(MODEL, len(store.classes), 0, rt)
     result = federated.run(store, federation, methods.create("fedlsr", settings), TRAIN, MODEL, 0, rt)
     assert len(result.history) == 3
+    assert result.gates == []  # FedLSR trains every entry every round: no gate
     assert all(math.isfinite(r.train_loss) and math.isfinite(r.test_mAP) for r in result.history)
     weights = result.model.state_dict()
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from gatelog import client_ids, client_rates
 
 from fedmlp import federated, methods, runtime
 from fedmlp.config import ModelConfig, TrainConfig
@@ -413,3 +414,19 @@ def test_oracle_run_reads_the_truth_at_the_selected_entries_only(store: ImageSto
         assert torch.equal(state["oracle"][selected], truth[selected]) and (state["oracle"][~selected] == UNLABELLED).all()
         wrong += int((state["pseudo"][selected] != truth[selected]).sum())
     assert wrong > 0, "the fixture's detection should make some errors for the oracle to correct"
+
+
+def test_gate_log_is_the_share_of_missing_entries_the_diagnostics_count(store: ImageStore, federation: dict) -> None:
+    """FedMLP's gate rate per stage-2 round and client is the share of its missing entries holding a
+    pseudo-label: the diagnostics' selected counts over the client's missing entries."""
+    from fedmlp.diagnostics import pseudo_label_quality
+
+    rt = runtime.resolve("cpu", "fp32", 1)
+    result = federated.run(store, federation, methods.create("fedmlp", SHORT), TRAIN, MODEL, 0, rt,
+                           on_round_end=lambda r, clients, states: pseudo_label_quality(r, store, clients, states))
+    rates = client_rates(result, "pseudo", [3, 4], client_ids(federation))
+    sizes = {c["id"]: len(c["images"]) * (len(store.classes) - len(c["annotated_classes"])) for c in federation["clients"]}
+    for (round_number, client), rate in rates.items():
+        rows = [r for r in result.round_rows if r["round"] == round_number and r["client"] == client]
+        assert rate == pytest.approx(sum(r["selected_negative"] + r["selected_positive"] for r in rows) / sizes[client])
+    assert max(rates.values()) > 0

@@ -113,8 +113,10 @@ def test_server_uses_daagg_only_with_clean_and_noisy_clients_after_the_ramp_begi
     late = method.aggregate(ServerContext(5, 10, None, [0, 1, 2], torch.Generator(), None), updates)
     shares = daagg_weights([10.0] * 3, [True, False, False], [u.weights for u in updates])
     assert late["a"][0].item() == pytest.approx(shares[1] * 1 + shares[2] * 2)
+    assert method.server_gates() == {"daagg_max_weight": [max(shares)]}
     early = method.aggregate(ServerContext(1, 10, None, [0, 1, 2], torch.Generator(), None), updates)
     assert early["a"][0].item() == pytest.approx(1.0)  # before the ramp: FedAvg
+    assert method.server_gates() == {}  # FedAvg: no gate
     official = methods.create("fednoro", {"ramp_begin": 0.2, "variant": "official-code"})
     server = ServerContext(5, 10, None, [0, 1, 2], torch.Generator(), None)
     assert official.aggregate(server, updates)["a"][0].item() == pytest.approx(1.0)  # official code: always FedAvg
@@ -137,4 +139,6 @@ def test_trains_end_to_end_with_a_client_annotating_every_class(store: ImageStor
     daagg = federated.run(store, partition, methods.create("fednoro"), two, MODEL, 0, rt)
     fedavg = federated.run(store, partition, methods.create("fednoro", {"daagg": False}), two, MODEL, 0, rt)
     assert all(math.isfinite(r.train_loss) for r in daagg.history)
+    assert [(g["round"], g["side"], g["gate"]) for g in daagg.gates] == [(2, "server", "daagg_max_weight")]
+    assert 1 / len(partition["clients"]) <= daagg.gates[0]["rate"] <= 1 and fedavg.gates == []
     assert not all(torch.equal(a, b) for a, b in zip(daagg.model.state_dict().values(), fedavg.model.state_dict().values()))

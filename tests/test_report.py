@@ -316,3 +316,37 @@ def test_the_top_methods_are_picked_on_validation_where_every_run_has_it(tmp_pat
     runs[0]["rounds"]["val_mAP"] = [0.0, None]  # one run without: the pairs are picked on test, and the report says so
     write_report(runs, tmp_path / "summary.csv", tmp_path / "report.md", tmp_path / "fig.png")
     assert "picked on test mAP" in conclusions((tmp_path / "report.md").read_text())
+
+
+def gate_rows(rates: dict[int, list[float]], gate: str = "relation", side: str = "client") -> list[dict]:
+    """Gate rows as the training commands write them: per round, one rate per unit."""
+    return [{"round": r, "side": side, "unit": u, "gate": gate, "rate": rate} for r, values in rates.items()
+            for u, rate in enumerate(values)]
+
+
+def test_report_has_a_gates_section_when_runs_logged_gates(tmp_path: Path) -> None:
+    """Per method and gate: the rate averaged over units in the first and the last logged round,
+    mean ± SD over seeds; no section without gate rows."""
+    runs = [run("fedmlp", 0, 0.6), run("fedmlp", 1, 0.6)]
+    write_report(runs, tmp_path / "summary.csv", tmp_path / "report.md", tmp_path / "fig.png")
+    assert "## Gates" not in (tmp_path / "report.md").read_text()
+    irm = [{**run("fedirm", s, 0.5), "gates": gate_rows({2: [0.0, 0.2], 3: [0.5, 0.5], 4: [0.4 + 0.2 * s, 0.6 + 0.2 * s]})}
+           for s in range(2)]
+    rsc = {**run("rscfed", 0, 0.5), "gates": gate_rows({1: [1.0, 0.5], 2: [0.5, 0.5]}, "dma_max_weight", "server")}
+    runs = [*runs, *irm, rsc]
+    for r in runs:
+        check_metrics(r, tmp_path / "metrics.json")
+    write_report(runs, tmp_path / "summary.csv", tmp_path / "report.md", tmp_path / "fig.png")
+    report = (tmp_path / "report.md").read_text()
+    section = report[report.index("## Gates"):]
+    assert "| s | fedirm | relation (clients) | 2 | 0.100 ± 0.000 | 4 | 0.600 ± 0.141 |" in section
+    assert "| s | rscfed | dma_max_weight (server) | 1 | 0.750 | 2 | 0.500 |" in section
+    assert "fedmlp" not in section
+
+
+@pytest.mark.parametrize("row", [{"round": 1, "side": "client", "unit": 0, "gate": "g", "rate": 1.5},
+                                 {"round": 1, "side": "site", "unit": 0, "gate": "g", "rate": 0.5},
+                                 {"round": 1, "side": "client", "unit": 0, "rate": 0.5}])
+def test_a_bad_gate_row_is_refused(tmp_path: Path, row: dict) -> None:
+    with pytest.raises(FedmlpError, match="gates: expected a list"):
+        check_metrics({**run("fedirm", 0, 0.5), "gates": [row]}, tmp_path / "metrics.json")

@@ -89,6 +89,11 @@ def test_trains_end_to_end(store: ImageStore, federation: dict, variant: str) ->
     assert len(method.server.groups) == 4 and all(len(g) == n_clients for g in method.server.groups)
     weights = torch.tensor(method.server.dma_weights)
     assert torch.isfinite(weights).all() and torch.allclose(weights.sum(1), torch.ones(4, dtype=weights.dtype))
+    # the gate log: each round, each group's largest DMA weight (the last round's are the server state's)
+    assert [(g["round"], g["side"], g["unit"], g["gate"]) for g in result.gates] == [
+        (r, "server", u, "dma_max_weight") for r in (1, 2, 3) for u in range(4)]
+    assert [g["rate"] for g in result.gates if g["round"] == 3] == [max(w) for w in method.server.dma_weights]
+    assert all(1 / n_clients - 1e-9 <= g["rate"] <= 1 for g in result.gates)
     if variant == "clean":  # β = 1e4 on these small clients: far from uniform
         assert (weights.max(1).values - weights.min(1).values > 0.1).all()
     else:  # β = 0.01: practically the size-weighted mean

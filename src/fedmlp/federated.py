@@ -19,7 +19,7 @@ import copy
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ from fedmlp.errors import FedmlpError
 from fedmlp.inference import predict_proba
 from fedmlp.loader import ClientData, make_client, n_batches
 from fedmlp.methods import Broadcast, LocalContext, Method, ServerContext, Upload, broadcast_of
+from fedmlp.methods.base import GATES
 from fedmlp.methods.messages import CENSUS
 from fedmlp.metrics import ranking_metrics
 from fedmlp.models import Classifier, build_model
@@ -150,6 +151,11 @@ class Site:
         """The passes counted so far, over this site's images and ``rounds`` rounds."""
         return Compute(sum(len(c) for c in self.clients.values()), rounds, self.passes)
 
+    def take_gates(self) -> dict[int, dict[str, float]]:
+        """Each client's gate rates of the round just trained (:func:`fedmlp.methods.base.record_gate`),
+        removed from its state so that a later round without them logs nothing."""
+        return {i: self.states[i].pop(GATES) for i in sorted(self.states) if GATES in self.states[i]}
+
 
 def server_context(method: Method, train: TrainConfig, global_model: Classifier, client_ids: list[int], round_index: int,
                    seed: int, runtime: Runtime) -> ServerContext:
@@ -190,6 +196,20 @@ class RunResult:
     history: list[RoundRecord]
     round_rows: list[dict[str, Any]]  # whatever ``on_round_end`` returned, in round order
     compute: Compute  # the clients' passes over the rounds trained (a resumed run's earlier rounds included)
+    gates: list[dict[str, Any]] = field(default_factory=list)  # gate_rows of every round, in round order
+
+
+GATE_FIELDS = ("round", "side", "unit", "gate", "rate")  # one gate's rate in one round for one client or server unit
+
+
+def gate_rows(round_number: int, clients: dict[int, dict[str, float]], server: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """A round's gate rates as rows: side ``client`` (unit: the client id) and side ``server`` (unit:
+    the index of the value in :meth:`~fedmlp.methods.Method.server_gates`, e.g. the group)."""
+    rows = [{"round": round_number, "side": "client", "unit": client_id, "gate": gate, "rate": rate}
+            for client_id, rates in clients.items() for gate, rate in sorted(rates.items())]
+    rows += [{"round": round_number, "side": "server", "unit": unit, "gate": gate, "rate": float(rate)}
+             for gate, values in sorted(server.items()) for unit, rate in enumerate(values)]
+    return rows
 
 
 def visits(tasks: list[int]) -> list[int]:
@@ -258,6 +278,7 @@ def run(
     client_ids = [c.client_id for c in clients]
     history: list[RoundRecord] = []
     round_rows: list[dict[str, Any]] = []
+    gates: list[dict[str, Any]] = []
     saved = resume.load() if resume is not None else None
     if saved is not None:
         global_model.load_state_dict(saved["global"])
@@ -269,6 +290,7 @@ def run(
             log.warning("resume state without pass counts: the run's compute leaves out rounds 1 to %d", saved["round"])
         restored = Passes(**saved.get("passes", {}))
         site.passes.forward_backward, site.passes.forward_only = restored.forward_backward, restored.forward_only
+        gates = saved.get("gates", [])  # absent in resume states of before the gate log
         rounds = range(saved["round"], rounds.stop)
     for record in history if on_record is not None else ():
         on_record(record)
@@ -292,6 +314,7 @@ def run(
         record = round_record(round_index, updates, global_model, store, test, val, runtime,
                               last or (round_index + 1) % train.eval_every == 0)
         history.append(record)
+        gates.extend(gate_rows(record.round, site.take_gates(), method.server_gates()))
         log_round(method, record, total, time.perf_counter() - start)
         if on_record is not None:
             on_record(record)
@@ -306,8 +329,9 @@ def run(
                 "history": history_rows(history),
                 "round_rows": round_rows,
                 "passes": asdict(site.passes),
+                "gates": gates,
             })
-    return RunResult(global_model, history, round_rows, site.compute(len(stage)))
+    return RunResult(global_model, history, round_rows, site.compute(len(stage)), gates)
 
 
 def history_rows(history: list[RoundRecord]) -> list[dict[str, Any]]:

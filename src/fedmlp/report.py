@@ -113,6 +113,33 @@ def pooled_diagnostics(diagnostics: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([pooled, pd.DataFrame([rates(row) for row in pooled.to_dict("records")])], axis=1)
 
 
+def gates_markdown(runs: list[dict[str, Any]]) -> list[str]:
+    """The "Gates" section: per setting, method and gate, the gate's rate averaged over the clients (or
+    the server's units, e.g. RSCFed's groups) in the first and the last round it was logged in, mean ±
+    SD over seeds; nothing when no run logged a gate (metrics.json's ``gates``)."""
+    datasets = {r["run"]["dataset"] for r in runs}
+    rows = [{"setting": _group_name(r["run"]["dataset"], r["run"]["setting"], datasets), "method": r["run"]["method"],
+             "seed": r["run"]["seed"], **g} for r in runs for g in r.get("gates", [])]
+    if not rows:
+        return []
+    keys = ["setting", "method", "gate", "side"]
+    per_round = pd.DataFrame(rows).groupby([*keys, "seed", "round"], sort=False)["rate"].mean().reset_index()
+    table = []
+    for (setting, method, gate, side), block in per_round.groupby(keys, sort=False):
+        ends = block.groupby("seed")["round"].agg(["min", "max"])
+        cells = []
+        for end in ("min", "max"):  # each seed's first and last logged round
+            at = block.merge(ends[end].rename("round").reset_index(), on=["seed", "round"])
+            cells += ["/".join(map(str, sorted(set(at["round"])))), _mean_std(at["rate"])]
+        table.append([setting, method, f"{gate} ({'server' if side == 'server' else 'clients'})", *cells])
+    header = ["setting", "method", "gate", "first round", "rate", "last round", "rate"]
+    return ["## Gates", "",
+            "How often each method's gate passed (docs/baselines.md): the share of samples or entries passing, or for a "
+            "server step the largest aggregation weight; averaged over the clients (or groups) of a round, in the first "
+            "and the last round the gate was logged in; mean ± SD over seeds.", "",
+            _table(header, table), ""]
+
+
 def plot_pseudolabels(pooled: pd.DataFrame, path: Path) -> None:
     panels = [("precision_positive", "precision of pseudo-positives"), ("precision_negative", "precision of pseudo-negatives"),
               ("recall_positive", "recall of hidden positives")]
@@ -515,4 +542,5 @@ def write_report(
         plot_pseudolabels(pooled, pseudo_path)
         extra = diagnostics_markdown(pooled, os.path.relpath(pseudo_path, report_path.parent))
     extra += tuning_markdown(tuned)
+    extra += gates_markdown(runs)
     write_text(report_path, markdown(runs, summary, os.path.relpath(figure_path, report_path.parent), extra, across, fam=fam))

@@ -6,7 +6,9 @@ result); ``thresholds`` are the per-class cut-offs of the thresholded metrics, c
 validation set (``threshold_source: validation``) or 0.5 without one (``fixed``); ``best_val`` is the
 round with the best validation mAP and its test scores (null without a validation set); ``rounds``
 the per-round curves; ``compute`` (from the training commands only) the run's counted model passes
-per training image per round and its cost in forward-equivalents (:mod:`fedmlp.compute`)."""
+per training image per round and its cost in forward-equivalents (:mod:`fedmlp.compute`);
+``gates`` (training commands only, for methods with a gate) how often each of
+the method's gates passed, per round and client or server unit (:func:`fedmlp.federated.gate_rows`)."""
 
 from __future__ import annotations
 
@@ -22,12 +24,14 @@ ROUND_COLUMNS = ("round", "test_mAP", "test_AUROC", "val_mAP", "val_AUROC")  # o
 
 
 def score(model, store, partition: dict, rounds: list[dict], run: dict, device: str, threads: int,
-          out_metrics: Path, out_predictions: Path, warnings: list[str] = (), compute: dict | None = None) -> dict:
+          out_metrics: Path, out_predictions: Path, warnings: list[str] = (), compute: dict | None = None,
+          gates: list[dict] = ()) -> dict:
     """Metrics and per-image probabilities of a trained model on the partition's test images, with
     thresholds chosen on its validation images, in fp32 whatever the training precision (so methods
     are scored alike). The training commands call it on the model they have just saved, which spares
     the pipeline one job start-up per run, and pass the method's ``warnings`` (a ``warnings`` list in
-    the metrics, absent when there are none) and the run's ``compute``."""
+    the metrics, absent when there are none), the run's ``compute`` and its gate rates per round (``gates``:
+    rows of :data:`fedmlp.federated.GATE_FIELDS`, absent for a method without a gate)."""
     import pandas as pd
 
     from fedmlp import runtime
@@ -53,6 +57,8 @@ def score(model, store, partition: dict, rounds: list[dict], run: dict, device: 
         result["warnings"] = list(warnings)
     if compute is not None:
         result["compute"] = compute
+    if gates:
+        result["gates"] = list(gates)
     frame = pd.DataFrame(probs, columns=store.classes)
     frame.insert(0, "image_id", test_ids)
     with atomic_path(out_predictions) as tmp:

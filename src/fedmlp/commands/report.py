@@ -21,6 +21,13 @@ def _number(value: Any, allow_missing: bool = True) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and (allow_missing or math.isfinite(value))
 
 
+def _gate_row(row: Any) -> bool:
+    """One row of metrics.json's ``gates`` (:data:`fedmlp.federated.GATE_FIELDS`)."""
+    return (isinstance(row, dict) and _number(row.get("round"), False) and _number(row.get("unit"), False)
+            and row.get("side") in ("client", "server") and isinstance(row.get("gate"), str)
+            and _number(row.get("rate"), False) and 0 <= row["rate"] <= 1)
+
+
 def check_metrics(data: Any, path: Path) -> dict[str, Any]:
     """A metrics file as ``fedmlp evaluate`` writes it (NaN or null where a metric is undefined)."""
     from fedmlp.metrics import METRICS
@@ -38,6 +45,9 @@ def check_metrics(data: Any, path: Path) -> dict[str, Any]:
     require(isinstance(data.get("undefined_classes", []), list), path, "undefined_classes: expected a list")
     warnings = data.get("warnings", [])
     require(isinstance(warnings, list) and all(isinstance(w, str) for w in warnings), path, "warnings: expected a list of strings")
+    gates = data.get("gates", [])
+    require(isinstance(gates, list) and all(_gate_row(g) for g in gates), path,
+            "gates: expected a list of {round, side (client or server), unit, gate, rate in [0, 1]}")
     rounds = data["rounds"]
     lists = [rounds.get(k) for k in ("round", "test_mAP", "test_AUROC")]
     require(all(isinstance(v, list) and v and all(_number(x) for x in v) for v in lists) and len({len(v) for v in lists}) == 1, path,

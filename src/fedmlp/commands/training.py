@@ -139,20 +139,20 @@ def train_and_save(args: argparse.Namespace, inputs: TrainingInputs, rounds: ran
     compute = result.compute if earlier is None else earlier + result.compute
     write_compute(args, compute)
     if getattr(args, "out_metrics", None) is not None:
-        score_final_model(args, inputs, checkpoint.as_loaded(result.model, meta), rows, compute)
+        score_final_model(args, inputs, checkpoint.as_loaded(result.model, meta), rows, compute, result.gates)
     if resume:
         resume.clear()
     return result
 
 
-def score_final_model(args: argparse.Namespace, inputs: TrainingInputs, model, rows: list[dict], compute) -> None:
+def score_final_model(args: argparse.Namespace, inputs: TrainingInputs, model, rows: list[dict], compute, gates: list[dict]) -> None:
     """The saved model on the test set (thresholds from the validation set), as ``fedmlp evaluate``
     would score the files just written (the outputs are renamed into place only when the command
-    succeeds, so they are not read back), with the run's counted compute."""
+    succeeds, so they are not read back), with the run's counted compute and gate rates beside the metrics."""
     from fedmlp.commands.evaluate import parse_run, score
 
     score(model, inputs.store, inputs.partition, rows, parse_run(args.run), inputs.train.device, inputs.train.threads,
-          args.out_metrics, args.out_predictions, warnings=inputs.method.warnings(), compute=compute.to_json())
+          args.out_metrics, args.out_predictions, warnings=inputs.method.warnings(), compute=compute.to_json(), gates=gates)
 
 
 def cmd_train(args: argparse.Namespace) -> None:

@@ -15,6 +15,11 @@ and after training (:meth:`Method.after_training`), the upload's payload and agg
 anew each round, as in the published code) over ``train.local_epochs`` shuffled epochs.
 
 The loop (:mod:`fedmlp.federated`) and the Flower app run both halves through these calls only.
+
+Gates: a method whose terms act only where a test passes (a confidence mask, a threshold) reports
+how often it passed, from values it computes anyway: a client's side by :func:`record_gate` into
+its state, the server's by :meth:`Method.server_gates`. The loop collects both after every round
+(:func:`fedmlp.federated.gate_rows`); nothing in training reads them.
 """
 
 from __future__ import annotations
@@ -35,6 +40,15 @@ from fedmlp.models import Classifier
 from fedmlp.optim import adam
 from fedmlp.runtime import Runtime
 from fedmlp.store import ImageStore
+
+# Client-state key of this round's gate rates, {gate name: share in [0, 1]}: set by the method during a
+# local update, taken out (and so cleared) by the loop after the round.
+GATES = "gates"
+
+
+def record_gate(state: dict[str, Any], gate: str, rate: float) -> None:
+    """Record one gate's rate of this local update in the client's state (see the module docstring)."""
+    state.setdefault(GATES, {})[gate] = float(rate)
 
 
 @dataclass
@@ -123,6 +137,11 @@ class Method(ABC):
 
     def aggregate(self, server: ServerContext, updates: list[Upload]) -> Weights:
         return weighted_average(updates)
+
+    def server_gates(self) -> dict[str, list[float]]:
+        """The last server step's gate rates: per gate, one value in [0, 1] per unit it applies to (a
+        group, say), in a fixed order; {} when the server step has no gate (or it did not act)."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.server) if self.server is not None else {}

@@ -27,7 +27,10 @@ no-grad eval forward per image and round (the labelling pass), the official code
 
 Client state: the annotated-class positive weights, the pseudo-label matrix, the round's label
 counts, and the thresholds used (``{class: (1 − τ_c, τ_c)}``, the bounds for pseudo-0 and pseudo-1,
-for the pseudo-label diagnostics). Server state: τ and the residual model.
+for the pseudo-label diagnostics). Gate rates (:func:`~fedmlp.methods.base.record_gate`) per stage-2
+round: ``pseudo``, the share of missing entries beyond their class's threshold (p > τ_c or
+p < 1 − τ_c: pseudo-labelled), and ``pseudo_positive``, the share above τ_c (pseudo-label 1); for
+official-code, from the labels each image got last. Server state: τ and the residual model.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import torch.nn.functional as F
 
 from fedmlp.config import from_dict
 from fedmlp.loader import Batch, ClientData, iterate_rows
-from fedmlp.methods.base import LocalContext, Method, ServerContext, weighted_average
+from fedmlp.methods.base import LocalContext, Method, ServerContext, record_gate, weighted_average
 from fedmlp.methods.common import UNLABELLED, masked_mean, positive_weights
 from fedmlp.methods.messages import Upload, Weights
 from fedmlp.methods.registry import register
@@ -151,6 +154,15 @@ def official_loss(logits: torch.Tensor, observed: torch.Tensor, annotated: torch
     per_class = (bce * selected).sum(0) / n_selected.clamp(min=1)
     loss = masked_mean(bce, annotated[None, :].expand_as(bce)) + (per_class * missing).sum()
     return loss, pseudo
+
+
+def record_pseudo_gates(state: dict[str, Any], pseudo: torch.Tensor, missing: torch.Tensor) -> None:
+    """The gate rates of a round's pseudo-labels: shares of the missing entries labelled (either way)
+    and labelled 1. Nothing for a client without missing classes."""
+    entries = pseudo[:, missing]
+    if entries.numel():
+        record_gate(state, "pseudo", float((entries != UNLABELLED).float().mean()))
+        record_gate(state, "pseudo_positive", float((entries == 1).float().mean()))
 
 
 def residual_mix(averaged: Weights, residual: Weights, alpha: float) -> Weights:
@@ -299,6 +311,8 @@ class CBAFed(Method):
         return labelled_entries(len(ctx.client), ctx.client.annotated, ctx.state["pseudo"])
 
     def upload_payload(self, ctx: LocalContext) -> dict[str, Any]:
+        if self._stage2(ctx):
+            record_pseudo_gates(ctx.state, ctx.state["pseudo"], ctx.client.missing)
         counts = self._counts(ctx)
         ctx.state["counts"] = counts  # at rest on the CPU
         return {"counts": counts}

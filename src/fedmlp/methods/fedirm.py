@@ -12,12 +12,17 @@ them; the server averages row c over the clients that annotate c, weighted by th
 result as the global matrix R^G and broadcasts it in phase 2. There each client builds a source
 matrix per batch from its confident, low-uncertainty samples (observed labels on annotated classes,
 pseudo-labels on missing ones) and pulls it towards R^G with a symmetric Bernoulli KL divergence.
+Which predictions count as confident is the ``gate``: ``sample`` (the published one) needs every
+class of a sample confident at once, ``missing`` only its missing classes, ``entry`` lets each
+confident entry (sample, class) into its class's row on its own.
 
 Cost per step: phase 1, one forward and backward pass over both views (2 images per image); phase 2,
 the same plus one no-grad forward of the EMA teacher on view 2 (as FedMLP's stage 2).
 
 Client state: the BCE positive weights, the EMA teacher (from the first phase-2 round) and its step
-counter, and the last round's share of samples in the relation mask (``mask_rate``, for reporting).
+counter. Gate rates (:func:`~fedmlp.methods.base.record_gate`), per phase-2 round: ``relation``, the
+share of samples (gate ``entry``: of entries) that pass the gate, and ``relation_batches``,
+the share of batches whose matching term has a row to compare (is not 0).
 Server state: the global relation matrix and which of its rows are defined.
 """
 
@@ -34,7 +39,7 @@ import torch.nn.functional as F
 from fedmlp.config import from_dict
 from fedmlp.errors import FedmlpError
 from fedmlp.loader import Batch, ClientData
-from fedmlp.methods.base import LocalContext, Method, ServerContext, weighted_average
+from fedmlp.methods.base import LocalContext, Method, ServerContext, record_gate, weighted_average
 from fedmlp.methods.common import ema_alpha, ema_update_, local_ema_pairs, masked_mean, positive_weights
 from fedmlp.methods.messages import Upload, Weights
 from fedmlp.methods.registry import register
@@ -72,6 +77,11 @@ class FedIRMConfig:
                                          "above confidence_high.", minimum=0, maximum=1)
     pseudo_threshold: float = setting(0.5, "Pseudo-label 1 where the probability of a missing class exceeds it.",
                                       minimum=0, maximum=1)
+    gate: Literal["sample", "missing", "entry"] = setting(
+        "sample", "Which predictions build the source matrix. sample (the published gate): samples whose summed entropy is "
+        "below entropy_threshold and whose every class is confident; missing: the same over the client's missing classes "
+        "only; entry: each confident entry (sample, class) joins its class's row on its own (entropy_threshold unused). "
+        "variant official-code: always sample.")
     pos_weight: bool = setting(
         False, "Positive weight N_k / n⁺_kc in the BCE of annotated classes, from the client's observed labels (1 where a class has "
         "no positive); off by default like the FedAvg reference points; official-code turns it on, as the published code.")
@@ -181,6 +191,7 @@ class FedIRM(Method):
         self.name = name
         self.config = config
         self.official = config.variant == "official-code"
+        self.gate = "sample" if self.official else config.gate
         self.server = ServerState()
 
     def phase1(self, total_rounds: int) -> int:
@@ -210,7 +221,7 @@ class FedIRM(Method):
     # --- client side ---------------------------------------------------------------------------
 
     def init_client_state(self, client: ClientData) -> dict[str, Any]:
-        return {"pos_weight": positive_weights(client.observed, client.annotated), "step": 0, "mask_rate": float("nan")}
+        return {"pos_weight": positive_weights(client.observed, client.annotated), "step": 0}
 
     def before_training(self, ctx: LocalContext) -> None:
         start = self.phase1(ctx.total_rounds)
@@ -218,7 +229,8 @@ class FedIRM(Method):
             n = ctx.client.observed.shape[1]
             device = ctx.runtime.device
             ctx.state[ACCUMULATOR] = {"sums": torch.zeros(n, n, device=device), "counts": torch.zeros(n, device=device),
-                                      "rows": torch.zeros(n, n, device=device), "batches": 0, "masked": 0, "seen": 0}
+                                      "rows": torch.zeros(n, n, device=device), "batches": 0, "masked": 0, "seen": 0,
+                                      "matched": 0, "phase2_batches": 0}
         if ctx.round >= start:
             if "teacher" not in ctx.state:  # the first phase-2 round: the teacher starts as the received model
                 ctx.state["teacher"] = {k: v.detach().cpu().clone() for k, v in ctx.model.state_dict().items()}
@@ -255,22 +267,39 @@ class FedIRM(Method):
             consistency = masked_mean((p1 - teacher) ** 2, ~annotated)
         with torch.no_grad():
             probabilities = p1.detach()
-            mask = sample_mask(probabilities, config.entropy_threshold, config.confidence_low, config.confidence_high)
             targets = pseudo_targets(probabilities, batch.observed, batch.annotated, config.pseudo_threshold,
                                      every_class=self.official)
-        sums, counts = relation_sums(z1[mask], targets[mask])
+            if self.gate == "entry":
+                passed = (probabilities > config.confidence_high) | (probabilities < config.confidence_low)
+                members = targets * passed.to(targets.dtype)
+            else:
+                columns = probabilities if self.gate == "sample" else probabilities[:, ~batch.annotated]
+                mask = sample_mask(columns, config.entropy_threshold, config.confidence_low, config.confidence_high)
+        if self.gate == "entry":
+            sums, counts = relation_sums(z1, members)
+        else:
+            sums, counts = relation_sums(z1[mask], targets[mask])
         source = relation_rows(sums, counts, config.temperature)
         relation = ctx.payload.get("relation")
         if relation is None:
             matching = source.sum() * 0.0
+            compared = False
         elif self.official:
             matching = official_relation_divergence(source, relation.to(logits.device))
+            compared = True  # the published divergence compares every row (0.5 where the source has none)
         else:
             defined = ctx.payload["defined"].to(logits.device)
             matching = relation_divergence(source, counts > 0, relation.to(logits.device), defined)
+            compared = bool(((counts > 0) & defined).any())
         if accumulator is not None:
-            accumulator["masked"] += int(mask.sum())
-            accumulator["seen"] += b
+            if self.gate == "entry":
+                accumulator["masked"] += int(passed.sum())
+                accumulator["seen"] += passed.numel()
+            else:
+                accumulator["masked"] += int(mask.sum())
+                accumulator["seen"] += b
+            accumulator["matched"] += int(compared)
+            accumulator["phase2_batches"] += 1
         ramp = sigmoid_rampup(ctx.round, config.rampup_fraction * ctx.total_rounds)
         return loss + config.lam * ramp * (consistency + matching)
 
@@ -297,7 +326,9 @@ class FedIRM(Method):
         if accumulator is None:
             return {}
         if accumulator["seen"]:
-            ctx.state["mask_rate"] = accumulator["masked"] / accumulator["seen"]
+            record_gate(ctx.state, "relation", accumulator["masked"] / accumulator["seen"])
+        if accumulator["phase2_batches"]:
+            record_gate(ctx.state, "relation_batches", accumulator["matched"] / accumulator["phase2_batches"])
         counts = accumulator["counts"].cpu()
         if self.official:
             rows = (accumulator["rows"] / max(accumulator["batches"], 1)).cpu()

@@ -16,6 +16,8 @@ on) rides on every later broadcast, for the degrees' prior-adjusted probabilitie
 Per client state (kept across rounds): the logit-adjustment offsets, the pseudo-label matrix
 (-1 unlabelled, 0 or 1; only ever set on missing classes) and the learning degrees. Server state:
 the global prototypes and learning degrees, and with ``degree_scale: prior`` the global class prior.
+Gate rate (:func:`~fedmlp.methods.base.record_gate`) per stage-2 round: ``pseudo``, the share of a
+client's missing entries that hold a pseudo-label after the round's detection.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 from fedmlp.augment import to_float
 from fedmlp.config import from_dict
 from fedmlp.loader import Batch, ClientData, iterate_rows
-from fedmlp.methods.base import LocalContext, ServerContext, StagedMethod
+from fedmlp.methods.base import LocalContext, ServerContext, StagedMethod, record_gate
 from fedmlp.methods.common import UNLABELLED, class_prior, logit_offset, masked_mean
 from fedmlp.methods.messages import Upload
 from fedmlp.methods.registry import register
@@ -322,6 +324,9 @@ class FedMLP(StagedMethod):
             self._restore_client(ctx)
         else:
             self.detect(ctx.client, ctx.state, ctx.state.pop("features"), ctx.payload)
+        entries = ctx.state["pseudo"][:, ctx.client.missing]
+        if entries.numel():  # the gate log: the share of missing entries pseudo-labelled so far
+            record_gate(ctx.state, "pseudo", float((entries != UNLABELLED).float().mean()))
         if self.config.oracle_pseudolabels:  # the selection stays in state["pseudo"] (diagnostics); training reads these
             ctx.state["oracle"] = oracle_targets(ctx.state["pseudo"], hidden_labels(ctx.store, ctx.client))
 

@@ -24,6 +24,9 @@ clients are clean is known from their annotation.
 sigmoid probabilities, KD as the squared difference of sigmoid probabilities, every client weighted
 (1 − λ_t) / λ_t, and always FedAvg.
 
+Server gate (:meth:`~fedmlp.methods.Method.server_gates`): ``daagg_max_weight``, the largest client
+share in the rounds where DaAgg acts (none logged where the server step is FedAvg).
+
 Cost per image and step: one forward and one backward of the student and one no-grad forward of
 the teacher, on one weak view.
 """
@@ -126,6 +129,7 @@ class FedNoRo(Method):
     def __init__(self, name: str, config: FedNoRoConfig):
         self.name = name
         self.config = config
+        self.daagg_shares: list[float] = []  # the last server step's DaAgg shares (empty: FedAvg); for the gate log only
 
     @property
     def official(self) -> bool:
@@ -144,10 +148,15 @@ class FedNoRo(Method):
     def aggregate(self, server: ServerContext, updates: list[Upload]) -> Weights:
         begin = self.config.ramp_begin * server.total_rounds
         clean = [bool(u.payload.get("complete", False)) for u in updates]
+        self.daagg_shares = []
         if self.official or not self.config.daagg or server.round < begin or all(clean) or not any(clean):
             return weighted_average(updates)
         shares = daagg_weights([u.aggregation_weight for u in updates], clean, [u.weights for u in updates])
+        self.daagg_shares = shares
         return weighted_average([dataclasses.replace(u, weight=s) for u, s in zip(updates, shares)])
+
+    def server_gates(self) -> dict[str, list[float]]:
+        return {"daagg_max_weight": [max(self.daagg_shares)]} if self.daagg_shares else {}
 
     # --- client side ---------------------------------------------------------------------------
 

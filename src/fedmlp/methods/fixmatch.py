@@ -12,8 +12,8 @@ policy of :mod:`fedmlp.augment`) go through the model in one forward (logits z^w
 
 The server is plain FedAvg. Cost per step: one forward and one backward of 2B images (weak and
 strong view), i.e. 2 forward/backward passes per image, plus the strong augmentation (elementwise
-batch operations on the device). Client state: the last round's mask rate (the share of missing
-entries that were given a pseudo-label), for inspection.
+batch operations on the device). Gate rate (:func:`~fedmlp.methods.base.record_gate`) per round:
+``pseudo``, the share of missing entries that were given a pseudo-label.
 
 ``variant: official-code`` runs what the published FedMLP code runs: a sample is pseudo-labelled only
 if *every* missing class is confident (an AND gate), the unsupervised sum is divided by |I| · |M|
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from fedmlp.augment import strong
 from fedmlp.config import from_dict
 from fedmlp.loader import Batch, ClientData
-from fedmlp.methods.base import LocalContext, Method
+from fedmlp.methods.base import LocalContext, Method, record_gate
 from fedmlp.methods.common import positive_weights
 from fedmlp.methods.registry import register
 from fedmlp.schema import setting
@@ -127,7 +127,7 @@ class FedAvgFixMatch(Method):
         self.use_pos_weight = config.pos_weight or official
 
     def init_client_state(self, client: ClientData) -> dict[str, Any]:
-        return {"pos_weight": positive_weights(client.observed, client.annotated), "mask_rate": None}
+        return {"pos_weight": positive_weights(client.observed, client.annotated)}
 
     def before_training(self, ctx: LocalContext) -> None:
         ctx.state["counts"] = None  # this local update's (masked, entries), on the device until after_training
@@ -155,12 +155,12 @@ class FedAvgFixMatch(Method):
         return loss
 
     def after_training(self, ctx: LocalContext) -> None:
-        """Record the round's mask rate in the client's state (one sync per round)."""
+        """Record the round's mask rate as its gate rate (one sync per round)."""
         counts = ctx.state.pop("counts")
         if counts is not None and int(counts[1]) > 0:
-            ctx.state["mask_rate"] = float(counts[0]) / int(counts[1])
-            log.debug("%s client %d round %d: mask rate %.3f", self.name, ctx.client.client_id, ctx.round + 1,
-                      ctx.state["mask_rate"])
+            rate = float(counts[0]) / int(counts[1])
+            record_gate(ctx.state, "pseudo", rate)
+            log.debug("%s client %d round %d: mask rate %.3f", self.name, ctx.client.client_id, ctx.round + 1, rate)
 
 
 @register("fedavg-fixmatch", display="FedAvg+FixMatch", section="fedavg_fixmatch", config=FixMatchConfig,

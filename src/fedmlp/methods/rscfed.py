@@ -15,7 +15,9 @@ of the EMA teacher on view 2 (FedMLP: two views forward and backward, plus a tea
 Server: per group one mean, K distances and one weighted mean over the uploaded weights.
 
 Client state: the BCE positive weights, the EMA teacher's weights and its step counter. Server state:
-the last round's groups and DMA weights (for reporting; nothing reads them back).
+the last round's groups and DMA weights (for reporting; nothing reads them back). Server gate
+(:meth:`~fedmlp.methods.Method.server_gates`): ``dma_max_weight``, the largest DMA weight in each
+group (1/K: an even average; near 1: the group keeps one model).
 """
 
 from __future__ import annotations
@@ -165,6 +167,9 @@ class RSCFed(Method):
             else:  # integer buffers such as BatchNorm's num_batches_tracked
                 merged[key] = torch.stack([u.weights[key] for u in updates]).max(dim=0).values
         return merged
+
+    def server_gates(self) -> dict[str, list[float]]:
+        return {"dma_max_weight": [max(weights) for weights in self.server.dma_weights]} if self.server.dma_weights else {}
 
     # --- client side ---------------------------------------------------------------------------
 
