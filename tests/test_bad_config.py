@@ -41,6 +41,10 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
         ({"sweep": []}, "config key 'sweep': [] should be non-empty"),
         ({"report": {"dir": "/tmp/x"}}, "config key 'report.dir': '/tmp/x' does not match"),
         ({"split": {"val_fraction": 1}}, "config key 'split.val_fraction': 1 is greater than or equal to the maximum of 1"),
+        ({"synthetic": {"preset": "rsna-studies"}}, "config key 'synthetic.preset': 'rsna-studies' is not one of rsna-slices"),
+        ({"synthetic": {"cooccurrence": {"subdural": 1.0}}}, "config key 'synthetic.cooccurrence.subdural': 1.0 is greater than or equal to the maximum of 1"),
+        ({"synthetic": {"cooccurrence": {"chronic": 0.3}}}, "config key 'synthetic.cooccurrence.chronic': unknown key"),
+        ({"synthetic": {"enrichment": 0}}, "config key 'synthetic.enrichment': 0 is less than or equal to the minimum of 0"),
     ],
 )
 def test_schema_violation_is_one_line_naming_the_key(config: dict, message: str) -> None:
@@ -77,6 +81,8 @@ def default_config(**sections: dict) -> dict:
          "config key 'split.val_fraction': 0.05 of 9 training images is no validation image"),
         ({"federation": {"n_clients": 20}, "synthetic": {"n_images": 60}, "split": {"val_fraction": 0.5}},
          "config key 'split.val_fraction': its 20 validation images leave 21 training images, fewer than the 40"),
+        ({"synthetic": {"preset": "rsna-slices"}}, "config key 'synthetic.prevalence': set together with synthetic.preset 'rsna-slices'"),
+        ({"synthetic": {"prevalence": None, "cooccurrence": None}}, "config key 'synthetic.prevalence': null needs a synthetic.preset"),
     ],
 )
 def test_impossible_combination_names_the_key(sections: dict, message: str) -> None:
@@ -86,7 +92,7 @@ def test_impossible_combination_names_the_key(sections: dict, message: str) -> N
 
 
 def test_default_and_paper_configs_pass() -> None:
-    for name in ("config.yaml", "ich.yaml", "chestxray14.yaml", "missing-rates.yaml"):
+    for name in ("config.yaml", "ich.yaml", "chestxray14.yaml", "missing-rates.yaml", "realistic.yaml"):
         config = yaml.safe_load((REPO / "config" / name).read_text())
         check_schema(config, SCHEMA)
         check_combinations(config)

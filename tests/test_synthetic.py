@@ -108,3 +108,142 @@ def test_unknown_prevalence_key_is_named(tmp_path: Path) -> None:
 
     with pytest.raises(FedmlpError, match=r"synthetic\.prevalence\.chronic"):
         synthetic.generate(SyntheticConfig(n_images=3, prevalence={"chronic": 0.1}), tmp_path)
+
+
+# --- label model: presets, latent co-occurrence, enrichment --------------------------------------------
+
+PRESET = {"preset": "rsna-slices", "prevalence": None, "cooccurrence": None}
+
+
+def _labels(n: int, seed: int = 5, **settings) -> np.ndarray:
+    config = SyntheticConfig(n_images=n, **settings)
+    return synthetic.draw_labels(config, numpy_rng(seed, "labels"))
+
+
+@pytest.mark.parametrize(
+    ("settings", "md5"),
+    [  # computed with the code before presets existed (commit 4f146e6)
+        ({"n_images": 500}, "b5c2f88e7d323c1ebbb911c043dec413"),
+        ({"n_images": 500, "seed": 9, "cooccurrence": 0.7, "prevalence": {"epidural": 0.01, "intraparenchymal": 0.05, "subdural": 0.3}},
+         "7b62b461d05f7c10b066173452827237"),
+    ],
+)
+def test_scalar_cooccurrence_draws_what_it_drew_before(settings: dict, md5: str) -> None:
+    import hashlib
+
+    config = SyntheticConfig(**settings)
+    labels = synthetic.draw_labels(config, numpy_rng(config.seed, "labels"))
+    assert hashlib.md5(labels.tobytes()).hexdigest() == md5
+
+
+def test_scalar_label_file_is_unchanged(tmp_path: Path) -> None:
+    import hashlib
+
+    synthetic.generate(SyntheticConfig(n_images=12, image_size=32), tmp_path / "d")
+    assert hashlib.md5((tmp_path / "d" / rsna.LABEL_FILE).read_bytes()).hexdigest() == "edaedd9e90840ed2c6634fbe272b342e"
+
+
+def _within_binomial(counts: np.ndarray, n: int, p: np.ndarray, z: float = 4.5) -> None:
+    expected = n * p
+    assert (np.abs(counts - expected) <= z * np.sqrt(n * p * (1 - p)) + 1).all(), f"counts {counts}, expected {expected}"
+
+
+def test_preset_marginals_and_any_rate_match_the_real_slices() -> None:
+    n = 40_000
+    labels = _labels(n, **PRESET)
+    real = np.array([synthetic.RSNA_POSITIVE[c] for c in rsna.CLASSES]) / synthetic.RSNA_SLICES
+    _within_binomial(labels.sum(axis=0), n, real)
+    p_any = synthetic.RSNA_ANY / synthetic.RSNA_SLICES
+    _within_binomial(np.array([labels.any(axis=1).sum()]), n, np.array([p_any]))
+    # the preset's loading is the one that gives the real any-hemorrhage rate
+    model = synthetic.label_model(SyntheticConfig(**PRESET))
+    assert synthetic.any_rate(model) == pytest.approx(p_any, abs=0.001)
+
+
+def test_loadings_couple_subtypes_and_zero_loadings_do_not() -> None:
+    n = 6_000
+    prevalence = {"intraparenchymal": 0.1, "intraventricular": 0.08, "subdural": 0.12}
+    coupled = _labels(n, prevalence=prevalence, cooccurrence={"intraparenchymal": 0.8, "intraventricular": 0.8})
+    iph, ivh, sdh = (rsna.CLASSES.index(c) for c in ("intraparenchymal", "intraventricular", "subdural"))
+    _within_binomial(coupled.sum(axis=0)[[iph, ivh, sdh]], n, np.array([0.1, 0.08, 0.12]))
+    given_iph = coupled[coupled[:, iph] == 1]
+    assert given_iph[:, ivh].mean() > 2 * 0.08  # P(IVH | IPH) well above P(IVH)
+    # subdural has no loading: independent of intraparenchymal, within sampling error
+    assert abs(given_iph[:, sdh].mean() - 0.12) < 4.5 * np.sqrt(0.12 * 0.88 / len(given_iph))
+
+
+def test_enrichment_reaches_the_any_rate_and_keeps_ratios() -> None:
+    n = 6_000
+    base = synthetic.label_model(SyntheticConfig(**PRESET))
+    enriched = synthetic.label_model(SyntheticConfig(**PRESET, enrichment=0.5))
+    ratio = enriched.prevalence / base.prevalence
+    assert np.allclose(ratio, ratio[0]) and ratio[0] > 1
+    assert synthetic.any_rate(enriched) == pytest.approx(0.5, abs=1e-6)
+    labels = _labels(n, **PRESET, enrichment=0.5)
+    _within_binomial(labels.sum(axis=0), n, enriched.prevalence)
+    _within_binomial(np.array([labels.any(axis=1).sum()]), n, np.array([0.5]))
+    # the scalar model: any = 1 - prod(1 - p), enriched the same way
+    scalar = synthetic.label_model(SyntheticConfig(enrichment=0.6))
+    assert 1 - np.prod(1 - scalar.prevalence) == pytest.approx(0.6) and np.allclose(scalar.prevalence, scalar.prevalence[0])
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"preset": "rsna-slices"}, r"^config key 'synthetic\.prevalence': set together with synthetic\.preset 'rsna-slices'"),
+        ({"preset": "rsna-slices", "prevalence": None}, r"^config key 'synthetic\.cooccurrence': set together with synthetic\.preset"),
+        ({"prevalence": None}, r"^config key 'synthetic\.prevalence': null needs a synthetic\.preset"),
+        ({"cooccurrence": {"epidural": 0.5, "chronic": 0.2}}, r"^config key 'synthetic\.cooccurrence\.chronic': unknown subtype"),
+        ({"cooccurrence": {"subdural": 1.0}}, r"^config key 'synthetic\.cooccurrence\.subdural': a loading must be below 1"),
+    ],
+)
+def test_bad_label_settings_name_the_key(tmp_path: Path, settings: dict, message: str) -> None:
+    from fedmlp.errors import FedmlpError
+
+    with pytest.raises(FedmlpError, match=message) as caught:
+        synthetic.generate(SyntheticConfig(n_images=10, **settings), tmp_path / "out")
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "key"),
+    [
+        ('{"preset": "rsna-studies"}', "synthetic.preset"),
+        ('{"cooccurrence": {"subdural": -0.1}}', "synthetic.cooccurrence.subdural"),
+        ('{"cooccurrence": "strong"}', "synthetic.cooccurrence"),
+        ('{"enrichment": 1.0}', "synthetic.enrichment"),
+    ],
+)
+def test_bad_label_settings_from_json_name_the_key(settings: str, key: str) -> None:
+    from fedmlp.config import from_json
+    from fedmlp.errors import FedmlpError
+
+    with pytest.raises(FedmlpError, match=f"^config key '{re.escape(key)}'"):
+        from_json(SyntheticConfig, settings, "synthetic")
+
+
+def test_realistic_config_keeps_positives_of_every_class_in_every_split() -> None:
+    """config/realistic.yaml over config/config.yaml (as `--configfile` merges it): labels only, split
+    as the workflow splits the synthetic store (sorted IDs): >= 30 positives per class in test, >= 20
+    in validation."""
+    import yaml
+    from conftest import REPO
+    from snakemake.utils import update_config
+
+    from fedmlp.config import SplitConfig, from_dict
+    from fedmlp.partition import carve_validation, random_split
+    from fedmlp.workflow_config import check_combinations, check_schema
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    update_config(config, yaml.safe_load((REPO / "config" / "realistic.yaml").read_text()))
+    check_schema(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
+    check_combinations(config)
+    settings = from_dict(SyntheticConfig, config["synthetic"], "synthetic")
+    split_config = from_dict(SplitConfig, config["split"], "split")
+    ids = synthetic.image_ids(settings.n_images, numpy_rng(settings.seed, "ids"))
+    labels = pd.DataFrame(synthetic.draw_labels(settings, numpy_rng(settings.seed, "labels")), index=ids, columns=list(rsna.CLASSES))
+    split = carve_validation(random_split(sorted(ids), split_config), split_config)
+    assert labels.loc[split.test].sum().min() >= 30
+    assert labels.loc[split.val].sum().min() >= 20
+    assert set(config["methods"]) == set(yaml.safe_load((REPO / "config" / "config.yaml").read_text())["methods"])

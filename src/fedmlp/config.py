@@ -38,16 +38,20 @@ def bounded(default: Any, **bounds: float) -> Any:
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """The synthetic head-CT source (docs/data.md)."""
+    """The synthetic head-CT source (docs/data.md). ``prevalence`` and ``cooccurrence`` are None when a
+    ``preset`` supplies them; a number for ``cooccurrence`` is the chance of one extra subtype, a
+    mapping the subtypes' loadings on a shared latent bleed (:mod:`fedmlp.sources.synthetic`)."""
 
     n_images: int = bounded(2000, minimum=10, maximum=1_000_000)
     image_size: int = bounded(128, minimum=32, maximum=1024)
     seed: int = bounded(2024, minimum=0, maximum=SEED_MAX)
-    prevalence: dict[str, float] = bounded(
+    preset: Literal["rsna-slices"] | None = None
+    prevalence: dict[str, float] | None = bounded(
         {"epidural": 0.2, "intraparenchymal": 0.2, "intraventricular": 0.2, "subarachnoid": 0.2, "subdural": 0.2},
         minimum=0, maximum=1,
     )
-    cooccurrence: float = bounded(0.3, minimum=0, maximum=1)
+    cooccurrence: float | dict[str, float] | None = bounded(0.3, minimum=0, maximum=1)
+    enrichment: float | None = bounded(None, exclusiveMinimum=0, exclusiveMaximum=1)
     signed_as_unsigned_fraction: float = bounded(0.1, minimum=0, maximum=1)
     multivalued_window_fraction: float = bounded(0.2, minimum=0, maximum=1)
     duplicated_images: int = bounded(2, minimum=0, maximum=1_000_000)

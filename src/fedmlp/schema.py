@@ -121,7 +121,8 @@ def tuning_schema(configs: dict[str, type]) -> dict[str, Any]:
 
 def fill_defaults(instance: Any, schema: dict[str, Any]) -> Any:
     """Fill in every default of ``schema`` missing from ``instance`` (nested objects too), in place."""
-    if schema.get("type") == "object" and isinstance(instance, dict):
+    types = schema.get("type")
+    if (types == "object" or isinstance(types, list) and "object" in types) and isinstance(instance, dict):
         for key, prop in schema.get("properties", {}).items():
             if key not in instance and "default" in prop:
                 instance[key] = copy.deepcopy(prop["default"])

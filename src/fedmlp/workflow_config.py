@@ -209,6 +209,11 @@ def check_combinations(config: dict[str, Any]) -> None:
     checked by :func:`fedmlp.partition.assign_classes`; image counts of downloaded data are only known
     after ingest, so the partition stage checks those."""
     check_round_budget(config)
+    if config["dataset"] == "synthetic-ich":  # a preset with prevalence or cooccurrence left set, say
+        from fedmlp.config import SyntheticConfig, from_dict
+        from fedmlp.sources.synthetic import label_model
+
+        label_model(from_dict(SyntheticConfig, config["synthetic"], "synthetic"))
     for low, high in ordered_keys():
         if _lookup(config, low) > _lookup(config, high):
             raise FedmlpError(f"config key '{low}': {_lookup(config, low)} is more than '{high}' ({_lookup(config, high)})")

@@ -28,6 +28,7 @@ import pydicom
 import pydicom.config
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from scipy import integrate, optimize, stats
 from scipy.ndimage import gaussian_filter
 
 from fedmlp.atomic import exclusive
@@ -163,16 +164,107 @@ DRAW = {
 }
 
 
-def draw_labels(config: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
-    """Independent Bernoulli draws by prevalence; then each positive image gets one extra subtype with
-    probability ``cooccurrence`` (chosen in proportion to prevalence)."""
+# Slice-level counts of Kaggle's RSNA ICH stage_2_train.csv (752,803 slices; Flanders et al. 2020):
+# any 107,933 (14.34 %). The common loading 0.69 on the latent bleed is the one that reproduces that
+# any-hemorrhage rate from the five marginals (tests/test_synthetic.py checks it; docs/data.md).
+RSNA_SLICES = 752_803
+RSNA_POSITIVE = {"epidural": 3_145, "intraparenchymal": 36_118, "intraventricular": 26_205, "subarachnoid": 35_675, "subdural": 47_166}
+RSNA_ANY = 107_933
+PRESETS: dict[str, dict[str, dict[str, float]]] = {
+    "rsna-slices": {
+        "prevalence": {c: n / RSNA_SLICES for c, n in RSNA_POSITIVE.items()},
+        "cooccurrence": {c: 0.69 for c in RSNA_POSITIVE},
+    },
+}
+
+
+@dataclass(frozen=True)
+class LabelModel:
+    """What the labels are drawn from, once the preset and the enrichment are resolved."""
+
+    prevalence: np.ndarray  # per class, in rsna.CLASSES order
+    cooccurrence: float | np.ndarray  # the extra-subtype probability, or per-class loadings
+
+
+def _per_class(values: dict[str, float], key: str) -> np.ndarray:
     classes = list(rsna.CLASSES)
-    unknown = set(config.prevalence) - set(classes)
+    unknown = set(values) - set(classes)
     if unknown:
-        raise FedmlpError(f"config key 'synthetic.prevalence.{sorted(unknown)[0]}': unknown subtype (allowed: {', '.join(classes)})")
-    prevalence = np.array([config.prevalence.get(c, 0.0) for c in classes])
+        raise FedmlpError(f"config key '{key}.{sorted(unknown)[0]}': unknown subtype (allowed: {', '.join(classes)})")
+    return np.array([values.get(c, 0.0) for c in classes])
+
+
+def label_model(config: SyntheticConfig) -> LabelModel:
+    """Resolve ``preset``, ``prevalence``, ``cooccurrence`` and ``enrichment`` into one model."""
+    prevalence, cooccurrence = config.prevalence, config.cooccurrence
+    if config.preset is not None:
+        for name, value in (("prevalence", prevalence), ("cooccurrence", cooccurrence)):
+            if value is not None:
+                raise FedmlpError(f"config key 'synthetic.{name}': set together with synthetic.preset {config.preset!r}, which "
+                                  f"supplies it; write {name}: null to use the preset's (a --configfile is merged over "
+                                  "config/config.yaml, whose value stays unless nulled), or drop the preset")
+        prevalence, cooccurrence = PRESETS[config.preset]["prevalence"], PRESETS[config.preset]["cooccurrence"]
+    for name, value in (("prevalence", prevalence), ("cooccurrence", cooccurrence)):
+        if value is None:
+            raise FedmlpError(f"config key 'synthetic.{name}': null needs a synthetic.preset to supply it")
+    p = _per_class(prevalence, "synthetic.prevalence")
+    if isinstance(cooccurrence, dict):
+        loadings = _per_class(cooccurrence, "synthetic.cooccurrence")
+        if (loadings >= 1).any():
+            name = rsna.CLASSES[int(np.argmax(loadings >= 1))]
+            raise FedmlpError(f"config key 'synthetic.cooccurrence.{name}': a loading must be below 1, got {cooccurrence[name]}")
+        model = LabelModel(p, loadings)
+    else:
+        model = LabelModel(p, float(cooccurrence))
+    return model if config.enrichment is None else enrich(model, config.enrichment)
+
+
+def any_rate(model: LabelModel) -> float:
+    """P(at least one subtype). The extra subtype of the scalar model only goes to positive images, so
+    there it is 1 - prod(1 - p); with loadings it is one integral over the latent bleed W."""
+    if not isinstance(model.cooccurrence, np.ndarray):
+        return float(1 - np.prod(1 - model.prevalence))
+    threshold, loading = stats.norm.isf(model.prevalence), model.cooccurrence
+    noise = np.sqrt(1 - loading**2)
+
+    def none_given(w: float) -> float:
+        return float(stats.norm.pdf(w) * np.prod(stats.norm.cdf((threshold - loading * w) / noise)))
+
+    return 1 - integrate.quad(none_given, -np.inf, np.inf, epsabs=1e-13, epsrel=1e-12)[0]
+
+
+def enrich(model: LabelModel, target: float) -> LabelModel:
+    """Scale every prevalence by one common factor (their ratios stay) so that the any-hemorrhage rate
+    is ``target``; the co-occurrence is kept."""
+    if model.prevalence.max() <= 0:
+        raise FedmlpError("config key 'synthetic.enrichment': every prevalence is 0, there is nothing to scale")
+    top = 1 / model.prevalence.max()  # the largest factor that keeps every prevalence a probability
+
+    def gap(factor: float) -> float:
+        return any_rate(LabelModel(np.minimum(factor * model.prevalence, 1), model.cooccurrence)) - target
+
+    factor = optimize.brentq(gap, 0, top, xtol=1e-13, rtol=1e-13)
+    return LabelModel(np.minimum(factor * model.prevalence, 1), model.cooccurrence)
+
+
+def draw_labels(config: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
+    """The image-by-subtype label matrix (int8) of ``config``, drawn from ``rng``.
+
+    A number for ``cooccurrence``: independent Bernoulli draws by prevalence, then each positive image
+    gets one extra subtype with that probability (chosen in proportion to prevalence). A mapping: a
+    one-factor Gaussian copula; each image has a latent bleed W ~ N(0, 1) and subtype k is present when
+    l_k W + sqrt(1 - l_k^2) E_k (E_k independent N(0, 1)) exceeds the normal quantile that gives
+    exactly its prevalence, so two subtypes co-occur more often than by chance as l_j l_k grows."""
+    model = label_model(config)
+    if isinstance(model.cooccurrence, np.ndarray):
+        latent = rng.standard_normal((config.n_images, 1))
+        loading = model.cooccurrence
+        score = loading * latent + np.sqrt(1 - loading**2) * rng.standard_normal((config.n_images, len(loading)))
+        return (score > stats.norm.isf(model.prevalence)).astype(np.int8)
+    classes = list(rsna.CLASSES)
+    prevalence = model.prevalence
     labels = rng.random((config.n_images, len(classes))) < prevalence
-    extra = labels.any(axis=1) & (rng.random(config.n_images) < config.cooccurrence)
+    extra = labels.any(axis=1) & (rng.random(config.n_images) < model.cooccurrence)
     weights = prevalence / prevalence.sum() if prevalence.sum() > 0 else np.full(len(classes), 1 / len(classes))
     for i in np.flatnonzero(extra):
         free = ~labels[i]
