@@ -45,9 +45,12 @@ def test_the_default_runs_every_registered_method() -> None:
     from conftest import REPO
 
     from fedmlp.methods import registry
+    from fedmlp.workflow_config import check_schema
 
     shipped = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    assert sorted(shipped["methods"]) == registry.names(), "a registered method is missing from config/config.yaml's methods"
+    assert shipped["methods"] == "all"  # so that a new method module joins the default by itself
+    check_schema(shipped, REPO / "workflow" / "schemas" / "config.schema.yaml")
+    assert shipped["methods"] == registry.names()
 
 
 def test_schema_defaults_are_the_default_config() -> None:
@@ -57,12 +60,13 @@ def test_schema_defaults_are_the_default_config() -> None:
     import yaml
     from conftest import REPO
 
-    from fedmlp.workflow_config import check_schema
+    from fedmlp.workflow_config import check_schema, expand_methods
 
     schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
     shipped = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     filled = copy.deepcopy(shipped)
     check_schema(filled, schema)
+    expand_methods(shipped)  # methods: all is read as the registry's list
     assert filled == shipped, "config/config.yaml should list every key with its default"
     empty: dict = {}
     check_schema(empty, schema)

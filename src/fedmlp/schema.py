@@ -88,7 +88,7 @@ def workflow_schema(path: str | Path) -> dict[str, Any]:
     from fedmlp.methods import registry
 
     schema = yaml.safe_load(Path(path).read_text())
-    schema["properties"]["methods"]["items"]["enum"] = registry.names()
+    schema["properties"]["methods"]["anyOf"][1]["items"]["enum"] = registry.names()
     for section, cls in registry.sections().items():
         schema["properties"][section] = dataclass_schema(cls)
     schema["properties"]["tuning"] = tuning_schema({name: spec.config for name, spec in registry.specs().items() if spec.config})

@@ -127,6 +127,14 @@ def _validator(schema: dict[str, Any]):
     return jsonschema.validators.extend(base, type_checker=checker)(schema)
 
 
+def expand_methods(config: dict[str, Any]) -> None:
+    """``methods: all`` becomes the list of every registered method (what every later step reads)."""
+    if config.get("methods") == "all":
+        from fedmlp.methods import registry
+
+        config["methods"] = registry.names()
+
+
 def check_schema(config: dict[str, Any], schema_path: str | Path) -> None:
     """Validate the workflow config against its JSON schema (with the methods' sections added, see
     :mod:`fedmlp.schema`), then fill in the defaults. Strings spelling the type a key expects are read
@@ -143,6 +151,7 @@ def check_schema(config: dict[str, Any], schema_path: str | Path) -> None:
     error = jsonschema.exceptions.best_match(_validator(schema).iter_errors(config))
     if error is None:
         fill_defaults(config, schema)
+        expand_methods(config)
         return
     key = _dotted(error.absolute_path)
     if error.validator == "additionalProperties":
