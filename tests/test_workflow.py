@@ -283,6 +283,8 @@ def test_the_workflow_runs_as_a_module_of_another_snakefile(tmp_path: Path) -> N
     (defaults / "Snakefile").write_text(module_snakefile(REPO / "workflow" / "Snakefile", None))
     result = snakemake_in(defaults, "--dry-run")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    from fedmlp.methods import registry
+
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
     assert schema["properties"]["methods"]["default"] == "all"
     for method in registry.names():
