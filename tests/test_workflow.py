@@ -125,7 +125,9 @@ def test_rerunning_ingest_rebuilds_the_store(tmp_path: Path) -> None:
         ({"federation": {**TINY["federation"], "seed": 5}}, {"partition": 2, **AFTER_PARTITION}),
         ({"preprocess": {"size": 24, "windowing": "header"}}, {}),  # same values spelled out: nothing
         ({"seeds": [0, 1]}, {"synthesize": 1, "ingest": 1, "split": 1, "partition": 2, **AFTER_PARTITION}),  # draw 1 of the data
-        ({"seeds": [0, 1], "replicates": "training"}, {"synthesize": 1, "ingest": 1, "split": 1, "partition": 2, **AFTER_PARTITION}),
+        ({"seeds": [0, 1], "replicates": "training"},  # the layout without draws: every job again, both seeds
+         {"synthesize": 1, "ingest": 1, "split": 1, "partition": 2, "train": 12, "warmup": 4, "pseudolabel": 8, "teacher": 8,
+          "report": 1, "all": 1}),
         ({"preprocess": {"size": 20}}, {"ingest": 1, "split": 1, "partition": 2, **AFTER_PARTITION}),
         ({"federation": {**TINY["federation"], "annotated_per_client": [3, 4]}},
          {"partition": 1, "train": 3, "warmup": 1, "pseudolabel": 2, "teacher": 2, "report": 1, "all": 1}),
@@ -259,6 +261,8 @@ def test_schema_violations_name_the_key(tmp_path: Path) -> None:
     assert result.returncode != 0 and "federation.annotated_per_client" in result.stdout + result.stderr
     result = snakemake(tmp_path, {**TINY, "methods": ["fedavg-fulll"]}, "--dry-run")
     assert result.returncode != 0 and "fedavg-fulll" in result.stderr + result.stdout
+    result = snakemake(tmp_path, {**TINY, "seeds": [0, 1], "split": {"seed": 2**32 - 1}}, "--dry-run")  # replicates: data adds the seed
+    assert result.returncode != 0 and "config key 'split.seed'" in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
 
 

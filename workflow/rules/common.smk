@@ -175,7 +175,9 @@ def check_config():
         sections.update({setting.key("seed"): setting.federation for setting in SETTING_SOURCES.values()})
         for key, section in sections.items():
             if section["seed"] + last > SEED_MAX:
-                raise FedmlpError(f"config key '{key}': {section['seed']} + seed {last} exceeds {SEED_MAX} (replicates: data adds the seed)")
+                raise FedmlpError(
+                    f"config key '{key}': {section['seed']} + seed {last} exceeds {SEED_MAX} (replicates: data adds the seed)"
+                )
     for name, setting in SETTING_SOURCES.items():
         try:
             assign_classes(classes(), from_dict(FederationConfig, setting.federation, "federation"))
