@@ -35,7 +35,7 @@ SLURM_JOBS = {"synthesize": 1, "ingest": 1, "split": 1, "partition": 1, "train":
               "pseudolabel": 1, "teacher": 1, "report": 1}  # `all` runs locally
 GPU_RULES = {"train", "warmup", "pseudolabel", "teacher"}
 LONG_ROUNDS = 150  # about 10 s of training here: time enough for scancel to land mid-training
-TRAIN_RUN = "synthetic-ich/header24/iid-k3-a2/fedavg-masked/seed0"
+TRAIN_RUN = "synthetic-ich/header24/draw0/iid-k3-a2/fedavg-masked/seed0"
 PROFILE = ["--profile", str(REPO / "profiles" / "slurm"), "--workflow-profile", "none"]
 # Only for a one-node test cluster: no accounting (status from squeue, no account), a first status
 # check after 2 s instead of 40, the logs of successful jobs kept (they hold the job IDs), 2 CPUs.

@@ -151,7 +151,7 @@ def test_rules_find_fedmlp_without_activation_and_overrides_equal_the_file(tmp_p
             "--configfile", str(config_path), "--cores", "1", "--until", "split"]
     result = subprocess.run(base, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert (tmp_path / "results/runs/synthetic-ich/header24/split.json").is_file()
+    assert (tmp_path / "results/runs/synthetic-ich/header24/draw0/split.json").is_file()
     for override, expected in [
         (["synthetic={n_images: 60, image_size: 48, cooccurrence: 0.3}", "split={train_fraction: 0.7}"], {}),
         (["synthetic={n_images: 61}"], {"synthesize": 1, "ingest": 1, "split": 1}),  # the dry run does see a change

@@ -70,9 +70,9 @@ def test_end_to_end_outputs(tiny_run: Path) -> None:
         assert (tiny_run / "results" / "figures" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for rule in ("synthesize", "ingest", "split", "partition", "train", "warmup", "pseudolabel", "teacher", "report"):
         assert list((tiny_run / "logs" / rule).rglob("*.log")), f"no log for rule {rule}"
-    run = tiny_run / "results/runs/synthetic-ich/header24/iid-k3-a2/fedavg-masked/seed0"
+    run = tiny_run / "results/runs/synthetic-ich/header24/draw0/iid-k3-a2/fedavg-masked/seed0"
     assert {p.name for p in run.iterdir()} >= {"model.pt", "rounds.csv", "metrics.json", "predictions.csv"}
-    staged = tiny_run / "results/runs/synthetic-ich/header24/iid-k3-a2/fedmlp-official/seed0"
+    staged = tiny_run / "results/runs/synthetic-ich/header24/draw0/iid-k3-a2/fedmlp-official/seed0"
     assert {p.name for p in staged.iterdir()} >= {"pseudolabels.json", "pseudolabels.md", "model.pt", "rounds.csv", "diagnostics.csv"}
     rounds = pd.read_csv(staged / "rounds.csv")
     assert rounds["round"].tolist() == [1, 2]  # warm-up round, then the stage-2 round
@@ -86,10 +86,10 @@ def test_end_to_end_outputs(tiny_run: Path) -> None:
 def test_training_jobs_score_as_fedmlp_evaluate_does(tiny_run: Path, tmp_path: Path, method: str) -> None:
     """The training jobs score their final checkpoint themselves; `fedmlp evaluate` on the same files
     writes the same bytes (one job start-up fewer per run, the same numbers)."""
-    setting = "synthetic-ich/header24/iid-k3-a2"
+    setting = "synthetic-ich/header24/draw0/iid-k3-a2"
     run = tiny_run / f"results/runs/{setting}/{method}/seed0"
     identity = {"dataset": "synthetic-ich", "setting": "iid-k3-a2", "method": method, "seed": 0}
-    command = [f"{bin_dir()}/fedmlp", "evaluate", "--store", str(tiny_run / "resources/synthetic-ich/store/header24"),
+    command = [f"{bin_dir()}/fedmlp", "evaluate", "--store", str(tiny_run / "resources/synthetic-ich/draw0/store/header24"),
                "--partition", str(tiny_run / f"results/runs/{setting}/partition.json"), "--model", str(run / "model.pt"),
                "--rounds", str(run / "rounds.csv"), "--run", json.dumps(identity, sort_keys=True, separators=(",", ":")),
                "--device", "cpu", "--out-metrics", str(tmp_path / "metrics.json"), "--out-predictions", str(tmp_path / "predictions.csv")]
@@ -109,7 +109,7 @@ def test_second_run_does_nothing(tiny_run: Path) -> None:
 def test_rerunning_ingest_rebuilds_the_store(tmp_path: Path) -> None:
     """A real rerun (not a dry run) of a stage whose outputs exist, as after a code change."""
     assert snakemake(tmp_path, TINY, "--until", "ingest").returncode == 0
-    store = tmp_path / "resources/synthetic-ich/store/header24"
+    store = tmp_path / "resources/synthetic-ich/draw0/store/header24"
     before = (store / "images.npy").read_bytes()
     result = snakemake(tmp_path, TINY, "--forcerun", "ingest", "--until", "ingest")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -124,7 +124,10 @@ def test_rerunning_ingest_rebuilds_the_store(tmp_path: Path) -> None:
          {"train": 6, "teacher": 4, "report": 1, "all": 1}),
         ({"federation": {**TINY["federation"], "seed": 5}}, {"partition": 2, **AFTER_PARTITION}),
         ({"preprocess": {"size": 24, "windowing": "header"}}, {}),  # same values spelled out: nothing
-        ({"seeds": [0, 1]}, AFTER_PARTITION),
+        ({"seeds": [0, 1]}, {"synthesize": 1, "ingest": 1, "split": 1, "partition": 2, **AFTER_PARTITION}),  # draw 1 of the data
+        ({"seeds": [0, 1], "replicates": "training"},  # the layout without draws: every job again, both seeds
+         {"synthesize": 1, "ingest": 1, "split": 1, "partition": 2, "train": 12, "warmup": 4, "pseudolabel": 8, "teacher": 8,
+          "report": 1, "all": 1}),
         ({"preprocess": {"size": 20}}, {"ingest": 1, "split": 1, "partition": 2, **AFTER_PARTITION}),
         ({"federation": {**TINY["federation"], "annotated_per_client": [3, 4]}},
          {"partition": 1, "train": 3, "warmup": 1, "pseudolabel": 2, "teacher": 2, "report": 1, "all": 1}),
@@ -141,6 +144,41 @@ def test_config_changes_rerun_only_what_depends_on_them(tiny_run: Path, change: 
 
 
 @pytest.mark.slow
+def test_each_seed_draws_its_own_data_and_training_replicates_share_one(tmp_path: Path) -> None:
+    """replicates: data (the default): seeds 0 and 1 have their own synthetic images, split and
+    partition, and the run of seed s trains on draw s and says seed s (what the report pairs methods
+    by). replicates: training: one draw for both seeds, at the paths of before the key, and it is draw 0."""
+    two = {**TINY, "seeds": [0, 1]}
+    data, training = tmp_path / "data", tmp_path / "training"
+    for workdir, replicates in ((data, "data"), (training, "training")):
+        workdir.mkdir()
+        result = snakemake(workdir, {**two, "replicates": replicates}, "--until", "partition")
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    labels = [(data / f"resources/synthetic-ich/draw{s}/raw/stage_2_train.csv").read_bytes() for s in (0, 1)]
+    draws = [data / f"results/runs/synthetic-ich/header24/draw{s}" for s in (0, 1)]
+    assert labels[0] != labels[1]
+    for name in ("split.json", "iid-k3-a2/partition.json", "iid-k3-a3/partition.json"):
+        assert (draws[0] / name).read_bytes() != (draws[1] / name).read_bytes(), name
+    planned = snakemake(data, two, "--dry-run", "--printshellcmds").stdout
+    trains = re.findall(r"fedmlp train --store (\S+) --partition (\S+) --method fedavg-masked --seed (\d+) .* --run '([^']+)'", planned)
+    assert sorted(seed for *_, seed, _ in trains) == ["0", "0", "1", "1"]  # two settings
+    for store, partition, seed, run in trains:
+        assert store == f"resources/synthetic-ich/draw{seed}/store/header24"
+        assert partition.startswith(f"results/runs/synthetic-ich/header24/draw{seed}/")
+        assert json.loads(run)["seed"] == int(seed)
+
+    assert not [path for top in ("resources", "results", "logs") for path in (training / top).rglob("draw*")]
+    assert (training / "resources/synthetic-ich/raw/stage_2_train.csv").read_bytes() == labels[0]
+    for name in ("split.json", "iid-k3-a2/partition.json", "iid-k3-a3/partition.json"):
+        assert (training / "results/runs/synthetic-ich/header24" / name).read_bytes() == (draws[0] / name).read_bytes(), name
+    planned = snakemake(training, {**two, "replicates": "training"}, "--dry-run", "--printshellcmds").stdout
+    trains = re.findall(r"fedmlp train --store (\S+) --partition (\S+) --method fedavg-masked --seed (\d+) ", planned)
+    assert sorted(seed for *_, seed in trains) == ["0", "0", "1", "1"]
+    assert {store for store, *_ in trains} == {"resources/synthetic-ich/store/header24"}
+    assert {partition for _, partition, _ in trains} == {f"results/runs/synthetic-ich/header24/iid-k3-a{n}/partition.json" for n in (2, 3)}
+
+
+@pytest.mark.slow
 def test_a_training_killed_after_a_config_change_is_rerun(tiny_run: Path, tmp_path: Path) -> None:
     """After a config change, the trainings ran, except one that was killed after Snakemake had removed
     its old checkpoint, and Snakemake stopped. The next run must train it, although its old metrics
@@ -149,7 +187,7 @@ def test_a_training_killed_after_a_config_change_is_rerun(tiny_run: Path, tmp_pa
     shutil.copytree(tiny_run, workdir, symlinks=True)
     changed = {**TINY, "train": {**TINY["train"], "lr": 0.01}}
     assert snakemake(workdir, changed, "--until", "train").returncode == 0
-    run = workdir / "results/runs/synthetic-ich/header24/iid-k3-a2/fedavg-masked/seed0"
+    run = workdir / "results/runs/synthetic-ich/header24/draw0/iid-k3-a2/fedavg-masked/seed0"
     for output in ("model.pt", "rounds.csv", "metrics.json", "predictions.csv"):  # what Snakemake removes before running the job
         (run / output).unlink()
     result = snakemake(workdir, changed, "--dry-run")
@@ -161,7 +199,7 @@ def test_a_training_killed_after_a_config_change_is_rerun(tiny_run: Path, tmp_pa
 def test_ich_dataset_reads_a_kaggle_download(tiny_run: Path) -> None:
     """dataset: ich plans ingest from ich.root (here the synthetic files, which are in the same layout),
     or a download when there is no root; a root without the label file fails before any work."""
-    raw = tiny_run / "resources" / "synthetic-ich" / "raw"
+    raw = tiny_run / "resources" / "synthetic-ich" / "draw0" / "raw"
     result = snakemake(tiny_run, {**TINY, "dataset": "ich", "ich": {"root": str(raw)}}, "--dry-run")
     assert result.returncode == 0, result.stderr[-2000:]
     planned = planned_rules(result.stdout)
@@ -196,8 +234,10 @@ def test_missing_rate_sweep_plans_every_method_setting_and_seed(tmp_path: Path) 
     result = snakemake(tmp_path, config, "--summary")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     rows = [line.split("\t") for line in result.stdout.splitlines()[1:] if line.count("\t") >= 5]
-    run = re.compile(r"results/runs/synthetic-ich/header32/(?P<setting>[^/]+)/(?P<method>[^/]+)/seed(?P<seed>\d+)/metrics\.json")
-    planned = sorted((m["setting"], m["method"], int(m["seed"]), rule) for path, _, rule, *_ in rows if (m := run.fullmatch(path)))
+    run = re.compile(r"results/runs/synthetic-ich/header32/draw(?P<draw>\d+)/(?P<setting>[^/]+)/(?P<method>[^/]+)/seed(?P<seed>\d+)/metrics\.json")
+    matches = [(m, rule) for path, _, rule, *_ in rows if (m := run.fullmatch(path))]
+    assert all(m["draw"] == m["seed"] for m, _ in matches), "seed s trains on draw s of the data"
+    planned = sorted((m["setting"], m["method"], int(m["seed"]), rule) for m, rule in matches)
     settings = ["iid-k5-a1", "iid-k5-a2", "iid-k5-a3", "iid-k5-a4", "dir0.5-k5-a1", "dir0.5-k5-a2"]
     staged = {name for name, spec in registry.specs().items() if spec.staged}
     assert planned == sorted((setting, method, seed, "teacher" if method in staged else "train")
@@ -221,6 +261,8 @@ def test_schema_violations_name_the_key(tmp_path: Path) -> None:
     assert result.returncode != 0 and "federation.annotated_per_client" in result.stdout + result.stderr
     result = snakemake(tmp_path, {**TINY, "methods": ["fedavg-fulll"]}, "--dry-run")
     assert result.returncode != 0 and "fedavg-fulll" in result.stderr + result.stdout
+    result = snakemake(tmp_path, {**TINY, "seeds": [0, 1], "split": {"seed": 2**32 - 1}}, "--dry-run")  # replicates: data adds the seed
+    assert result.returncode != 0 and "config key 'split.seed'" in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
 
 

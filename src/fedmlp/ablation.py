@@ -185,7 +185,8 @@ def estimate_jobs(plan: Plan, done: set[str] = frozenset()) -> list[tuple[str, s
     of the default experiment, scaled by rounds (warm-up and stage-2 jobs) and seeds."""
     n = len(plan.seeds)
     est, rounds = plan.estimate, DEFAULT_ROUNDS
-    rows = [("(shared)", "data (synthesize, ingest, split, partition)", 4, est["data"])]
+    draws = n if plan.base["replicates"] == "data" else 1  # replicates: data draws the data once per seed
+    rows = [("(shared)", "data (synthesize, ingest, split, partition)", 4 * draws, draws * est["data"])]
     train_rounds = plan.base["train"]["rounds"]
     rows += [(b, "train", n, n * est["train"] * train_rounds / rounds["train"]) for b in plan.baselines]
     warmups, detections = set(), set()
@@ -224,11 +225,13 @@ def arm_record(plan: Plan, arm: Arm) -> dict[str, Any]:
     return {"name": arm.name, "changes": arm.changes, "fedmlp": arm.fedmlp, "seeds": plan.seeds}
 
 
-def runs_of(root: Path, method: str, seeds: list[int]) -> dict[tuple[str, int], Path]:
-    """(setting, seed) → run directory, for the runs of ``method`` under ``root`` (results/runs or a copy)."""
+def runs_of(root: Path, method: str, seeds: list[int], replicates: str) -> dict[tuple[str, int], Path]:
+    """(setting, seed) → run directory, for the runs of ``method`` under ``root`` (results/runs or a
+    copy): <dataset>/<prep>/<setting>/..., with replicates: data <dataset>/<prep>/draw<seed>/<setting>/...."""
     found = {}
     for seed in seeds:
-        for metrics in sorted(root.glob(f"*/*/*/{method}/seed{seed}/metrics.json")):
+        draw = f"draw{seed}/" if replicates == "data" else ""
+        for metrics in sorted(root.glob(f"*/*/{draw}*/{method}/seed{seed}/metrics.json")):
             found[(metrics.parents[2].name, seed)] = metrics.parent
     return found
 
@@ -250,7 +253,7 @@ def is_done(plan: Plan, arm: Arm) -> bool:
 
 def copy_runs(plan: Plan, method: str, name: str) -> int:
     """Copy the work directory's runs of ``method`` into ``ablation/runs/<name>/<setting>/seed<s>/``."""
-    runs = runs_of(plan.workdir / "results" / "runs", method, plan.seeds)
+    runs = runs_of(plan.workdir / "results" / "runs", method, plan.seeds, plan.base["replicates"])
     for (setting, seed), source in runs.items():
         target = plan.out / "runs" / name / setting / f"seed{seed}"
         target.mkdir(parents=True, exist_ok=True)

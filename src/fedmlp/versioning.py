@@ -37,11 +37,12 @@ COMMANDS = {  # each stage runs its part of the DAG; Snakemake skips what is up 
 }
 # Config sections each stage's jobs read (the experiments add every method's own section), and the
 # report's: which runs it collects and where it writes (report.dir; the stage's outputs are the
-# default's, results/).
+# default's, results/). replicates and seeds reach the data: with replicates: data each seed has its
+# own draw (resources/synthetic-ich/draw<s>/), and every stage's paths name it.
 PARAMS = {
-    "data": ("dataset", "ich", "chestxray14", "synthetic", "preprocess"),
-    "experiments": ("methods", "seeds", "split", "federation", "sweep", "model", "train", "tuning"),
-    "report": ("dataset", "methods", "seeds", "preprocess", "federation", "sweep", "report", "tuning"),
+    "data": ("dataset", "seeds", "replicates", "ich", "chestxray14", "synthetic", "preprocess"),
+    "experiments": ("methods", "seeds", "replicates", "split", "federation", "sweep", "model", "train", "tuning"),
+    "report": ("dataset", "methods", "seeds", "replicates", "preprocess", "federation", "sweep", "report", "tuning"),
 }
 NOT_RESULTS = ("cluster",)  # how jobs are scheduled, never what they compute
 STAGE_DEPS = {"experiments": ("resources",), "report": ("results/runs",)}  # the previous stage's outputs

@@ -43,15 +43,23 @@ _check_schema()
 
 ENV = "../envs/fedmlp.yaml"  # relative to workflow/rules/
 
+# Replicates (config key replicates): with "data", seed s trains on its own draw s of the data (the
+# synthetic images, the split, the partition, each from its section's seed + s), under a draw<s>
+# level; a real dataset's store is ingested once and shared by the draws. With "training", one draw
+# for every seed, and the paths of before the key existed (DRAW and STORE_DRAW are empty).
+DATA_REPLICATES = config["replicates"] == "data"
+DRAW = "draw{draw}/" if DATA_REPLICATES else ""
+STORE_DRAW = DRAW if config["dataset"] == "synthetic-ich" else ""  # only generated data has its own store per draw
+
 # Path patterns: each level names what the files below it depend on.
-RAW_SYNTHETIC = "resources/synthetic-ich/raw"
+RAW_SYNTHETIC = f"resources/synthetic-ich/{DRAW}raw"
 DOWNLOADED = "resources/{dataset}/raw/download.done"  # marker of a finished download (ich, chestxray14)
-STORE = "resources/{dataset}/store/{prep}"
-SPLIT = "results/runs/{dataset}/{prep}/split.json"
-PARTITION = "results/runs/{dataset}/{prep}/{setting}/partition.json"
-RUN_ID = "{dataset}/{prep}/{setting}/{method}/seed{seed}"
+STORE = f"resources/{{dataset}}/{STORE_DRAW}store/{{prep}}"
+SPLIT = f"results/runs/{{dataset}}/{{prep}}/{DRAW}split.json"
+PARTITION = f"results/runs/{{dataset}}/{{prep}}/{DRAW}{{setting}}/partition.json"
+RUN_ID = f"{{dataset}}/{{prep}}/{DRAW}{{setting}}/{{method}}/seed{{seed}}"
 RUN = f"results/runs/{RUN_ID}"
-WARMUP_ID = "{dataset}/{prep}/{setting}/fedmlp-warmup/seed{seed}"  # shared by every fedmlp* method
+WARMUP_ID = f"{{dataset}}/{{prep}}/{DRAW}{{setting}}/fedmlp-warmup/seed{{seed}}"  # shared by every fedmlp* method
 WARMUP = f"results/runs/{WARMUP_ID}"
 REPORT = os.path.normpath(config["report"]["dir"])  # the report rule's outputs (report.dir)
 
@@ -72,6 +80,7 @@ wildcard_constraints:
     setting=r"[a-z0-9.-]+",
     method=r"[a-z0-9+-]+" + _POINT,
     seed=r"\d+",
+    draw=r"\d+",
 
 
 def json_arg(value):
@@ -118,6 +127,14 @@ def train_for_fedmlp():
     return {key: value for key, value in config["train"].items() if key != "rounds"}
 
 
+def drawn(section, wildcards):
+    """A data section (synthetic, split, a federation setting) as the job's draw reads it: its seed
+    plus the draw with data replicates, else the section as written (draw 0 is always the latter)."""
+    if not DATA_REPLICATES:
+        return section
+    return {**section, "seed": section["seed"] + int(wildcards.draw)}
+
+
 def run_identity(wildcards):
     """What a run's metrics say about it (dataset, setting, method, seed): the report groups by it."""
     return json_arg(
@@ -149,7 +166,7 @@ SETTINGS = {name: setting.federation for name, setting in SETTING_SOURCES.items(
 
 def check_config():
     """Fail before any work on settings the schema cannot express (the key is named)."""
-    from fedmlp.config import FederationConfig, from_dict
+    from fedmlp.config import SEED_MAX, FederationConfig, from_dict
     from fedmlp.errors import FedmlpError
     from fedmlp.partition import assign_classes
     from fedmlp.workflow_config import check_combinations
@@ -169,6 +186,15 @@ def check_config():
         {name: spec.section for name, spec in METHODS.items()},
         {name: FEDMLP.STAGE1_KEYS for name, spec in METHODS.items() if spec.staged},
     )
+    if DATA_REPLICATES:  # the last draw's seeds are the sections' seeds + the largest seed
+        last = max(config["seeds"])
+        sections = {"synthetic.seed": config["synthetic"], "split.seed": config["split"]}
+        sections.update({setting.key("seed"): setting.federation for setting in SETTING_SOURCES.values()})
+        for key, section in sections.items():
+            if section["seed"] + last > SEED_MAX:
+                raise FedmlpError(
+                    f"config key '{key}': {section['seed']} + seed {last} exceeds {SEED_MAX} (replicates: data adds the seed)"
+                )
     for name, setting in SETTING_SOURCES.items():
         try:
             assign_classes(classes(), from_dict(FederationConfig, setting.federation, "federation"))
@@ -186,9 +212,13 @@ RAW_FILES = {  # label file and image directory of each raw layout, as the sourc
 }
 
 
-def raw_root(dataset):
+def raw_root(wildcards):
+    """The raw directory of a job's dataset (and draw, for generated data)."""
+    dataset = wildcards.dataset
     if dataset in USER_ROOT and config[dataset]["root"]:
         return config[dataset]["root"]
+    if dataset == "synthetic-ich":
+        return RAW_SYNTHETIC.format(**dict(wildcards.items()))
     return f"resources/{dataset}/raw"
 
 
@@ -198,7 +228,7 @@ def raw_inputs(wildcards):
     if dataset in USER_ROOT and not config[dataset]["root"]:
         return {"raw": DOWNLOADED.format(dataset=dataset)}
     labels, images = RAW_FILES[dataset]
-    root = raw_root(dataset)
+    root = raw_root(wildcards)
     return {"raw_labels": f"{root}/{labels}", "raw_images": f"{root}/{images}"}
 
 
@@ -224,14 +254,15 @@ GPU = 1 if uses_gpu() else 0
 
 
 def final_files(name, methods=None):
-    return expand(
-        f"{RUN}/{name}",
-        dataset=config["dataset"],
-        prep=prep_name(),
-        setting=list(SETTINGS),
-        method=RUN_METHODS if methods is None else methods,
-        seed=config["seeds"],
-    )
+    """A file of every run the report collects; with data replicates, the run of seed s is on draw s."""
+    methods = RUN_METHODS if methods is None else methods
+    dataset, prep = config["dataset"], prep_name()
+    return [
+        f"{RUN}/{name}".format(dataset=dataset, prep=prep, setting=setting, method=method, seed=seed, draw=seed)
+        for setting in SETTINGS
+        for method in methods
+        for seed in config["seeds"]
+    ]
 
 
 def staged_methods():

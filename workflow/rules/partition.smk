@@ -6,12 +6,12 @@ rule split:
     output:
         SPLIT,
     log:
-        "logs/split/{dataset}/{prep}.log",
+        f"logs/split/{{dataset}}/{DRAW}{{prep}}.log",
     conda:
         ENV
     params:
-        settings=json_arg(config["split"]),
-        raw=lambda wildcards: raw_root(wildcards.dataset),
+        settings=lambda wildcards: json_arg(drawn(config["split"], wildcards)),
+        raw=raw_root,
         store=parent_of("manifest"),
         code=CODE["split"],
     shell:
@@ -26,11 +26,11 @@ rule partition:
     output:
         PARTITION,
     log:
-        "logs/partition/{dataset}/{prep}/{setting}.log",
+        f"logs/partition/{{dataset}}/{{prep}}/{DRAW}{{setting}}.log",
     conda:
         ENV
     params:
-        settings=lambda wildcards: json_arg(SETTINGS[wildcards.setting]),
+        settings=lambda wildcards: json_arg(drawn(SETTINGS[wildcards.setting], wildcards)),
         store=parent_of("manifest"),
         code=CODE["partition"],
     shell:

@@ -5,15 +5,15 @@ rule ingest:
     output:
         **store_files(),
     log:
-        ingest="logs/ingest/{dataset}/{prep}.log",
-        skipped="logs/ingest/{dataset}/{prep}.skipped.csv",  # the images left out and why; kept when ingest fails
+        ingest=f"logs/ingest/{{dataset}}/{STORE_DRAW}{{prep}}.log",
+        skipped=f"logs/ingest/{{dataset}}/{STORE_DRAW}{{prep}}.skipped.csv",  # the images left out and why; kept when ingest fails
     conda:
         ENV
     threads: 2
     params:
         settings=json_arg(config["preprocess"]),
         source=json_arg(config["chestxray14"]) if config["dataset"] == "chestxray14" else "{}",
-        raw=lambda wildcards: raw_root(wildcards.dataset),
+        raw=raw_root,
         out=parent_of("manifest"),
         code=CODE["ingest"],
     shell:

@@ -4,11 +4,11 @@ rule synthesize:
         labels=f"{RAW_SYNTHETIC}/stage_2_train.csv",
         images=directory(f"{RAW_SYNTHETIC}/stage_2_train"),
     log:
-        "logs/synthesize/synthetic-ich.log",
+        f"logs/synthesize/{DRAW}synthetic-ich.log",
     conda:
         ENV
     params:
-        settings=json_arg(config["synthetic"]),
+        settings=lambda wildcards: json_arg(drawn(config["synthetic"], wildcards)),
         root=parent_of("labels"),
         code=CODE["synthesize"],
     shell:
@@ -34,7 +34,7 @@ rule download:
         ENV
     params:
         settings=lambda wildcards: json_arg(config[wildcards.dataset]),
-        root=lambda wildcards: raw_root(wildcards.dataset),
+        root=raw_root,
         code=CODE["download"],
     shell:
         "fedmlp download {wildcards.dataset:q} --out {params.root:q} --settings {params.settings:q} --done {output:q} > {log:q} 2>&1"
