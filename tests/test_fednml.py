@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from gatelog import client_ids, client_rates
 
 from fedmlp import federated, methods, runtime
 from fedmlp.config import ModelConfig, TrainConfig
 from fedmlp.methods import ServerContext, Upload
 from fedmlp.methods.fednml import PRIOR_BOUNDS, hybrid_labels, kd_ramp, label_offset, refinement_loss, share_of_rounds
 from fedmlp.store import ImageStore
-from gatelog import client_ids, client_rates
 
 TRAIN = TrainConfig(rounds=3, batch_size=8, precision="fp32", device="cpu")
 MODEL = ModelConfig(width=4)
