@@ -6,7 +6,7 @@ missing entries of each batch: a false negative (a missing class that is present
 so early on it is among the largest losses. Per batch, with BCE L_ic = BCE(z_ic, y_ic) (y = 0 on
 missing classes):
 
-- k = min(⌈ρ_t · B · C⌉, B · |M|): the paper's budget, a share ρ_t of *all* B × C entries, chosen
+- k = min(⌈ρ_r · B · C⌉, B · |M|): the paper's budget, a share ρ_r of *all* B × C entries, chosen
   only among the B · |M| missing ones;
 - treated: the missing entries whose L is at least the k-th largest missing L (ties included, as
   in the published code); none for k = 0;
@@ -14,10 +14,10 @@ missing classes):
 - loss: the sum over all B × C terms / (B · C) (the paper's mean; rejected entries stay in the
   divisor), or with ``normalisation: kept`` / the number of entries not rejected.
 
-The rate ρ_t (:func:`treated_rate`) is the paper's schedule (ρ = (t − 1) · δ in epoch t of E = 10)
-stretched over the run: the first ⌈R / E⌉ rounds (the paper's first epoch) treat nothing, then ρ
-grows linearly by the same step each round up to (E − 1) · δ, the paper's last-epoch rate, at the last
-round. With R = E it is the paper's schedule, one round per epoch.
+The rate ρ_r of round r (from 0; :func:`treated_rate`) is the paper's schedule (ρ = (t − 1) · δ in
+epoch t of E = 10) stretched over the R rounds: the first ⌈R / E⌉ rounds (the paper's first epoch)
+treat nothing, then ρ grows linearly by the same step each round up to (E − 1) · δ, the paper's
+last-epoch rate, at the last round. With R = E it is the paper's schedule, one round per epoch.
 
 No server step beyond FedAvg, no message beyond the weights. Gate rate per round
 (:func:`~fedmlp.methods.base.record_gate`): ``rejected`` (LL-R) or ``flipped`` (LL-Ct), the share of
