@@ -248,3 +248,26 @@ def test_realistic_config_keeps_positives_of_every_class_in_every_split() -> Non
     assert labels.loc[split.test].sum().min() >= 30
     assert labels.loc[split.val].sum().min() >= 20
     assert config["methods"] == registry.names()  # realistic.yaml says all
+
+
+def test_the_default_validation_split_has_twenty_positives_per_class_in_every_draw() -> None:
+    """The default (labels only, as the workflow draws and splits them): each seed's own draw
+    (replicates: data adds the seed to the generator and split seeds) keeps >= 20 positives of every
+    class in the validation split, which picks thresholds, tuning points and the pairs compared."""
+    import yaml
+    from conftest import REPO
+
+    from fedmlp.config import SplitConfig, from_dict
+    from fedmlp.partition import carve_validation, random_split
+    from fedmlp.workflow_config import check_schema
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    check_schema(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
+    assert config["replicates"] == "data"
+    for seed in config["seeds"]:
+        settings = from_dict(SyntheticConfig, {**config["synthetic"], "seed": config["synthetic"]["seed"] + seed}, "synthetic")
+        split_config = from_dict(SplitConfig, {**config["split"], "seed": config["split"]["seed"] + seed}, "split")
+        ids = synthetic.image_ids(settings.n_images, numpy_rng(settings.seed, "ids"))
+        labels = pd.DataFrame(synthetic.draw_labels(settings, numpy_rng(settings.seed, "labels")), index=ids, columns=list(rsna.CLASSES))
+        split = carve_validation(random_split(sorted(ids), split_config), split_config)
+        assert labels.loc[split.val].sum().min() >= 20, seed
