@@ -12,8 +12,8 @@ import torch
 from fedmlp import federated, methods, runtime
 from fedmlp.config import ModelConfig, TrainConfig
 from fedmlp.methods import ServerContext, Upload
-from fedmlp.methods.common import class_prior, logit_offset
-from fedmlp.methods.fednoro import daagg_weights, kd_term, model_distance, ramp, supervised_term
+from fedmlp.methods.common import class_prior, logit_offset, model_distance
+from fedmlp.methods.fednoro import daagg_weights, kd_term, ramp, supervised_term
 from fedmlp.store import ImageStore
 
 TRAIN = TrainConfig(rounds=3, batch_size=8, precision="fp32", device="cpu")

@@ -1,5 +1,6 @@
 """Pieces several methods share: positive weights and logit adjustment from observed labels, EMA
-teachers, masked means, the pseudo-label matrix convention.
+teachers, masked means, the pseudo-label matrix convention, binary sharpening, the distance between
+two models, label counts and the prior pooled from them, and one scoring pass over a client's images.
 
 Kept apart from any one method so that a method importing them does not depend on another method's
 module (a method's jobs rerun when the modules it imports change; see fedmlp.fingerprint).
@@ -9,7 +10,12 @@ from __future__ import annotations
 
 import torch
 
+from fedmlp.augment import to_float
+from fedmlp.loader import ClientData, iterate_rows
+from fedmlp.methods.messages import Weights
 from fedmlp.models import Classifier
+from fedmlp.runtime import Runtime
+from fedmlp.store import ImageStore
 
 UNLABELLED = -1  # a pseudo-label matrix entry (int8) that holds no pseudo-label; 0 and 1 are labels
 
@@ -74,3 +80,49 @@ def local_ema_pairs(memo: dict, teacher: Classifier, student: Classifier, buffer
     if key not in memo:
         memo[key] = ema_pairs(teacher, student, buffers)
     return memo[key]
+
+
+def sharpen(p: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """Binary temperature sharpening p^(1/T) / (p^(1/T) + (1 − p)^(1/T)), i.e. σ(logit(p) / T): fixes
+    0, 1/2 and 1. Written with powers, not logits, so that its gradient stays finite where p rounds to
+    0 or 1 (RSCFed, FedLSR)."""
+    a = p ** (1 / temperature)
+    return a / (a + (1 - p) ** (1 / temperature))
+
+
+def model_distance(a: Weights, b: Weights, keys: list[str] | None = None) -> float:
+    """Σ over ``keys`` (default: every floating tensor of ``a``) of ‖a − b‖₂, in float64 (RSCFed's
+    distance to the sub-consensus, FedNoRo's between clients)."""
+    keys = [k for k, v in a.items() if v.is_floating_point()] if keys is None else keys
+    return float(sum(torch.linalg.vector_norm(a[k].double() - b[k].double()) for k in keys))
+
+
+def label_counts(labels: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
+    """(C, 2): per annotated class the number of samples labelled 0 and 1 (0 for a missing class)."""
+    return (torch.stack([1 - labels, labels], dim=2) * annotated[None, :, None]).sum(0)
+
+
+def global_prior(counts: list[torch.Tensor]) -> torch.Tensor:
+    """π_c per class from the clients' label counts (C, 2) (negatives, positives; 0 where a client
+    does not annotate c), pooled over the clients that annotate c, with the Laplace smoothing of
+    :func:`class_prior`: (Σ positives + 1) / (Σ N_k + 2). A class nobody annotates gets 0.5 (no offset)."""
+    total = torch.stack(counts).sum(0)  # (C, 2)
+    return (total[:, 1] + 1) / (total.sum(1) + 2)
+
+
+def client_pass(model: Classifier, store: ImageStore, client: ClientData, runtime: Runtime, batch_size: int = 256,
+                offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over a client's images (eval mode, no augmentation): features and sigmoid outputs
+    (of the logits plus ``offset`` (C,), if given), so that every score a method needs from the
+    received model comes from one pass (FedMLP's prototypes, learning degrees and detection; FedNML's
+    pseudo-labels)."""
+    model.eval()
+    features, probabilities = [], []
+    for _, images in iterate_rows(store, client.rows, batch_size, runtime.device):
+        with runtime.autocast():
+            f = model.features(to_float(images))
+            logits = model.head(f)
+        features.append(f.float().cpu())
+        logits = logits.float() if offset is None else logits.float() + offset.to(logits.device)
+        probabilities.append(torch.sigmoid(logits).cpu())
+    return torch.cat(features), torch.cat(probabilities)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from fedmlp.config import from_dict
 from fedmlp.loader import Batch, ClientData
 from fedmlp.methods.base import LocalContext, Method
-from fedmlp.methods.common import positive_weights
+from fedmlp.methods.common import positive_weights, sharpen
 from fedmlp.methods.registry import register
 from fedmlp.schema import setting
 
@@ -67,13 +67,6 @@ class FedLSRConfig:
 
 # ---------------------------------------------------------------------------------------------
 # The method's pieces as pure functions (tested on hand-made inputs).
-
-
-def sharpen(p: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
-    """Binary temperature sharpening p^(1/T) / (p^(1/T) + (1 − p)^(1/T)): fixes 0, 1/2 and 1. Written
-    with powers, not logits, so that its gradient stays finite where p rounds to 0 or 1."""
-    a = p ** (1 / temperature)
-    return a / (a + (1 - p) ** (1 / temperature))
 
 
 def mixed_prediction(z1: torch.Tensor, z2: torch.Tensor, mix: float) -> torch.Tensor:

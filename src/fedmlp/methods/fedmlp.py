@@ -33,15 +33,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedmlp.augment import to_float
 from fedmlp.config import from_dict
-from fedmlp.loader import Batch, ClientData, iterate_rows
+from fedmlp.loader import Batch, ClientData
 from fedmlp.methods.base import LocalContext, ServerContext, StagedMethod, record_gate
-from fedmlp.methods.common import UNLABELLED, class_prior, logit_offset, masked_mean
+from fedmlp.methods.common import UNLABELLED, class_prior, client_pass, global_prior, label_counts, logit_offset, masked_mean
 from fedmlp.methods.messages import Upload
 from fedmlp.methods.registry import register
-from fedmlp.models import Classifier
-from fedmlp.runtime import Runtime
 from fedmlp.schema import setting
 from fedmlp.store import ImageStore
 
@@ -113,12 +110,6 @@ def prototypes(features: torch.Tensor, labels: torch.Tensor, annotated: torch.Te
     return sums / counts.clamp(min=1)[..., None], counts
 
 
-def label_counts(labels: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
-    """(C, 2): per annotated class the number of samples labelled 0 and 1 (0 for a missing class):
-    the counts :func:`prototypes` returns."""
-    return (torch.stack([1 - labels, labels], dim=2) * annotated[None, :, None]).sum(0)
-
-
 def learning_degrees(probabilities: torch.Tensor, missing: torch.Tensor, low: float, high: float) -> torch.Tensor:
     """d_c: share of samples predicted confidently (p < low or p > high), for missing classes; NaN elsewhere."""
     confident = ((probabilities < low) | (probabilities > high)).float().mean(0)
@@ -132,15 +123,6 @@ def aggregate_prototypes(local: list[tuple[torch.Tensor, torch.Tensor]], sizes: 
     total = weights.sum(0)
     merged = (stacked * weights[..., None]).sum(0) / total.clamp(min=1e-12)[..., None]
     return merged, total > 0
-
-
-def global_prior(counts: list[torch.Tensor]) -> torch.Tensor:
-    """π_c per class from the clients' label counts (C, 2) (negatives, positives; 0 where a client
-    does not annotate c), pooled over the clients that annotate c, with the warm-up's Laplace
-    smoothing (:func:`~fedmlp.methods.common.class_prior`): (Σ positives + 1) / (Σ N_k + 2). A class
-    nobody annotates gets 0.5 (no offset)."""
-    total = torch.stack(counts).sum(0)  # (C, 2)
-    return (total[:, 1] + 1) / (total.sum(1) + 2)
 
 
 def aggregate_degrees(local: list[torch.Tensor], sizes: list[int]) -> torch.Tensor:
@@ -458,20 +440,6 @@ class FedMLP(StagedMethod):
 
 
 @torch.inference_mode()
-def client_pass(model: Classifier, store: ImageStore, client: ClientData, runtime: Runtime, batch_size: int = 256,
-                offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass over a client's images (eval mode, no augmentation): features and sigmoid outputs
-    (of the logits plus ``offset`` (C,), if given)."""
-    model.eval()
-    features, probabilities = [], []
-    for _, images in iterate_rows(store, client.rows, batch_size, runtime.device):
-        with runtime.autocast():
-            f = model.features(to_float(images))
-            logits = model.head(f)
-        features.append(f.float().cpu())
-        logits = logits.float() if offset is None else logits.float() + offset.to(logits.device)
-        probabilities.append(torch.sigmoid(logits).cpu())
-    return torch.cat(features), torch.cat(probabilities)
 
 
 def _num(value: torch.Tensor | float) -> float | None:

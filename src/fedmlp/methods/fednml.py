@@ -47,8 +47,7 @@ import torch.nn.functional as F
 from fedmlp.config import from_dict
 from fedmlp.loader import Batch, ClientData
 from fedmlp.methods.base import LocalContext, Method, ServerContext, record_gate
-from fedmlp.methods.common import class_prior
-from fedmlp.methods.fedmlp import client_pass, global_prior, label_counts
+from fedmlp.methods.common import class_prior, client_pass, global_prior, label_counts
 from fedmlp.methods.messages import Upload
 from fedmlp.methods.registry import register
 from fedmlp.schema import setting

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from fedmlp.config import from_dict
 from fedmlp.loader import Batch, ClientData
 from fedmlp.methods.base import LocalContext, Method, ServerContext, weighted_average
-from fedmlp.methods.common import class_prior, logit_offset, masked_mean
+from fedmlp.methods.common import class_prior, logit_offset, masked_mean, model_distance
 from fedmlp.methods.messages import Upload, Weights
 from fedmlp.methods.registry import register
 from fedmlp.schema import setting
@@ -102,11 +102,6 @@ def kd_term(logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tens
     else:
         values = (torch.sigmoid(logits) - q) ** 2
     return masked_mean(values, mask)
-
-
-def model_distance(a: Weights, b: Weights) -> float:
-    """Σ over floating tensors of ‖a − b‖₂ (FedNoRo's model distance; integer buffers skipped)."""
-    return float(sum(torch.linalg.vector_norm((a[k] - b[k]).double()) for k, v in a.items() if v.is_floating_point()))
 
 
 def daagg_weights(sizes: list[float], clean: list[bool], weights: list[Weights]) -> list[float]:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from fedmlp.config import from_dict
 from fedmlp.loader import Batch, ClientData
 from fedmlp.methods.base import LocalContext, Method, ServerContext
-from fedmlp.methods.common import ema_alpha, ema_update_, local_ema_pairs, masked_mean, positive_weights
+from fedmlp.methods.common import ema_alpha, ema_update_, local_ema_pairs, masked_mean, model_distance, positive_weights, sharpen
 from fedmlp.methods.messages import Upload, Weights
 from fedmlp.methods.registry import register
 from fedmlp.schema import setting
@@ -75,12 +75,6 @@ class RSCFedConfig:
 # The method's pieces as pure functions (tested on hand-made inputs).
 
 
-def sharpen(p: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Binary sharpening p^(1/T) / (p^(1/T) + (1 − p)^(1/T)), i.e. σ(logit(p) / T)."""
-    a, b = p ** (1 / temperature), (1 - p) ** (1 / temperature)
-    return a / (a + b)
-
-
 def group_size(n_clients: int, cap: int, fraction: float) -> int:
     """K = min(cap, ceil(fraction · N)), at least 1 and at most N."""
     return max(1, min(cap, n_clients, math.ceil(fraction * n_clients - 1e-9)))
@@ -101,11 +95,6 @@ def weighted_mean(models: list[Weights], weights: torch.Tensor, keys: list[str])
             acc += model[key].double() * w
         out[key] = acc
     return out
-
-
-def model_distance(model: Weights, reference: dict[str, torch.Tensor], keys: list[str]) -> float:
-    """d = Σ over ``keys`` of the L2 norm of (model − reference), in float64."""
-    return sum(float(torch.linalg.vector_norm(model[k].double() - reference[k])) for k in keys)
 
 
 def dma_weights(distances: torch.Tensor, sizes: torch.Tensor, scale: float) -> torch.Tensor:
