@@ -110,6 +110,7 @@ def global_prior(counts: list[torch.Tensor]) -> torch.Tensor:
     return (total[:, 1] + 1) / (total.sum(1) + 2)
 
 
+@torch.inference_mode()
 def client_pass(model: Classifier, store: ImageStore, client: ClientData, runtime: Runtime, batch_size: int = 256,
                 offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass over a client's images (eval mode, no augmentation): features and sigmoid outputs

@@ -439,9 +439,6 @@ class FedMLP(StagedMethod):
         return loss
 
 
-@torch.inference_mode()
-
-
 def _num(value: torch.Tensor | float) -> float | None:
     value = float(value)
     return None if np.isnan(value) else value
