@@ -212,7 +212,8 @@ def test_report_across_settings(tmp_path: Path) -> None:
     assert "\\multicolumn{3}{c}{mAP}" in latex and "\\multicolumn{3}{c}{AUROC}" in latex and "$\\pm$" in latex
     iid = rows[:2 + len(OFFSETS)]  # the first table: two header rows, then a row per method
     assert iid[0].count("&") == 2 and all(row.count("&") == 6 for row in iid[1:])  # the metrics over method + 3 + 3 columns
-    cbafed = next(row for row in iid if row.startswith("cbafed &"))
+    assert iid[1].startswith("classes annotated per client & 1 of 5 & 2 of 5 & 3 of 5 & 1 of 5")  # a labelled header row
+    cbafed = next(row for row in iid if row.startswith("CBAFed &"))  # display names, not method ids
     assert cbafed.count("\\textbf{") == 6 and sum(row.count("\\textbf{") for row in iid) == 6
 
 
@@ -286,7 +287,7 @@ def test_main_tables_show_each_methods_compute_relative_to_fedavg_masked(tmp_pat
     assert rows == {"fedavg-masked": "1.00", "fedavg-masked-2view": "2.00", "fedirm": "2.50", "fedmlp": "1.50"}
     assert set(pd.read_csv(tmp_path / "summary.csv")["metric"]) == set(METRICS)  # the cost stays out of the paired metrics
     latex = (tmp_path / "table.tex").read_text()
-    fedirm = next(row for row in well_formed_latex(latex) if row.startswith("fedirm &"))
+    fedirm = next(row for row in well_formed_latex(latex) if row.startswith("FedIRM &"))
     assert "{compute / fedavg-masked}" in latex and fedirm.replace(" ", "").endswith("&2.50&2.50\\\\")
 
 

@@ -25,6 +25,7 @@ from fedmlp.config import ClaimsConfig  # noqa: E402
 from fedmlp.diagnostics import COUNTS, rates  # noqa: E402
 from fedmlp.errors import FedmlpError  # noqa: E402
 from fedmlp.figures import look, plot_rounds, save  # noqa: E402
+from fedmlp.methods.registry import display_name  # noqa: E402
 from fedmlp.metrics import METRICS  # noqa: E402
 from fedmlp.sweep import split_name  # noqa: E402
 from fedmlp.tuning import budget, choose, final_val_map  # noqa: E402
@@ -410,14 +411,16 @@ def latex(summary: pd.DataFrame, best_val: pd.DataFrame, n_classes: dict[str, in
            f"% bold: each column's best among the methods with partial labels ({UPPER_BOUND}, the fully labelled upper bound, left out).", ""]
     for (dataset, family), parts in by_family.items():
         keys = [names[p.metric] for p in parts]
-        short = [[c if a is None else str(a) for c, a in zip(p.cells.columns, p.annotated)] for p in parts]  # the caption says what
+        short = [[c if a is None else f"{a} of {n_classes[dataset]}" for c, a in zip(p.cells.columns, p.annotated)] for p in parts]
         cells = pd.concat([p.cells.set_axis(c, axis=1) for p, c in zip(parts, short)], axis=1, keys=keys).fillna("n/a")
         best = pd.concat([p.best.set_axis(c, axis=1) for p, c in zip(parts, short)], axis=1, keys=keys).fillna(False).astype(bool)
+        cells.columns.names = best.columns.names = ["", "classes annotated per client"]  # labels the second header row
+        cells.index = best.index = [display_name(m) for m in cells.index]
         body = cells.map(lambda cell: cell.replace(" ± ", r" $\pm$ "))
         styler = body.style.apply(lambda _, best=best: best.map(lambda on: "textbf:--rwrap;" if on else ""), axis=None)
         styler = styler.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
         what = "Test mAP, AUROC and the test mAP at the best-validation round" if BEST_VAL in {p.metric for p in parts} else "Test mAP and AUROC"
-        caption = (f"{what} on {dataset}, {family}; columns: the classes each client annotates, of {n_classes[dataset]} "
+        caption = (f"{what} on {dataset}, {family}; columns: the classes each client annotates, a of {n_classes[dataset]} "
                    f"(missing rate 1 $-$ a/{n_classes[dataset]}); mean $\\pm$ sd over seeds."
                    + (f" Compute: mean training cost as a multiple of {COMPUTE_REFERENCE}'s (forward-equivalents per training "
                       "image per round, a forward+backward pass 3, a forward-only pass 1)." if COMPUTE in {p.metric for p in parts} else ""))
