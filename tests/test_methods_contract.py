@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
-from hidden import permuted_labels
+from hidden import permuted_labels, write_store
 
 from fedmlp import checkpoint, federated, methods, runtime
+from fedmlp.cli import main
 from fedmlp.config import ModelConfig, TrainConfig
 from fedmlp.methods import registry
 from fedmlp.resume import ResumePoint
@@ -207,3 +210,33 @@ def _flat(value) -> object:
     if isinstance(value, (list, tuple)):
         return [_flat(v) for v in value]
     return repr(value)
+
+
+def test_hidden_labels_do_not_influence_the_staged_fedmlp_workflow(store: ImageStore, federation: dict, tmp_path: Path) -> None:
+    """warmup → pseudolabel → teacher through the CLI, on the store and on a copy whose hidden labels are
+    permuted (tests/hidden.py): the same detection and the same model bytes, with pseudo-labels selected."""
+    partition = tmp_path / "partition.json"
+    partition.write_text(json.dumps(federation))
+    permuted = write_store(store, permuted_labels(store, federation), tmp_path / "permuted")
+
+    def stages(root: Path, out: Path) -> None:
+        common = ["--store", str(root), "--partition", str(partition), "--method", "fedmlp", "--seed", "0",
+                  "--train", json.dumps(dataclasses.asdict(TRAIN)), "--model", json.dumps({"width": MODEL.width}),
+                  "--method-settings", json.dumps(SETTINGS["fedmlp"])]
+        run = ["--run", json.dumps({"dataset": "d", "setting": "s", "method": "fedmlp", "seed": 0})]
+        for argv in (["warmup", "--out-model", out / "warmup.pt", "--out-rounds", out / "warmup.csv", "--out-compute", out / "w.json"],
+                     ["pseudolabel", "--warmup-model", out / "warmup.pt", "--out-artifact", out / "pseudolabels.json",
+                      "--out-summary", out / "pseudolabels.md", "--out-compute", out / "p.json"],
+                     ["teacher", "--warmup-model", out / "warmup.pt", "--warmup-rounds", out / "warmup.csv",
+                      "--pseudolabels", out / "pseudolabels.json", "--earlier-compute", out / "w.json", out / "p.json",
+                      "--out-model", out / "model.pt", "--out-rounds", out / "rounds.csv", *run, "--out-diagnostics",
+                      out / "diagnostics.csv", "--out-metrics", out / "metrics.json", "--out-predictions", out / "predictions.csv"]):
+            assert main(["--log-level", "ERROR", argv[0], *common, *map(str, argv[1:])]) == 0, argv[0]
+
+    stages(store.root, tmp_path / "a")
+    stages(permuted, tmp_path / "b")
+    for name in ("warmup.pt", "pseudolabels.json", "model.pt"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert (tmp_path / "a" / "rounds.csv").read_text() != (tmp_path / "b" / "rounds.csv").read_text(), "scored on the permuted labels"
+    diagnostics = pd.read_csv(tmp_path / "a" / "diagnostics.csv")
+    assert (diagnostics["selected_negative"] + diagnostics["selected_positive"]).sum() > 0, "no pseudo-label was selected"
