@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import test_methods_contract as contract
 import torch
 from conftest import bin_dir
+from hidden import permuted_labels, write_store
 
 from fedmlp import checkpoint, federated, methods, runtime
 from fedmlp.atomic import write_json
@@ -168,6 +170,26 @@ def test_fedmlp_with_prior_degrees_and_its_census_runs_as_in_the_simulation(stor
     """degree_scale: prior adds a census (a prepare message whose payload asks for label counts)."""
     monkeypatch.setitem(SETTINGS, "fedmlp", {**SETTINGS["fedmlp"], "degree_scale": "prior"})
     test_every_method_runs_through_the_messages_as_in_the_simulation(store, validated_federation, tmp_path, "fedmlp")
+
+
+@pytest.mark.parametrize("method", ["fedmlp", "fedavg-fixmatch", "fedirm", "cbafed"])
+def test_sites_with_permuted_hidden_labels_upload_the_same(store: ImageStore, validated_federation: dict, tmp_path: Path,
+                                                         method: str) -> None:
+    """The leakage test through the Flower site: every site opens a copy of the store whose hidden labels
+    (the clients' missing classes, the test and validation images') are permuted (tests/hidden.py); with
+    the contract suite's settings, which open each method's pseudo-label path, the federation's model is
+    the simulation's on the true store, bit for bit, so no site's upload depended on them."""
+    permuted = write_store(store, permuted_labels(store, validated_federation), tmp_path / "permuted")
+    nodes = {node: {**config, "store": str(permuted)} for node, config in node_configs(tmp_path, store, validated_federation).items()}
+    config = run_config(tmp_path, store, method, **{"method-settings": json.dumps(contract.SETTINGS.get(method, {}))})
+    job = Job.from_run_config(config)
+    serve(job, ServerSettings.from_run_config(config), LoopbackTransport(job, nodes))
+    expected = federated.run(store, validated_federation, contract.create(method), TrainConfig(**TRAIN), ModelConfig(**MODEL), 0,
+                             runtime.resolve("cpu", "fp32", 1))
+    assert max(r["rate"] for r in expected.gates if r["gate"] == contract.GATES[method]) > 0, "the pseudo-label path stayed empty"
+    model, _ = checkpoint.load(tmp_path / "out/model.pt")
+    for (key, a), b in zip(expected.model.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), key
 
 
 class FailingTransport(LoopbackTransport):

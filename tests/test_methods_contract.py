@@ -5,39 +5,59 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from hidden import permuted_labels, write_store
 
 from fedmlp import checkpoint, federated, methods, runtime
+from fedmlp.cli import main
 from fedmlp.config import ModelConfig, TrainConfig
 from fedmlp.methods import registry
 from fedmlp.resume import ResumePoint
-from fedmlp.store import ImageStore
+from fedmlp.store import ImageStore, ImageView
 
 TRAIN = TrainConfig(rounds=3, batch_size=8, precision="fp32", device="cpu")
 MODEL = ModelConfig(width=4)
-# Settings that make a 3-round run exercise the method (FedMLP: its schedule must equal train.rounds;
-# the fixed fractions large enough to select something from a 20-image client).
+# Settings that make a 3-round run exercise the method: FedMLP's schedule must equal train.rounds,
+# and every pseudo-label path must act on the 80-image fixture (thresholds its tiny models' outputs
+# reach, fractions large enough to select something from a 20-image client); GATES checks that it did.
 FIXED = {"tau0": {"min": 0, "max": 1, "fixed": 0.3}, "tau1": {"min": 0, "max": 1, "fixed": 0.3}}
+ADAPTIVE = {"tau0": {"min": 0.2, "max": 0.6}, "tau1": {"min": 0.2, "max": 0.6}}
 SETTINGS = {
-    "fedmlp": {"warmup_rounds": 1, "rounds": 2},
+    "fedmlp": {"warmup_rounds": 1, "rounds": 2, **ADAPTIVE},
     "fedmlp-fixed": {"warmup_rounds": 1, "rounds": 2, **FIXED},
     "fedmlp-official": {"warmup_rounds": 1, "rounds": 2, **FIXED},
-    "cbafed": {"tau_base": 0.0, "tau_min": 0.505},  # thresholds a 3-round model's outputs reach
+    "cbafed": {"tau_base": 0.0, "tau_min": 0.505},
+    "fedavg-fixmatch": {"threshold_high": 0.55, "threshold_low": 0.45},
+    # entry gate for the clean variant; the official code's sample gate passes with the wide entropy bound
+    "fedirm": {"gate": "entry", "confidence_high": 0.55, "confidence_low": 0.45, "entropy_threshold": 10.0},
+    "fedlsm": {"threshold_high": 0.505, "threshold_low": 0.495, "mix_threshold_high": 0.505, "mix_threshold_low": 0.495},
+    "fednml": {"hard_high": 0.5001, "hard_low": 0.4999},
 }
+# The client gate (fedmlp.methods.base.record_gate) of each method's pseudo-label path: the hidden-label
+# test requires a positive rate in some round, so that a path left empty fails it instead of passing.
+# A method not listed must log no client gate (a new gated method fails until it is added here).
+GATES = {"fedmlp": "pseudo", "fedmlp-fixed": "pseudo", "fedmlp-official": "pseudo", "cbafed": "pseudo",
+         "fedavg-fixmatch": "pseudo", "fedirm": "relation", "fedlsm": "confident", "fednml": "hard",
+         "ll-r": "rejected", "ll-ct": "flipped"}
+# Settings that change the client side's code path, covered by the hidden-label test beside the defaults.
+VARIANTS = {"fedmlp": [{"degree_scale": "prior"}],
+            **{name: [{"variant": "official-code"}] for name in ("rscfed", "fedirm", "cbafed", "fednoro", "fedlsr", "fedavg-fixmatch")}}
 NAMES = registry.names()
 
 
-def create(name: str) -> methods.Method:
-    return methods.create(name, SETTINGS.get(name, {}))
+def create(name: str, extra: dict | None = None) -> methods.Method:
+    return methods.create(name, {**SETTINGS.get(name, {}), **(extra or {})})
 
 
-def train(store: ImageStore, federation: dict, name: str, **kwargs) -> federated.RunResult:
+def train(store: ImageStore, federation: dict, name: str, extra: dict | None = None, **kwargs) -> federated.RunResult:
     rt = runtime.resolve("cpu", "fp32", 1)
-    return federated.run(store, federation, create(name), TRAIN, MODEL, 0, rt, **kwargs)
+    return federated.run(store, federation, create(name, extra), TRAIN, MODEL, 0, rt, **kwargs)
 
 
 def weights_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -59,19 +79,82 @@ def test_trains_the_round_budget(store: ImageStore, federation: dict, name: str)
     assert all(np.isfinite(r.train_loss) for r in result.history) and np.isfinite(result.history[-1].test_mAP)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if create(n).label_access == "partial"])
-def test_hidden_labels_do_not_influence_training(store: ImageStore, federation: dict, name: str) -> None:
-    """Flipping and permuting the true labels of every client's missing classes leaves the weights bit-identical."""
-    shuffled = store.labels.copy()
-    rng = np.random.default_rng(0)
-    for entry in federation["clients"]:
-        rows = store.rows(entry["images"])
-        for c, cls in enumerate(store.classes):
-            if cls not in entry["annotated_classes"]:
-                shuffled[rows, c] = rng.permutation(1 - shuffled[rows, c])
-    original = train(store, federation, name).model
-    permuted = train(dataclasses.replace(store, labels=shuffled), federation, name).model
-    assert weights_equal(original, permuted)
+HIDDEN_CASES = [pytest.param(name, extra, id="-".join([name, *(f"{k}={v}" for k, v in extra.items())]))
+                for name in NAMES if create(name).label_access == "partial" for extra in [{}, *VARIANTS.get(name, [])]]
+
+
+@pytest.mark.parametrize(("name", "extra"), HIDDEN_CASES)
+def test_hidden_labels_do_not_influence_training(store: ImageStore, federation: dict, name: str, extra: dict) -> None:
+    """Flipping and permuting the true labels of every client's missing classes, and of the test images,
+    leaves the weights bit-identical, with the method's pseudo-label path in use (its gate opened)."""
+    original = train(store, federation, name, extra)
+    permuted = train(dataclasses.replace(store, labels=permuted_labels(store, federation)), federation, name, extra)
+    assert weights_equal(original.model, permuted.model)
+    client_gates = {r["gate"] for r in original.gates if r["side"] == "client"}
+    if name not in GATES:
+        assert not client_gates, f"{name} logs client gates {client_gates}: add its pseudo-label gate to GATES"
+        return
+    rates = [r["rate"] for r in original.gates if r["side"] == "client" and r["gate"] == GATES[name]]
+    assert rates and max(rates) > 0, f"{name}: the {GATES[name]!r} path stayed empty; the permutation tested nothing there"
+
+
+def test_the_permutation_catches_training_that_reads_the_permuted_labels(store: ImageStore, federation: dict) -> None:
+    """The control: fedavg-full trains on every class's true labels (label_access full, an upper bound), so
+    the same permutation must change its weights; otherwise the test above could not see a leak."""
+    original = train(store, federation, "fedavg-full")
+    permuted = train(dataclasses.replace(store, labels=permuted_labels(store, federation)), federation, "fedavg-full")
+    assert not weights_equal(original.model, permuted.model)
+
+
+def reachable(root: object, name: str = "ctx", depth: int = 8):
+    """(path, value) of everything reachable from ``root`` through attributes, mappings, sequences and
+    closures, models and random generators excepted (their tensors are weights and seeds)."""
+    seen: set[int] = set()
+    stack = [(name, root, 0)]
+    while stack:
+        path, value, level = stack.pop()
+        if id(value) in seen or level > depth:
+            continue
+        seen.add(id(value))
+        yield path, value
+        if isinstance(value, (torch.nn.Module, torch.Generator, torch.Tensor, np.ndarray, str, bytes, int, float, Path, type)):
+            continue
+        if isinstance(value, dict):
+            children = [(f"{path}[{k!r}]", v) for k, v in value.items()]
+        elif isinstance(value, (list, tuple, set)):
+            children = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+        elif callable(value) and hasattr(value, "__closure__"):
+            children = [(f"{path}.<closure>", c.cell_contents) for c in value.__closure__ or ()]
+        elif hasattr(value, "__dict__"):
+            children = [(f"{path}.{k}", v) for k, v in vars(value).items()]
+        else:
+            children = []
+        stack.extend((p, v, level + 1) for p, v in children)
+
+
+@pytest.mark.parametrize("name", ["fedmlp", "fedirm", "fedavg-fixmatch", "cbafed"])
+def test_a_client_side_cannot_reach_labels_through_its_context(store: ImageStore, federation: dict, name: str) -> None:
+    """By type: the context a client's side gets holds the store's label-free view; walking everything it
+    holds finds no attribute named labels, no label array (the store's, the client's true labels, the
+    test images') and no way back to the store."""
+    method = create(name)
+    contexts: list[methods.LocalContext] = []
+    hook = method.before_training
+    method.before_training = lambda ctx: (contexts.append(ctx), hook(ctx))[1]
+    federated.run(store, federation, method, TRAIN, MODEL, 0, runtime.resolve("cpu", "fp32", 1))
+    assert contexts
+    ctx = contexts[-1]
+    assert isinstance(ctx.store, ImageView) and not isinstance(ctx.store, ImageStore) and ctx.hidden_labels is None
+    missing = ctx.client.missing.numpy()
+    truth = store.labels[ctx.client.rows]
+    assert truth[:, missing].any(), "the client must have a hidden positive for the check to have teeth"
+    forbidden = [store.labels, truth, store.labels[store.rows(federation["test"])]]
+    for path, value in reachable(ctx):
+        assert not path.endswith((".labels", ".manifest", ".root")), path
+        assert not isinstance(value, ImageStore), path
+        if isinstance(value, (np.ndarray, torch.Tensor)):
+            array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            assert not any(array.shape == f.shape and np.array_equal(array, f) for f in forbidden), path
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -127,3 +210,33 @@ def _flat(value) -> object:
     if isinstance(value, (list, tuple)):
         return [_flat(v) for v in value]
     return repr(value)
+
+
+def test_hidden_labels_do_not_influence_the_staged_fedmlp_workflow(store: ImageStore, federation: dict, tmp_path: Path) -> None:
+    """warmup → pseudolabel → teacher through the CLI, on the store and on a copy whose hidden labels are
+    permuted (tests/hidden.py): the same detection and the same model bytes, with pseudo-labels selected."""
+    partition = tmp_path / "partition.json"
+    partition.write_text(json.dumps(federation))
+    permuted = write_store(store, permuted_labels(store, federation), tmp_path / "permuted")
+
+    def stages(root: Path, out: Path) -> None:
+        common = ["--store", str(root), "--partition", str(partition), "--method", "fedmlp", "--seed", "0",
+                  "--train", json.dumps(dataclasses.asdict(TRAIN)), "--model", json.dumps({"width": MODEL.width}),
+                  "--method-settings", json.dumps(SETTINGS["fedmlp"])]
+        run = ["--run", json.dumps({"dataset": "d", "setting": "s", "method": "fedmlp", "seed": 0})]
+        for argv in (["warmup", "--out-model", out / "warmup.pt", "--out-rounds", out / "warmup.csv", "--out-compute", out / "w.json"],
+                     ["pseudolabel", "--warmup-model", out / "warmup.pt", "--out-artifact", out / "pseudolabels.json",
+                      "--out-summary", out / "pseudolabels.md", "--out-compute", out / "p.json"],
+                     ["teacher", "--warmup-model", out / "warmup.pt", "--warmup-rounds", out / "warmup.csv",
+                      "--pseudolabels", out / "pseudolabels.json", "--earlier-compute", out / "w.json", out / "p.json",
+                      "--out-model", out / "model.pt", "--out-rounds", out / "rounds.csv", *run, "--out-diagnostics",
+                      out / "diagnostics.csv", "--out-metrics", out / "metrics.json", "--out-predictions", out / "predictions.csv"]):
+            assert main(["--log-level", "ERROR", argv[0], *common, *map(str, argv[1:])]) == 0, argv[0]
+
+    stages(store.root, tmp_path / "a")
+    stages(permuted, tmp_path / "b")
+    for name in ("warmup.pt", "pseudolabels.json", "model.pt"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert (tmp_path / "a" / "rounds.csv").read_text() != (tmp_path / "b" / "rounds.csv").read_text(), "scored on the permuted labels"
+    diagnostics = pd.read_csv(tmp_path / "a" / "diagnostics.csv")
+    assert (diagnostics["selected_negative"] + diagnostics["selected_positive"]).sum() > 0, "no pseudo-label was selected"

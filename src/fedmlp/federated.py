@@ -95,12 +95,16 @@ def init_model(model_config: ModelConfig, n_classes: int, seed: int, runtime: Ru
 class Site:
     """The client side of a method for one or more clients (one per hospital in a deployment): their
     data, their state across rounds, and the models their local work runs in, whose passes it counts
-    (``passes``, :mod:`fedmlp.compute`)."""
+    (``passes``, :mod:`fedmlp.compute`). It keeps the store's label-free view only
+    (:meth:`~fedmlp.store.ImageStore.view`), and the clients' true labels only for a method that
+    declares it reads them (:meth:`~fedmlp.methods.Method.reads_hidden_labels`, a diagnostic)."""
 
     def __init__(self, method: Method, clients: list[ClientData], store: ImageStore, train: TrainConfig,
                  runtime: Runtime, seed: int, template: Classifier):
-        self.method, self.store, self.train, self.runtime, self.seed = method, store, train, runtime, seed
+        self.method, self.images, self.train, self.runtime, self.seed = method, store.view(), train, runtime, seed
         self.clients = {c.client_id: c for c in clients}
+        self.hidden = ({c.client_id: torch.from_numpy(store.labels[c.rows].astype(np.int8)) for c in clients}
+                       if method.reads_hidden_labels() else {})
         self.states = {c.client_id: method.init_client_state(c) for c in clients}
         self.model = copy.deepcopy(template)
         self.teacher = copy.deepcopy(template).eval().requires_grad_(False)
@@ -120,12 +124,13 @@ class Site:
             teacher=self.teacher,
             scratch=self.scratch,
             state=self.states[client_id],
-            store=self.store,
+            store=self.images,
             runtime=self.runtime,
             train=self.train,
             generator=torch_generator(self.seed, *path),
             payload=broadcast.payload,
             on_batch=on_batch,
+            hidden_labels=self.hidden.get(client_id),
         )
 
     def prepare(self, client_id: int, broadcast: Broadcast) -> Upload:

@@ -9,11 +9,11 @@ from fedmlp.augment import to_float
 from fedmlp.loader import iterate_rows
 from fedmlp.models import Classifier
 from fedmlp.runtime import Runtime
-from fedmlp.store import ImageStore
+from fedmlp.store import ImageView
 
 
 @torch.inference_mode()
-def predict_proba(model: Classifier, store: ImageStore, rows: np.ndarray, runtime: Runtime, batch_size: int = 256) -> np.ndarray:
+def predict_proba(model: Classifier, store: ImageView, rows: np.ndarray, runtime: Runtime, batch_size: int = 256) -> np.ndarray:
     """Sigmoid outputs (N, C) as float32, rows in the given order; the model is left in eval mode."""
     model.eval()
     out = np.empty((len(rows), model.head.out_features), dtype=np.float32)

@@ -16,7 +16,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from fedmlp.store import ImageStore
+from fedmlp.store import ImageStore, ImageView
 
 T = TypeVar("T")
 
@@ -51,8 +51,9 @@ class Batch:
 
 
 def observed_labels(store: ImageStore, rows: np.ndarray, annotated: np.ndarray) -> torch.Tensor:
-    """The only place training reads store labels: missing classes come out as 0. (The exception is a
-    diagnostic, FedMLP's ``oracle_pseudolabels``: fedmlp.methods.fedmlp.hidden_labels.)"""
+    """The only place the clients' labels are read from the store, before training: missing classes come
+    out as 0. (The exception is a diagnostic that asks for its clients' true labels,
+    :meth:`fedmlp.methods.Method.reads_hidden_labels`: the loop's :class:`fedmlp.federated.Site` reads them.)"""
     labels = store.labels[rows].astype(np.float32) * annotated[None, :].astype(np.float32)
     return torch.from_numpy(labels)
 
@@ -63,7 +64,7 @@ def make_client(store: ImageStore, client_id: int, image_ids: list[str], annotat
     return ClientData(client_id, rows, observed_labels(store, rows, annotated), torch.from_numpy(annotated))
 
 
-def read_images(store: ImageStore, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+def read_images(store: ImageView, rows: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 images of ``rows``, on ``device`` (through pinned memory for a GPU)."""
     images = torch.from_numpy(store.read(rows))
     if device.type == "cuda":
@@ -92,7 +93,7 @@ def prefetched(items: Iterator[T]) -> Iterator[T]:
             yield item
 
 
-def batches(store: ImageStore, client: ClientData, batch_size: int, generator: torch.Generator, device: torch.device) -> Iterator[Batch]:
+def batches(store: ImageView, client: ClientData, batch_size: int, generator: torch.Generator, device: torch.device) -> Iterator[Batch]:
     """One shuffled epoch (prefetched on a GPU: :func:`ahead_on`). A trailing batch of one image is dropped (BatchNorm
     needs two). The order is drawn here, before the first batch, so the random stream does not
     depend on when the prefetching thread runs."""
@@ -119,7 +120,7 @@ def n_batches(n_images: int, batch_size: int) -> int:
     return full + (rest >= 2)
 
 
-def iterate_rows(store: ImageStore, rows: np.ndarray, batch_size: int, device: torch.device) -> Iterator[tuple[slice, torch.Tensor]]:
+def iterate_rows(store: ImageView, rows: np.ndarray, batch_size: int, device: torch.device) -> Iterator[tuple[slice, torch.Tensor]]:
     """Sequential batches over ``rows`` (prefetched on a GPU), for evaluation and feature passes."""
     chunks = (slice(start, min(start + batch_size, len(rows))) for start in range(0, len(rows), batch_size))
     return ahead_on(device, ((chunk, read_images(store, rows[chunk], device)) for chunk in chunks))

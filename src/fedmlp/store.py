@@ -120,15 +120,53 @@ def read_labels(path: Path, data: bytes, classes: list[str], n_images: int) -> t
 
 
 @dataclass(frozen=True)
-class ImageStore:
-    """A read-only view of a store: memory-mapped images, labels and the row of every image ID."""
+class ImageView:
+    """What a client's side of a method may read of a store: the images, their IDs and the class
+    names, and nothing that holds a label (:class:`ImageStore` adds those). A method's
+    :class:`~fedmlp.methods.base.LocalContext` holds one of these, built by :meth:`ImageStore.view`,
+    so that the true labels of missing classes and of the validation and test images cannot reach
+    training code through it; a client's own labels come with its
+    :class:`~fedmlp.loader.ClientData` (``observed``: 0 on missing classes)."""
 
-    root: Path
-    images: np.ndarray
-    labels: np.ndarray  # (N, C) int8, the true labels: only partitions and evaluation may read them
+    images_path: Path  # images.npy (read by :meth:`read`)
+    images: np.ndarray  # (N, C, H, W) uint8, memory-mapped: its shape and dtype (read batches with :meth:`read`)
     image_ids: list[str]
     classes: list[str]
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """The images of ``rows`` (any order), one positioned read per run of consecutive rows.
+
+        Reading through the memory map would leave every page touched so far in this process's
+        resident memory, which then grows with the store; reads go through the page cache instead,
+        which caches just as well and is shared by every job reading the store."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), *self.images.shape[1:]), dtype=np.uint8)
+        if len(rows) == 0:
+            return out
+        row_bytes = out[0].nbytes
+        starts = np.flatnonzero(np.diff(rows, prepend=rows[0] - 2) != 1)  # first position of each run
+        flat = out.reshape(len(rows), -1)
+        with open(self.images_path, "rb", buffering=0) as handle:
+            for begin, end in zip(starts, [*starts[1:], len(rows)]):
+                view = memoryview(flat[begin:end]).cast("B")
+                offset = self.images.offset + int(rows[begin]) * row_bytes
+                if os.preadv(handle.fileno(), [view], offset) != len(view):
+                    raise FedmlpError(f"{self.images_path}: shorter than its header says (row {rows[begin]}); rerun 'fedmlp ingest'")
+        return out
+
+
+@dataclass(frozen=True)
+class ImageStore(ImageView):
+    """A read-only view of a store: memory-mapped images, labels and the row of every image ID. Only the
+    server's side (partitions, evaluation, diagnostics) holds one; clients get :meth:`view`."""
+
+    root: Path
+    labels: np.ndarray  # (N, C) int8, the true labels: only partitions, evaluation and diagnostics may read them
     manifest: dict[str, Any]
+
+    def view(self) -> ImageView:
+        """The label-free part, for a client's side (a new object: nothing in it leads back here)."""
+        return ImageView(images_path=self.images_path, images=self.images, image_ids=self.image_ids, classes=self.classes)
 
     @classmethod
     def open(cls, root: Path, verify_images: bool = False) -> ImageStore:
@@ -152,7 +190,8 @@ class ImageStore:
         labels_bytes = (root / LABELS).read_bytes()
         check_checksum(root / LABELS, labels_bytes, manifest)
         image_ids, labels = read_labels(root / LABELS, labels_bytes, classes, images.shape[0])
-        store = cls(root=root, images=images, labels=labels, image_ids=image_ids, classes=classes, manifest=manifest)
+        store = cls(images_path=root / IMAGES, images=images, image_ids=image_ids, classes=classes, root=root, labels=labels,
+                    manifest=manifest)
         if verify_images:
             store.verify_images()
         return store
@@ -184,24 +223,3 @@ class ImageStore:
         if len(set(ids)) != len(ids) or not set(self.image_ids) <= set(ids):
             raise FedmlpError(f"{path}: does not list every stored image exactly once; rerun 'fedmlp ingest'")
         return ids
-
-    def read(self, rows: np.ndarray) -> np.ndarray:
-        """The images of ``rows`` (any order), one positioned read per run of consecutive rows.
-
-        Reading through the memory map would leave every page touched so far in this process's
-        resident memory, which then grows with the store; reads go through the page cache instead,
-        which caches just as well and is shared by every job reading the store."""
-        rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(rows), *self.images.shape[1:]), dtype=np.uint8)
-        if len(rows) == 0:
-            return out
-        row_bytes = out[0].nbytes
-        starts = np.flatnonzero(np.diff(rows, prepend=rows[0] - 2) != 1)  # first position of each run
-        flat = out.reshape(len(rows), -1)
-        with open(self.root / IMAGES, "rb", buffering=0) as handle:
-            for begin, end in zip(starts, [*starts[1:], len(rows)]):
-                view = memoryview(flat[begin:end]).cast("B")
-                offset = self.images.offset + int(rows[begin]) * row_bytes
-                if os.preadv(handle.fileno(), [view], offset) != len(view):
-                    raise FedmlpError(f"{self.root / IMAGES}: shorter than its header says (row {rows[begin]}); rerun 'fedmlp ingest'")
-        return out

@@ -39,7 +39,7 @@ from fedmlp.methods.messages import Broadcast, Upload, Weights
 from fedmlp.models import Classifier
 from fedmlp.optim import adam
 from fedmlp.runtime import Runtime
-from fedmlp.store import ImageStore
+from fedmlp.store import ImageView
 
 # Client-state key of this round's gate rates, {gate name: share in [0, 1]}: set by the method during a
 # local update, taken out (and so cleared) by the loop after the round.
@@ -53,7 +53,11 @@ def record_gate(state: dict[str, Any], gate: str, rate: float) -> None:
 
 @dataclass
 class LocalContext:
-    """Everything one client's local work may use. Nothing here holds hidden labels."""
+    """Everything one client's local work may use. Nothing here holds hidden labels (nor validation or
+    test labels): ``store`` is the store's label-free :class:`~fedmlp.store.ImageView` and the
+    client's labels are ``client.observed`` (0 on missing classes). The one exception is
+    ``hidden_labels``, set only for a diagnostic that declares it reads them
+    (:meth:`Method.reads_hidden_labels`)."""
 
     round: int
     total_rounds: int
@@ -62,13 +66,14 @@ class LocalContext:
     teacher: Classifier  # frozen copy of the received global model (eval mode)
     scratch: Classifier  # a spare model (eval mode, no gradients), e.g. for a per-client EMA teacher
     state: dict[str, Any]  # this client's state, kept across rounds (tensors and plain values)
-    store: ImageStore
+    store: ImageView  # images, image IDs and class names: no labels
     runtime: Runtime
     train: TrainConfig
     generator: torch.Generator  # this client's and round's random stream
     payload: dict[str, Any] = field(default_factory=dict)  # what the server broadcast beside the weights
     on_batch: Callable[[], None] = lambda: None
     memo: dict[Any, Any] = field(default_factory=dict)  # this local update's scratch values (never saved; not client state)
+    hidden_labels: torch.Tensor | None = None  # (N, C) int8 true labels of the client's images: None unless reads_hidden_labels()
 
     def augment(self, images: torch.Tensor, policy: str = "weak") -> torch.Tensor:
         """A uint8 batch augmented by a named policy (``none``, ``weak``, ``strong``): float in [0, 1]."""
@@ -106,6 +111,12 @@ class Method(ABC):
         """Caveats that make a run's results something other than the method's (a diagnostic that
         reads hidden labels, say); the training commands write them into metrics.json (``warnings``)."""
         return []
+
+    def reads_hidden_labels(self) -> bool:
+        """Whether this client side is given its clients' true labels of every class
+        (:attr:`LocalContext.hidden_labels`): only a diagnostic that is not a method may ask, and its
+        :meth:`warnings` must say so (FedMLP's ``oracle_pseudolabels``)."""
+        return False
 
     # --- server side -------------------------------------------------------------------------
 
@@ -221,7 +232,7 @@ class StagedMethod(Method):
     def first_stage2_round(self) -> int: ...
 
     @abstractmethod
-    def export(self, clients: list[ClientData], states: list[dict[str, Any]], store: ImageStore) -> dict[str, Any]:
+    def export(self, clients: list[ClientData], states: list[dict[str, Any]], store: ImageView) -> dict[str, Any]:
         """The state after the first detection, as JSON (the pseudolabel stage's artifact)."""
 
     @abstractmethod

@@ -15,7 +15,7 @@ from fedmlp.loader import ClientData, iterate_rows
 from fedmlp.methods.messages import Weights
 from fedmlp.models import Classifier
 from fedmlp.runtime import Runtime
-from fedmlp.store import ImageStore
+from fedmlp.store import ImageView
 
 UNLABELLED = -1  # a pseudo-label matrix entry (int8) that holds no pseudo-label; 0 and 1 are labels
 
@@ -111,7 +111,7 @@ def global_prior(counts: list[torch.Tensor]) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def client_pass(model: Classifier, store: ImageStore, client: ClientData, runtime: Runtime, batch_size: int = 256,
+def client_pass(model: Classifier, store: ImageView, client: ClientData, runtime: Runtime, batch_size: int = 256,
                 offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass over a client's images (eval mode, no augmentation): features and sigmoid outputs
     (of the logits plus ``offset`` (C,), if given), so that every score a method needs from the

@@ -40,7 +40,7 @@ from fedmlp.methods.common import UNLABELLED, class_prior, client_pass, global_p
 from fedmlp.methods.messages import Upload
 from fedmlp.methods.registry import register
 from fedmlp.schema import setting
-from fedmlp.store import ImageStore
+from fedmlp.store import ImageView
 
 
 @dataclass(frozen=True)
@@ -206,13 +206,6 @@ def oracle_targets(pseudo: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return torch.where(pseudo != UNLABELLED, truth.to(pseudo.dtype), pseudo)
 
 
-def hidden_labels(store: ImageStore, client: ClientData) -> torch.Tensor:
-    """A client's true labels, missing classes included: read here only for ``oracle_pseudolabels``
-    (a diagnostic; otherwise training sees ``client.observed`` alone, and only fedmlp.diagnostics
-    reads the hidden labels)."""
-    return torch.from_numpy(store.labels[client.rows].astype(np.int8))
-
-
 # ---------------------------------------------------------------------------------------------
 
 
@@ -235,6 +228,9 @@ class FedMLP(StagedMethod):
 
     def warnings(self) -> list[str]:
         return [ORACLE_WARNING] if self.config.oracle_pseudolabels else []
+
+    def reads_hidden_labels(self) -> bool:
+        return self.config.oracle_pseudolabels
 
     @property
     def first_stage2_round(self) -> int:
@@ -310,7 +306,7 @@ class FedMLP(StagedMethod):
         if entries.numel():  # the gate log: the share of missing entries pseudo-labelled so far
             record_gate(ctx.state, "pseudo", float((entries != UNLABELLED).float().mean()))
         if self.config.oracle_pseudolabels:  # the selection stays in state["pseudo"] (diagnostics); training reads these
-            ctx.state["oracle"] = oracle_targets(ctx.state["pseudo"], hidden_labels(ctx.store, ctx.client))
+            ctx.state["oracle"] = oracle_targets(ctx.state["pseudo"], ctx.hidden_labels)
 
     def _fractions(self, state: dict[str, Any], global_degrees: torch.Tensor, c: int) -> tuple[float, float]:
         if self.config.selection == "fixed":
@@ -336,7 +332,7 @@ class FedMLP(StagedMethod):
 
     # --- pseudo-label artifacts (the pseudolabel stage) ----------------------------------------
 
-    def export(self, clients: list[ClientData], states: list[dict[str, Any]], store: ImageStore) -> dict[str, Any]:
+    def export(self, clients: list[ClientData], states: list[dict[str, Any]], store: ImageView) -> dict[str, Any]:
         """The state after detection, as JSON: image IDs per client, class and pseudo-label."""
         classes = store.classes
         out_clients = []
