@@ -351,3 +351,26 @@ def test_report_has_a_gates_section_when_runs_logged_gates(tmp_path: Path) -> No
 def test_a_bad_gate_row_is_refused(tmp_path: Path, row: dict) -> None:
     with pytest.raises(FedmlpError, match="gates: expected a list"):
         check_metrics({**run("fedirm", 0, 0.5), "gates": [row]}, tmp_path / "metrics.json")
+
+
+def test_table_tex_compiles_with_latex(tmp_path: Path) -> None:
+    """table.tex as written compiles in a plain article with booktabs (CI installs a LaTeX from the
+    Debian packages and sets FEDMLP_REQUIRE_LATEX=1, so there this cannot skip)."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("pdflatex") is None:
+        if os.environ.get("FEDMLP_REQUIRE_LATEX") == "1":
+            pytest.fail("pdflatex not found, and FEDMLP_REQUIRE_LATEX=1")
+        pytest.skip("pdflatex not installed (.ci/run installs it)")
+    runs = sweep_runs(best_val=True)
+    for r in runs:
+        r["compute"] = {"forward_backward": 1.0, "forward_only": 0.0, "cost": 3.0}
+    write_report(runs, tmp_path / "summary.csv", tmp_path / "report.md", tmp_path / "fig.png", latex_path=tmp_path / "table.tex")
+    (tmp_path / "paper.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+                                        "\\input{table.tex}\n\\end{document}\n")
+    result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert (tmp_path / "paper.pdf").read_bytes()[:5] == b"%PDF-"
