@@ -6,10 +6,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import numpy as np
 import pytest
 import torch
 from gatelog import client_ids, client_rates
+from hidden import permuted_labels
 
 from fedmlp import federated, methods, runtime
 from fedmlp.config import ModelConfig, TrainConfig
@@ -137,13 +137,7 @@ def test_awpa_changes_the_head_only_through_the_server_step(store: ImageStore, f
 
 def test_hidden_labels_do_not_influence_the_pseudo_label_path(store: ImageStore, federation: dict) -> None:
     """The contract suite's permutation check, with thresholds at which pseudo-labels and MixUp act."""
-    shuffled = store.labels.copy()
-    rng = np.random.default_rng(0)
-    for entry in federation["clients"]:
-        rows = store.rows(entry["images"])
-        for c, cls in enumerate(store.classes):
-            if cls not in entry["annotated_classes"]:
-                shuffled[rows, c] = rng.permutation(1 - shuffled[rows, c])
+    shuffled = permuted_labels(store, federation, seed=0)  # tests/hidden.py
     original = _run(store, federation, NARROW)
     assert min(r["rate"] for r in original.gates if r["gate"] == "confident") > 0
     permuted = _run(dataclasses.replace(store, labels=shuffled), federation, NARROW)

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from gatelog import client_ids, client_rates
+from hidden import permuted_labels
 
 from fedmlp import federated, methods, runtime
 from fedmlp.config import ModelConfig, TrainConfig
@@ -123,13 +124,7 @@ def test_refinement_keeps_observed_labels_and_logs_the_hard_share(store: ImageSt
 
 def test_hidden_labels_do_not_reach_the_hard_pseudo_labels(store: ImageStore, federation: dict) -> None:
     """The contract suite's permutation, with hard pseudo-labels in use (the default's are all soft at this scale)."""
-    shuffled = store.labels.copy()
-    rng = np.random.default_rng(1)
-    for entry in federation["clients"]:
-        rows = store.rows(entry["images"])
-        for c, cls in enumerate(store.classes):
-            if cls not in entry["annotated_classes"]:
-                shuffled[rows, c] = rng.permutation(1 - shuffled[rows, c])
+    shuffled = permuted_labels(store, federation, seed=1)  # tests/hidden.py
     original = run(store, federation, NARROW)
     permuted = run(dataclasses.replace(store, labels=shuffled), federation, NARROW)
     assert any(g["rate"] > 0 for g in original.gates)
