@@ -69,13 +69,16 @@ def test_a_method_never_scored_is_left_out_and_the_rest_drawn() -> None:
     assert set(lines) == {"fedavg-masked"}
 
 
-def test_the_figure_is_written_as_png_and_pdf(tmp_path: Path) -> None:
+def test_the_figure_is_written_as_png_and_svg_with_the_same_bytes_each_time(tmp_path: Path) -> None:
     path = tmp_path / "figures" / "map_per_round.png"
     path.parent.mkdir()
     plot_rounds(runs(["fedavg-masked", "fedmlp"], settings=("iid-k5-a1",)), path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert path.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
-    assert sorted(p.name for p in path.parent.iterdir()) == ["map_per_round.pdf", "map_per_round.png"]
+    svg = path.with_suffix(".svg").read_bytes()
+    assert b"<svg" in svg[:1000]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["map_per_round.png", "map_per_round.svg"]
+    plot_rounds(runs(["fedavg-masked", "fedmlp"], settings=("iid-k5-a1",)), path)
+    assert path.with_suffix(".svg").read_bytes() == svg
 
 
 @pytest.mark.parametrize("n_settings", [1, 4])

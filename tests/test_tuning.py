@@ -96,7 +96,7 @@ def test_grid_points_run_through_the_workflow_and_a_new_point_reruns_only_itself
     table = pd.read_csv(tmp_path / "results" / "tuning.csv")
     assert sorted(table["point"]) == ["fedmlp@lambda_cr=0.5", "fedmlp@lambda_cr=1"] and table["chosen"].sum() == 1
     assert set(pd.read_csv(tmp_path / "results" / "summary.csv")["method"]) == {"fedavg-masked", "fedmlp"}
-    assert (tmp_path / "results/runs/synthetic-ich/header24/iid-k3-a2/fedmlp@lambda_cr=0.5/seed0/metrics.json").is_file()
+    assert (tmp_path / "results/runs/synthetic-ich/header24/draw0/iid-k3-a2/fedmlp@lambda_cr=0.5/seed0/metrics.json").is_file()
 
     grown = {**config, "tuning": {"fedmlp": {"lambda_cr": [1.0, 0.5, 0.25]}}}
     result = snakemake(tmp_path, grown, "--dry-run")

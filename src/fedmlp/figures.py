@@ -4,7 +4,8 @@ Every method keeps one look across figures and settings, chosen from its positio
 sorted list (so a method looks the same in every report): a colour of the Okabe–Ito palette
 (distinguishable with the common colour-vision deficiencies), a line style and a marker. Eight colours
 times three line styles and twelve markers keep as many methods apart as the registry can hold in
-practice. Figures are written as PNG at print resolution and as PDF (vector) beside it.
+practice. Figures are written as PNG at print resolution and as SVG (vector, reproducible bytes) beside
+it; SVG rather than PDF because DVC's plots show images of those kinds only.
 """
 
 from __future__ import annotations
@@ -49,10 +50,11 @@ def look(method: str) -> Look:
 
 
 def save(fig: Figure, png: Path) -> None:
-    """Write ``fig`` as ``png`` and, beside it, as a PDF of the same name (each written atomically)."""
-    for path, kind in ((png, "png"), (png.with_suffix(".pdf"), "pdf")):
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=DPI, format=kind, bbox_inches="tight", metadata={"CreationDate": None} if kind == "pdf" else None)
+    """Write ``fig`` as ``png`` and, beside it, as an SVG of the same name (each written atomically;
+    no date in the SVG and fixed element ids, so the same figure gives the same bytes)."""
+    for path, kind in ((png, "png"), (png.with_suffix(".svg"), "svg")):
+        with atomic_path(path) as tmp, plt.rc_context({"svg.hashsalt": "fedmlp"}):
+            fig.savefig(tmp, dpi=DPI, format=kind, bbox_inches="tight", metadata={"Date": None} if kind == "svg" else None)
     plt.close(fig)
 
 
@@ -96,5 +98,5 @@ def rounds_figure(runs: list[dict[str, Any]], column: str = "test_mAP", ylabel: 
 
 
 def plot_rounds(runs: list[dict[str, Any]], path: Path) -> None:
-    """The per-round test mAP figure (PNG and PDF)."""
+    """The per-round test mAP figure (PNG and SVG)."""
     save(rounds_figure(runs), path)

@@ -67,8 +67,10 @@ REPORT = os.path.normpath(config["report"]["dir"])  # the report rule's outputs 
 # method may be a tuning grid point of a method, "rscfed@dist_scale=100" (fedmlp.tuning).
 METHODS = registry.specs()
 _POINT = f"(?:{re.escape(tuning.SEPARATOR)}{tuning.POINT_PATTERN})?"
-STAGED = "(?:" + "|".join(re.escape(name) for name, spec in METHODS.items() if spec.staged) + ")" + _POINT
-ONE_STAGE = "(?:" + "|".join(re.escape(name) for name, spec in METHODS.items() if not spec.staged) + ")" + _POINT
+_STAGED_NAMES = "|".join(re.escape(name) for name, spec in METHODS.items() if spec.staged)
+_ONE_STAGE_NAMES = "|".join(re.escape(name) for name, spec in METHODS.items() if not spec.staged)
+STAGED = f"(?:{_STAGED_NAMES}){_POINT}"
+ONE_STAGE = f"(?:{_ONE_STAGE_NAMES}){_POINT}"
 POINTS = {point.name: point for point in tuning.points(config)}
 RUN_METHODS = tuning.run_methods(config)  # the methods' names in the runs' paths: grid points for a tuned method
 FEDMLP = METHODS["fedmlp"].config  # the staged rules' settings (fedmlp.smk)
@@ -78,7 +80,7 @@ wildcard_constraints:
     dataset=r"[a-z0-9-]+",
     prep=r"(header|bsb|png)\d+",
     setting=r"[a-z0-9.-]+",
-    method=r"[a-z0-9+-]+" + _POINT,
+    method=rf"[a-z0-9+-]+{_POINT}",
     seed=r"\d+",
     draw=r"\d+",
 

@@ -12,7 +12,7 @@ rule report:
                     category="Results",
                     subcategory="Figures",
                 ),
-                "pseudo_figure_pdf": f"{REPORT}/figures/pseudolabels.pdf",
+                "pseudo_figure_svg": f"{REPORT}/figures/pseudolabels.svg",
             }
             if staged_methods()
             else {}
@@ -25,7 +25,7 @@ rule report:
                     category="Results",
                     subcategory="Figures",
                 ),
-                "annotated_figure_pdf": f"{REPORT}/figures/map_by_annotated.pdf",
+                "annotated_figure_svg": f"{REPORT}/figures/map_by_annotated.svg",
             }
             if len(SETTINGS) > 1
             else {}
@@ -40,7 +40,7 @@ rule report:
             category="Results",
             subcategory="Figures",
         ),
-        figure_pdf=f"{REPORT}/figures/map_per_round.pdf",  # every figure is also written as PDF beside its PNG
+        figure_svg=f"{REPORT}/figures/map_per_round.svg",  # every figure is also written as SVG (vector) beside its PNG
         dvc_metrics=f"{REPORT}/metrics.json",  # mean and SD of mAP and AUROC per method, for dvc metrics show / dvc exp show
         plot_data=f"{REPORT}/plots/map_per_round.csv",  # per-round test mAP per method, for dvc plots show
     log:
