@@ -144,7 +144,8 @@ def test_residual_mix_at_the_right_rounds() -> None:
     assert values[17] == pytest.approx(0.5 * 17 + 0.5 * values[12])
     assert out[12]["n"].item() == 12 and out[12]["n"].dtype == torch.int64  # integer buffers: the average's
     assert method.server.residual["w"][0].item() == pytest.approx(values[17])
-    assert method.server.tau.tolist() == pytest.approx(thresholds(torch.tensor([1.0, 3.0]), 0.45, 0.55, 0.95).tolist())
+    base = method.config.tau_base
+    assert method.server.tau.tolist() == pytest.approx(thresholds(torch.tensor([1.0, 3.0]), base, 0.55, 0.95).tolist())
     assert method.broadcast_payload(_server(6, 70)) == {} and "tau" in method.broadcast_payload(_server(7, 70))
 
 

@@ -60,7 +60,8 @@ class CBAFedConfig:
         0.1, "Share of the run's rounds in stage 1 (annotated-only BCE), rounded, at least 1 round "
         "(the published code: 50 of 500).", minimum=0, maximum=1)
     tau_base: float = setting(
-        0.45, "τ_base in τ_c = clip(p_c + τ_base − std(p), tau_min, tau_max): 0.45 in FedMLP's code, 0.84 in CBAFed's.",
+        0.84, "τ_base in τ_c = clip(p_c + τ_base − std(p), tau_min, tau_max): 0.84, CBAFed's own, chosen on validation by config/tuning.yaml, docs/results/tuning "
+        "(0.45 in FedMLP's code).",
         minimum=0, maximum=1)
     tau_min: float = setting(
         0.55, "Lower clip of τ_c (above 0.5, so pseudo-0 and pseudo-1 never overlap).", exclusiveMinimum=0.5, maximum=1)

@@ -66,8 +66,8 @@ class FedLSMConfig:
     score: Literal["entropy", "code"] = setting(
         "entropy", "Uncertainty of an image: entropy: mean binary entropy over its missing classes; code: the published "
                    "code's sum of −p ln p over the missing classes divided by all C classes.")
-    threshold_high: float = setting(0.85, "τ_p: a missing entry with teacher probability at or above it gets pseudo-label 1 "
-                                          "(and counts as a positive in the EDD).", exclusiveMinimum=0.5, maximum=1)
+    threshold_high: float = setting(0.6, "τ_p: a missing entry with teacher probability at or above it gets pseudo-label 1 "
+                                         "(and counts as a positive in the EDD; 0.6 chosen on validation by config/tuning.yaml, docs/results/tuning; FedLSM's own: 0.85).", exclusiveMinimum=0.5, maximum=1)
     threshold_low: float = setting(0.01, "τ_n: a missing entry with teacher probability at or below it gets pseudo-label 0.",
                                    minimum=0, exclusiveMaximum=0.5)
     mix_threshold_high: float = setting(0.7, "Pseudo-label 1 threshold for the images of the MixUp pools.",

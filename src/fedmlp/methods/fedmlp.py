@@ -73,7 +73,7 @@ class FedMLPConfig:
     degree_scale: Literal["raw", "prior"] = setting(
         "raw", "Probabilities the learning degrees count as confident: raw: σ(z); prior: σ(z + log(π_c/(1−π_c))), π_c the class's "
         "global prevalence over the clients that annotate it (a census; docs/method.md says why).")
-    tau0: ThresholdConfig = setting(ThresholdConfig(min=0.0, max=0.1, fixed=0.005),
+    tau0: ThresholdConfig = setting(ThresholdConfig(min=0.0, max=0.05, fixed=0.005),
                                     "Share of negative candidates given pseudo-label 0 per detection.")
     tau1: ThresholdConfig = setting(ThresholdConfig(min=0.0, max=0.02, fixed=0.01),
                                     "Share of positive candidates given pseudo-label 1 per detection.")
