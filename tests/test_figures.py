@@ -86,3 +86,8 @@ def test_panels_follow_the_settings(n_settings: int) -> None:
     settings = tuple(f"iid-k5-a{i}" for i in range(1, n_settings + 1))
     fig = rounds_figure(runs(["fedavg-masked"], settings=settings, seeds=1))
     assert sum(ax.get_visible() for ax in fig.axes) == n_settings
+
+
+def test_every_registered_method_names_itself_for_figures_and_tables() -> None:
+    """A method registered without ``display=`` would show its id in figures and table.tex."""
+    assert [s.name for s in registry.specs().values() if s.display == s.name] == []

@@ -54,6 +54,6 @@ def _masked(settings: dict) -> Method:
     return FedAvg("fedavg-masked", mask_missing=True)
 
 
-@register("fedavg-masked-2view", summary="FedAvg, missing classes out of the loss, two weak views per image (compute-matched control)")
+@register("fedavg-masked-2view", display="FedAvg (masked, 2 views)", summary="FedAvg, missing classes out of the loss, two weak views per image (compute-matched control)")
 def _masked_two_views(settings: dict) -> Method:
     return FedAvg("fedavg-masked-2view", mask_missing=True, views=2)
