@@ -28,7 +28,7 @@ from fedmlp.figures import look, plot_rounds, save  # noqa: E402
 from fedmlp.methods.registry import display_name  # noqa: E402
 from fedmlp.metrics import METRICS  # noqa: E402
 from fedmlp.sweep import split_name  # noqa: E402
-from fedmlp.tuning import budget, choose, final_val_map  # noqa: E402
+from fedmlp.tuning import SEPARATOR, budget, choose, final_val_map  # noqa: E402
 
 RUN_KEYS = ("dataset", "setting", "method", "seed")
 LOWER_IS_BETTER = {"hamming_loss"}
@@ -494,7 +494,7 @@ def tuning_markdown(table: pd.DataFrame) -> list[str]:
     rows = []
     points = budget(table)
     for (dataset, setting, method, point), group in table.groupby(["dataset", "setting", "method", "point"], sort=False):
-        cells = [setting, method, str(points[(dataset, setting, method)]), point.split("@", 1)[1], _mean_std(group["val_mAP"])]
+        cells = [setting, method, str(points[(dataset, setting, method)]), point.split(SEPARATOR, 1)[1], _mean_std(group["val_mAP"])]
         rows.append([_bold(c, bool(group["chosen"].iloc[0])) for c in cells])
     out += [_table(["setting", "method", "points", "settings", "validation mAP"], rows), "",
             "**Bold**: the chosen point. Methods not listed ran one point, their config's settings.", ""]
@@ -517,9 +517,9 @@ def write_report(
         with atomic_path(tuning_path) as tmp:
             tuned.to_csv(tmp, index=False, float_format="%.6f")
     if diagnostics is not None and not tuned.empty:  # diagnostics of the chosen points, under their method's name
-        chosen = {p: m for p, m in zip(tuned["point"], tuned["method"]) if p in set(tuned.loc[tuned["chosen"], "point"])}
-        diagnostics = diagnostics[~diagnostics["method"].str.contains("@", regex=False) | diagnostics["method"].isin(chosen)]
-        diagnostics = diagnostics.assign(method=diagnostics["method"].replace(chosen))
+        chosen = dict(zip(tuned.loc[tuned["chosen"], "point"], tuned.loc[tuned["chosen"], "method"]))  # point → method
+        kept = ~diagnostics["method"].str.contains(SEPARATOR, regex=False) | diagnostics["method"].isin(chosen)
+        diagnostics = diagnostics[kept].assign(method=lambda d: d["method"].replace(chosen))
     summary = summary_frame(runs)
     fam = claims_family(summary, claims or ClaimsConfig(), validation_frame(runs))
     best_val = best_val_frame(runs)
