@@ -11,18 +11,19 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # comes from pyproject.toml and EXTRAS); `make lock` rewrites it. LOCK= installs the newest versions
 # pyproject.toml allows instead (e.g. for a torch version whose own requirements differ from the lock's).
 LOCK ?= requirements-lock.txt
-EXTRAS ?= test,lint,kaggle,slurm
+EXTRAS ?= test,lint,kaggle,slurm,docs
 CONSTRAINTS = $(if $(LOCK),-c $(LOCK))
 CORES ?= all
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test lint format lock dry-run pull push have-env clean-results help
+.PHONY: run test lint format docs lock dry-run pull push have-env clean-results help
 
 help:
 	@echo "make run     - run the default experiment (config/config.yaml); writes results/report.md"
 	@echo "make test    - run the test suite"
 	@echo "make lint    - snakemake --lint, ruff check, snakefmt --check"
 	@echo "make format  - let ruff and snakefmt fix what make lint finds"
+	@echo "make docs    - build the documentation site into site/ (mkdocs build --strict: warnings fail it)"
 	@echo "make lock    - rewrite requirements-lock.txt from a fresh environment (the newest allowed versions)"
 	@echo "make dry-run - show what 'make run' would do"
 	@echo "make push    - record the outputs in dvc.lock and upload them to the DVC remote"
@@ -56,6 +57,11 @@ lint: $(BIN)/.installed
 format: $(BIN)/.installed
 	$(BIN)/ruff check --fix src tests scripts
 	$(BIN)/snakefmt workflow
+
+# The command and configuration references are generated during the build (docs/gen_reference.py).
+# The two variables silence banners that mkdocs' plugins print about mkdocs' future (not warnings).
+docs: $(BIN)/.installed
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict --quiet
 
 lock:
 	PYTHON='$(PYTHON)' TORCH_SPEC='$(TORCH_SPEC)' EXTRAS='$(EXTRAS)' scripts/lock
