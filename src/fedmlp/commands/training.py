@@ -56,7 +56,7 @@ def training_inputs(args: argparse.Namespace) -> TrainingInputs:
     rounds = method.n_rounds(train)
     if not 1 <= rounds <= MAX_ROUNDS:
         raise FedmlpError(f"method {args.method!r}: a schedule of {rounds} rounds; expected 1 to {MAX_ROUNDS} (check its config section)")
-    store = ImageStore.open(args.store, verify_images=True)
+    store = ImageStore.open(args.store, require_verified=True)
     partition = read_partition(args.partition, store)
     rt = runtime.resolve(train.device, train.precision, train.threads, train.deterministic)
     return TrainingInputs(store, partition, method, train, model_config, rt)
