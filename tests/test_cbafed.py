@@ -9,9 +9,10 @@ import pytest
 import torch
 from gatelog import client_ids, client_rates
 
-from fedmlp import federated, methods, runtime
+from fedmlp import federated, runtime
 from fedmlp.config import ModelConfig, TrainConfig
-from fedmlp.methods import ServerContext, Upload
+from fedmlp.methods import registry
+from fedmlp.methods.base import ServerContext
 from fedmlp.methods.cbafed import (
     clean_loss,
     entry_counts,
@@ -23,6 +24,7 @@ from fedmlp.methods.cbafed import (
     warmup_rounds,
 )
 from fedmlp.methods.common import UNLABELLED
+from fedmlp.methods.messages import Upload
 from fedmlp.store import ImageStore
 
 TRAIN = TrainConfig(rounds=3, batch_size=8, precision="fp32", device="cpu")
@@ -118,7 +120,7 @@ def test_official_loss_ratio_weights_and_per_class_sum() -> None:
 
 
 def _method(settings: dict | None = None):
-    return methods.create("cbafed", settings or {})
+    return registry.create("cbafed", settings or {})
 
 
 def _server(round: int, total: int) -> ServerContext:

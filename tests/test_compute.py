@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from fedmlp import federated, methods, runtime
+from fedmlp import federated, runtime
 from fedmlp.cli import main
 from fedmlp.compute import Compute, Passes
 from fedmlp.config import ModelConfig, TrainConfig
 from fedmlp.errors import FedmlpError
+from fedmlp.methods import registry
 from fedmlp.store import ImageStore
 
 TRAIN = TrainConfig(rounds=2, batch_size=8, precision="fp32", device="cpu")
@@ -30,7 +31,7 @@ def trained_images(federation: dict, batch_size: int) -> int:
 
 
 def run(store: ImageStore, federation: dict, name: str, train: TrainConfig = TRAIN, settings: dict | None = None) -> federated.RunResult:
-    return federated.run(store, federation, methods.create(name, settings or {}), train, MODEL, 0, runtime.resolve("cpu", "fp32", 1))
+    return federated.run(store, federation, registry.create(name, settings or {}), train, MODEL, 0, runtime.resolve("cpu", "fp32", 1))
 
 
 @pytest.mark.parametrize("local_epochs", [1, 2])

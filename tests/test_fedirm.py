@@ -9,10 +9,10 @@ import pytest
 import torch
 from gatelog import client_ids, client_rates
 
-from fedmlp import federated, methods, runtime
+from fedmlp import federated, runtime
 from fedmlp.config import ModelConfig, TrainConfig
 from fedmlp.errors import FedmlpError
-from fedmlp.methods import fedirm
+from fedmlp.methods import fedirm, registry
 from fedmlp.methods.fedirm import (
     aggregate_relation,
     ema_alpha,
@@ -123,7 +123,7 @@ def test_ramp_and_schedule() -> None:
 
 def test_confidence_bounds_are_checked() -> None:
     with pytest.raises(FedmlpError, match="fedirm.confidence_low"):
-        methods.create("fedirm", {"confidence_low": 0.8, "confidence_high": 0.7})
+        registry.create("fedirm", {"confidence_low": 0.8, "confidence_high": 0.7})
 
 
 @pytest.mark.parametrize("variant", ["clean", "official-code"])
@@ -142,7 +142,7 @@ def test_trains_end_to_end(store: ImageStore, federation: dict, variant: str, mo
     monkeypatch.setattr(fedirm, name, spy)
     # loose mask settings so that a 3-round model on 32-px images has samples in the source matrix
     loose = {"confidence_low": 0.5, "confidence_high": 0.5, "entropy_threshold": 10.0}
-    method = methods.create("fedirm", {"variant": variant, **loose})
+    method = registry.create("fedirm", {"variant": variant, **loose})
     states: list[list[dict]] = []
     result = federated.run(store, federation, method, TRAIN, MODEL, 0, rt,
                            on_round_end=lambda r, clients, s: states.append([dict(x) for x in s]) or [])
@@ -172,7 +172,7 @@ def test_a_gate_over_fewer_classes_opens_and_the_relation_term_acts(store: Image
     divergences: list[float] = []
     original = fedirm.relation_divergence
     monkeypatch.setattr(fedirm, "relation_divergence", lambda *a: divergences.append(float(original(*a).detach())) or original(*a))
-    method = methods.create("fedirm", {"confidence_low": 0.5, "confidence_high": 0.5, **settings})
+    method = registry.create("fedirm", {"confidence_low": 0.5, "confidence_high": 0.5, **settings})
     result = federated.run(store, federation, method, TRAIN, MODEL, 0, runtime.resolve("cpu", "fp32", 1))
     rates = client_rates(result, "relation", [2, 3], client_ids(federation))
     batches = client_rates(result, "relation_batches", [2, 3], client_ids(federation))
@@ -182,4 +182,4 @@ def test_a_gate_over_fewer_classes_opens_and_the_relation_term_acts(store: Image
 
 def test_the_gate_setting_is_checked() -> None:
     with pytest.raises(FedmlpError, match="fedirm.gate"):
-        methods.create("fedirm", {"gate": "class"})
+        registry.create("fedirm", {"gate": "class"})

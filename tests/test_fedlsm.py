@@ -11,9 +11,10 @@ import torch
 from gatelog import client_ids, client_rates
 from hidden import permuted_labels
 
-from fedmlp import federated, methods, runtime
+from fedmlp import federated, runtime
 from fedmlp.config import ModelConfig, TrainConfig
 from fedmlp.errors import FedmlpError
+from fedmlp.methods import registry
 from fedmlp.methods.base import weighted_average
 from fedmlp.methods.fedlsm import estimated_distribution, head_aggregate, mix, pools, targets_and_mask, uncertainty
 from fedmlp.methods.messages import Upload
@@ -106,14 +107,14 @@ def test_head_rows_follow_the_counts_and_fall_back() -> None:
 
 def test_bad_settings_name_their_key() -> None:
     with pytest.raises(FedmlpError, match="fedlsm.threshold_high"):
-        methods.create("fedlsm", {"threshold_high": 0.4})
+        registry.create("fedlsm", {"threshold_high": 0.4})
     with pytest.raises(FedmlpError, match="fedlsm.score"):
-        methods.create("fedlsm", {"score": "variance"})
+        registry.create("fedlsm", {"score": "variance"})
 
 
 def _run(store: ImageStore, federation: dict, settings: dict) -> federated.RunResult:
     rt = runtime.resolve("cpu", "fp32", 1)
-    return federated.run(store, federation, methods.create("fedlsm", settings), TRAIN, MODEL, 0, rt)
+    return federated.run(store, federation, registry.create("fedlsm", settings), TRAIN, MODEL, 0, rt)
 
 
 @pytest.mark.parametrize("settings", [{}, NARROW])
@@ -129,8 +130,8 @@ def test_fedlsm_trains_and_records_the_confident_share(store: ImageStore, federa
 def test_awpa_changes_the_head_only_through_the_server_step(store: ImageStore, federation: dict) -> None:
     short = TrainConfig(rounds=1, batch_size=8, precision="fp32", device="cpu")
     rt = runtime.resolve("cpu", "fp32", 1)
-    awpa = federated.run(store, federation, methods.create("fedlsm", NARROW), short, MODEL, 0, rt).model
-    plain = federated.run(store, federation, methods.create("fedlsm", {**NARROW, "awpa": False}), short, MODEL, 0, rt).model
+    awpa = federated.run(store, federation, registry.create("fedlsm", NARROW), short, MODEL, 0, rt).model
+    plain = federated.run(store, federation, registry.create("fedlsm", {**NARROW, "awpa": False}), short, MODEL, 0, rt).model
     assert torch.equal(awpa.backbone[0].weight, plain.backbone[0].weight)  # same local training, FedAvg backbone
     assert not torch.equal(awpa.head.weight, plain.head.weight)
 

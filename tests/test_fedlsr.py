@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from fedmlp import federated, methods, runtime
+from fedmlp import federated, runtime
 from fedmlp.config import ModelConfig, TrainConfig
 from fedmlp.errors import FedmlpError
+from fedmlp.methods import registry
 from fedmlp.methods.fedlsr import (
     binary_entropy,
     distill_weight,
@@ -107,9 +108,9 @@ def test_binary_entropy_from_logits() -> None:
 
 def test_bad_setting_is_named() -> None:
     with pytest.raises(FedmlpError, match="fedlsr.variant"):
-        methods.create("fedlsr", {"variant": "paper"})
+        registry.create("fedlsr", {"variant": "paper"})
     with pytest.raises(FedmlpError, match="fedlsr.sharpen_temperature"):
-        methods.create("fedlsr", {"sharpen_temperature": 2})
+        registry.create("fedlsr", {"sharpen_temperature": 2})
 
 
 VARIANTS = [{}, {"variant": "official-code"}, {"entropy_reg": True, "pos_weight": True, "ramp_fraction": 0}]
@@ -119,7 +120,7 @@ VARIANTS = [{}, {"variant": "official-code"}, {"entropy_reg": True, "pos_weight"
 def test_fedlsr_trains_and_is_finite(store: ImageStore, federation: dict, settings: dict) -> None:
     rt = runtime.resolve("cpu", "fp32", 1)
     start = federated.init_model(MODEL, len(store.classes), 0, rt)
-    result = federated.run(store, federation, methods.create("fedlsr", settings), TRAIN, MODEL, 0, rt)
+    result = federated.run(store, federation, registry.create("fedlsr", settings), TRAIN, MODEL, 0, rt)
     assert len(result.history) == 3
     assert result.gates == []  # FedLSR trains every entry every round: no gate
     assert all(math.isfinite(r.train_loss) and math.isfinite(r.test_mAP) for r in result.history)
@@ -131,7 +132,7 @@ def test_fedlsr_trains_and_is_finite(store: ImageStore, federation: dict, settin
 def test_variants_train_differently(store: ImageStore, federation: dict) -> None:
     rt = runtime.resolve("cpu", "fp32", 1)
     short = TrainConfig(rounds=2, batch_size=8, precision="fp32", device="cpu")
-    clean = federated.run(store, federation, methods.create("fedlsr", {}), short, MODEL, 0, rt)
-    official = federated.run(store, federation, methods.create("fedlsr", {"variant": "official-code"}), short, MODEL, 0, rt)
+    clean = federated.run(store, federation, registry.create("fedlsr", {}), short, MODEL, 0, rt)
+    official = federated.run(store, federation, registry.create("fedlsr", {"variant": "official-code"}), short, MODEL, 0, rt)
     assert clean.history[-1].train_loss != official.history[-1].train_loss
     assert not torch.equal(clean.model.head.weight, official.model.head.weight)

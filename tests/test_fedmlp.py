@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from gatelog import client_ids, client_rates
 
-from fedmlp import federated, methods, runtime
+from fedmlp import federated, runtime
 from fedmlp.config import ModelConfig, TrainConfig
-from fedmlp.methods import Upload, broadcast_of
+from fedmlp.methods import registry
+from fedmlp.methods.base import broadcast_of
 from fedmlp.methods.fedmlp import (
     UNLABELLED,
     ThresholdConfig,
@@ -33,6 +34,7 @@ from fedmlp.methods.fedmlp import (
     select,
     stage2_targets,
 )
+from fedmlp.methods.messages import Upload
 from fedmlp.store import ImageStore
 
 TRAIN = TrainConfig(batch_size=8, precision="fp32", device="cpu")
@@ -77,7 +79,7 @@ def test_global_prior_pools_the_annotating_clients_counts() -> None:
     one = torch.tensor([True, False, False])
     assert torch.equal(global_prior([label_counts(a, one)])[one], class_prior(a, one)[one])  # the same smoothing
 
-    method = methods.create("fedmlp", {**SHORT, "degree_scale": "prior"})
+    method = registry.create("fedmlp", {**SHORT, "degree_scale": "prior"})
     method.server_census(None, [Upload(0, 4, payload={"counts": counts[0]}), Upload(1, 2, payload={"counts": counts[1]})])
     assert torch.equal(method.server.prior, global_prior(counts))
 
@@ -143,7 +145,7 @@ def test_stage2_masks_are_disjoint_and_cover_missing_entries(variant: str) -> No
 def test_official_stage2_loss_on_a_constructed_batch() -> None:
     """The published code's stage 2: one view, no logit adjustment, BCE on annotated entries and on
     the selected missing entries of both polarities, unselected missing entries and the teacher unused."""
-    method = methods.create("fedmlp-official", {"warmup_rounds": 1, "rounds": 1})
+    method = registry.create("fedmlp-official", {"warmup_rounds": 1, "rounds": 1})
     logits = torch.tensor([[2.0, -1.0, 0.5, 3.0], [-0.5, 1.5, -2.0, 0.0], [1.0, 0.0, 0.25, -1.0]], requires_grad=True)
     calls = []
 
@@ -183,7 +185,7 @@ def _weights(model: torch.nn.Module) -> list[torch.Tensor]:
 def _zero_head_site(store: ImageStore, federation: dict, settings: dict) -> tuple[federated.Site, torch.nn.Module]:
     """A Site over the fixture's clients whose model's logits are all exactly 0."""
     rt = runtime.resolve("cpu", "fp32", 1)
-    method = methods.create("fedmlp", settings)
+    method = registry.create("fedmlp", settings)
     model = federated.init_model(MODEL, len(store.classes), 0, rt)
     with torch.no_grad():
         model.head.weight.zero_()
@@ -244,17 +246,17 @@ def test_staged_run_equals_one_shot_run(store: ImageStore, federation: dict, sca
     (with degree_scale prior, the artifact's global prior stands in for the census)."""
     settings = {**SHORT, "degree_scale": scale}
     rt = runtime.resolve("cpu", "fp32", 1)
-    whole = federated.run(store, federation, methods.create("fedmlp", settings), TRAIN, MODEL, 3, rt)
+    whole = federated.run(store, federation, registry.create("fedmlp", settings), TRAIN, MODEL, 3, rt)
 
-    stage1 = methods.create("fedmlp", settings)
+    stage1 = registry.create("fedmlp", settings)
     warm = federated.run(store, federation, stage1, TRAIN, MODEL, 3, rt, rounds=range(2)).model
-    detector = methods.create("fedmlp", settings)
+    detector = registry.create("fedmlp", settings)
     site = federated.start_round(store, federation, detector, TRAIN, rt, 3, warm, 2)
     artifact = json.loads(json.dumps(detector.export(list(site.clients.values()), site.state_list(), store)))  # as written
     assert sum(len(v["pseudo_positive"]) + len(v["pseudo_negative"]) for c in artifact["clients"] for v in c["classes"].values()) > 0
     assert ("global_prior" in artifact) == (scale == "prior")
 
-    stage2 = methods.create("fedmlp", settings)
+    stage2 = registry.create("fedmlp", settings)
     stage2.preload(artifact)
     assert not stage2.census(3)  # the prior came with the artifact
     final = federated.run(store, federation, stage2, TRAIN, MODEL, 3, rt, rounds=range(2, 4), initial_model=warm)
@@ -270,7 +272,7 @@ def test_prior_scale_resumes_with_the_saved_prior(store: ImageStore, federation:
 
     settings = {**SHORT, "degree_scale": "prior"}
     rt = runtime.resolve("cpu", "fp32", 1)
-    whole = federated.run(store, federation, methods.create("fedmlp", settings), TRAIN, MODEL, 3, rt)
+    whole = federated.run(store, federation, registry.create("fedmlp", settings), TRAIN, MODEL, 3, rt)
     point = ResumePoint(tmp_path / "state.pt", key="run")
 
     def stop_in_round_4(round_number, clients, states):
@@ -279,9 +281,9 @@ def test_prior_scale_resumes_with_the_saved_prior(store: ImageStore, federation:
         return []
 
     with pytest.raises(KeyboardInterrupt):
-        federated.run(store, federation, methods.create("fedmlp", settings), TRAIN, MODEL, 3, rt, resume=point, on_round_end=stop_in_round_4)
+        federated.run(store, federation, registry.create("fedmlp", settings), TRAIN, MODEL, 3, rt, resume=point, on_round_end=stop_in_round_4)
     assert point.load()["round"] == 3 and point.load()["method"]["prior"] is not None
-    resumed = methods.create("fedmlp", settings)
+    resumed = registry.create("fedmlp", settings)
     censuses = []
     resumed.server_census = lambda server, uploads: censuses.append(server.round)
     final = federated.run(store, federation, resumed, TRAIN, MODEL, 3, rt, resume=point)
@@ -292,7 +294,7 @@ def test_variants_select_differently(store: ImageStore, federation: dict) -> Non
     rt = runtime.resolve("cpu", "fp32", 1)
     counts = {}
     for name in ("fedmlp", "fedmlp-fixed"):
-        method = methods.create(name, SHORT)
+        method = registry.create(name, SHORT)
         model = federated.run(store, federation, method, TRAIN, MODEL, 0, rt, rounds=range(1)).model
         site = federated.start_round(store, federation, method, TRAIN, rt, 0, model, 2)
         clients, states = list(site.clients.values()), site.state_list()
@@ -310,18 +312,18 @@ DETECTION_KEYS = {"selection": "fixed", "accumulate": False, "variant": "officia
 def test_stage_keys_are_classified_by_what_each_stage_reads(store: ImageStore, federation: dict) -> None:
     """The workflow passes the warm-up only STAGE1_KEYS and the pseudolabel stage every key but
     NOT_DETECTION_KEYS (workflow/rules/common.smk): every other key must leave their outputs unchanged."""
-    config = methods.registry.spec("fedmlp").config
+    config = registry.spec("fedmlp").config
     assert set(LATER_KEYS) == set(config.NOT_DETECTION_KEYS)
     rt = runtime.resolve("cpu", "fp32", 1)
 
     def warmup(settings: dict) -> torch.nn.Module:
-        return federated.run(store, federation, methods.create("fedmlp", settings), TRAIN, MODEL, 1, rt, rounds=range(2)).model
+        return federated.run(store, federation, registry.create("fedmlp", settings), TRAIN, MODEL, 1, rt, rounds=range(2)).model
 
     base = warmup(SHORT)
     assert all(torch.equal(x, y) for x, y in zip(_weights(base), _weights(warmup({**SHORT, **LATER_KEYS, **DETECTION_KEYS}))))
 
     def detection(settings: dict) -> dict:
-        method = methods.create("fedmlp", settings)
+        method = registry.create("fedmlp", settings)
         site = federated.start_round(store, federation, method, TRAIN, rt, 1, base, 2)
         artifact = method.export(list(site.clients.values()), site.state_list(), store)
         return {k: v for k, v in artifact.items() if k != "config"}
@@ -356,7 +358,7 @@ BATCH = type("B", (), {"images": torch.zeros(3, 1, 2, 2), "observed": torch.tens
 
 
 def _stage2_loss(settings: dict, pseudo: torch.Tensor = PSEUDO, oracle: torch.Tensor | None = None) -> torch.Tensor:
-    method = methods.create("fedmlp", {"warmup_rounds": 1, "rounds": 1, **settings})
+    method = registry.create("fedmlp", {"warmup_rounds": 1, "rounds": 1, **settings})
     return method.loss(_Stage2Context(LOGITS, pseudo, TEACHER, oracle), BATCH)
 
 
@@ -399,12 +401,12 @@ def test_oracle_run_reads_the_truth_at_the_selected_entries_only(store: ImageSto
     score); the training targets at those entries are the hidden labels. It warns, in the log and in
     the method's warnings (metrics.json)."""
     rt = runtime.resolve("cpu", "fp32", 1)
-    assert methods.create("fedmlp", SHORT).warnings() == []
+    assert registry.create("fedmlp", SHORT).warnings() == []
     with caplog.at_level("WARNING", logger="fedmlp.methods.fedmlp"):
-        oracle = methods.create("fedmlp", {**SHORT, "oracle_pseudolabels": True})
+        oracle = registry.create("fedmlp", {**SHORT, "oracle_pseudolabels": True})
     assert "hidden TRUE labels" in caplog.text and "not a method" in oracle.warnings()[0]
-    model = federated.run(store, federation, methods.create("fedmlp", SHORT), TRAIN, MODEL, 0, rt, rounds=range(2)).model
-    plain = federated.start_round(store, federation, methods.create("fedmlp", SHORT), TRAIN, rt, 0, model, 2)
+    model = federated.run(store, federation, registry.create("fedmlp", SHORT), TRAIN, MODEL, 0, rt, rounds=range(2)).model
+    plain = federated.start_round(store, federation, registry.create("fedmlp", SHORT), TRAIN, rt, 0, model, 2)
     site = federated.start_round(store, federation, oracle, TRAIN, rt, 0, model, 2)
     wrong = 0
     for client, state, reference in zip(site.clients.values(), site.state_list(), plain.state_list()):
@@ -422,7 +424,7 @@ def test_gate_log_is_the_share_of_missing_entries_the_diagnostics_count(store: I
     from fedmlp.diagnostics import pseudo_label_quality
 
     rt = runtime.resolve("cpu", "fp32", 1)
-    result = federated.run(store, federation, methods.create("fedmlp", SHORT), TRAIN, MODEL, 0, rt,
+    result = federated.run(store, federation, registry.create("fedmlp", SHORT), TRAIN, MODEL, 0, rt,
                            on_round_end=lambda r, clients, states: pseudo_label_quality(r, store, clients, states))
     rates = client_rates(result, "pseudo", [3, 4], client_ids(federation))
     sizes = {c["id"]: len(c["images"]) * (len(store.classes) - len(c["annotated_classes"])) for c in federation["clients"]}

@@ -12,10 +12,12 @@ import torch.nn.functional as F
 from gatelog import client_ids, client_rates
 from hidden import permuted_labels
 
-from fedmlp import federated, methods, runtime
+from fedmlp import federated, runtime
 from fedmlp.config import ModelConfig, TrainConfig
-from fedmlp.methods import ServerContext, Upload
+from fedmlp.methods import registry
+from fedmlp.methods.base import ServerContext
 from fedmlp.methods.fednml import PRIOR_BOUNDS, hybrid_labels, kd_ramp, label_offset, refinement_loss, share_of_rounds
+from fedmlp.methods.messages import Upload
 from fedmlp.store import ImageStore
 
 TRAIN = TrainConfig(rounds=3, batch_size=8, precision="fp32", device="cpu")
@@ -25,7 +27,7 @@ NARROW = {"hard_high": 0.5001, "hard_low": 0.4999}
 
 
 def run(store: ImageStore, federation: dict, settings: dict | None = None, **kwargs) -> federated.RunResult:
-    method = methods.create("fednml", settings or {})
+    method = registry.create("fednml", settings or {})
     return federated.run(store, federation, method, TRAIN, MODEL, 0, runtime.resolve("cpu", "fp32", 1), **kwargs)
 
 
@@ -33,7 +35,7 @@ def test_schedule_in_shares_of_the_run() -> None:
     assert share_of_rounds(100, 0.1) == 10 and share_of_rounds(100, 0.05) == 5  # the published code's 10 and 5
     assert share_of_rounds(20, 0.1) == 2 and share_of_rounds(20, 0.05) == 1 and share_of_rounds(3, 0.1) == 1
     assert share_of_rounds(4, 1.0) == 4
-    method = methods.create("fednml")
+    method = registry.create("fednml")
     assert [t for t in range(20) if method.refines(t, 20)] == list(range(2, 20))
     assert [t for t in range(100) if method.refines(t, 100)] == list(range(10, 100, 5))
 
@@ -81,7 +83,7 @@ def test_with_no_distillation_and_an_even_prior_it_is_bce_on_shifted_logits() ->
 
 
 def test_census_prior_is_broadcast_from_the_warm_ups_end() -> None:
-    method = methods.create("fednml", {"warmup_fraction": 0.2})
+    method = registry.create("fednml", {"warmup_fraction": 0.2})
     assert method.census(0)
     counts = [torch.tensor([[8.0, 2.0], [0.0, 0.0]]), torch.tensor([[3.0, 1.0], [0.0, 0.0]])]  # class 1 annotated by nobody
     server = ServerContext(0, 10, None, [0, 1], torch.Generator(), None)
@@ -90,13 +92,13 @@ def test_census_prior_is_broadcast_from_the_warm_ups_end() -> None:
     assert not method.census(1)  # once
     assert method.broadcast_payload(dataclasses.replace(server, round=1)) == {}
     assert torch.equal(method.broadcast_payload(dataclasses.replace(server, round=2))["prior"], method.server.prior)
-    assert not methods.create("fednml", {"logit_adjust": False}).census(0)
+    assert not registry.create("fednml", {"logit_adjust": False}).census(0)
 
 
 def test_warm_up_alone_equals_fedavg_masked(store: ImageStore, federation: dict) -> None:
     ours = run(store, federation, {"warmup_fraction": 1.0}).model
     rt = runtime.resolve("cpu", "fp32", 1)
-    masked = federated.run(store, federation, methods.create("fedavg-masked"), TRAIN, MODEL, 0, rt).model
+    masked = federated.run(store, federation, registry.create("fedavg-masked"), TRAIN, MODEL, 0, rt).model
     assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), masked.state_dict().values()))
 
 

@@ -9,11 +9,13 @@ import math
 import pytest
 import torch
 
-from fedmlp import federated, methods, runtime
+from fedmlp import federated, runtime
 from fedmlp.config import ModelConfig, TrainConfig
-from fedmlp.methods import ServerContext, Upload
+from fedmlp.methods import registry
+from fedmlp.methods.base import ServerContext
 from fedmlp.methods.common import class_prior, logit_offset, model_distance
 from fedmlp.methods.fednoro import daagg_weights, kd_term, ramp, supervised_term
+from fedmlp.methods.messages import Upload
 from fedmlp.store import ImageStore
 
 TRAIN = TrainConfig(rounds=3, batch_size=8, precision="fp32", device="cpu")
@@ -63,9 +65,9 @@ def test_logit_adjustment_is_on_in_clean_and_off_in_official_code() -> None:
     mask = annotated[None, :].expand_as(logits)
     lam = 0.3
     settings = {"kd_weight": lam, "ramp_begin": 0.0, "ramp_end": 0.0}  # λ_t = a from round 0
-    clean = methods.create("fednoro", settings)
-    official = methods.create("fednoro", {**settings, "variant": "official-code"})
-    unadjusted = methods.create("fednoro", {**settings, "logit_adjust": False})
+    clean = registry.create("fednoro", settings)
+    official = registry.create("fednoro", {**settings, "variant": "official-code"})
+    unadjusted = registry.create("fednoro", {**settings, "logit_adjust": False})
     assert clean.adjusts_logits and not official.adjusts_logits and not unadjusted.adjusts_logits
     kd_bce, kd_mse = kd_term(logits, teacher, ~mask, 0.8, "bce"), kd_term(logits, teacher, ~mask, 0.8, "mse")
     expected = {
@@ -85,7 +87,7 @@ def test_a_client_without_missing_classes_trains_the_supervised_term_alone() -> 
     logits, _, observed, _ = _batch()
     annotated = torch.ones(3, dtype=torch.bool)
     offset = logit_offset(class_prior(observed, annotated))
-    clean, official = methods.create("fednoro"), methods.create("fednoro", {"variant": "official-code"})
+    clean, official = registry.create("fednoro"), registry.create("fednoro", {"variant": "official-code"})
     sup = supervised_term(logits, observed, torch.ones_like(logits, dtype=torch.bool), offset, False)
     assert clean.objective(logits, None, observed, annotated, offset, 9, 10).item() == pytest.approx(sup.item())
     lam = official.kd_lambda(9, 10)
@@ -109,7 +111,7 @@ def test_daagg_weights_from_model_distances() -> None:
 
 def test_server_uses_daagg_only_with_clean_and_noisy_clients_after_the_ramp_begins() -> None:
     updates = [Upload(i, 10, weights=_weights(float(i)), payload={"complete": i == 0}) for i in range(3)]
-    method = methods.create("fednoro", {"ramp_begin": 0.2})
+    method = registry.create("fednoro", {"ramp_begin": 0.2})
     late = method.aggregate(ServerContext(5, 10, None, [0, 1, 2], torch.Generator(), None), updates)
     shares = daagg_weights([10.0] * 3, [True, False, False], [u.weights for u in updates])
     assert late["a"][0].item() == pytest.approx(shares[1] * 1 + shares[2] * 2)
@@ -117,7 +119,7 @@ def test_server_uses_daagg_only_with_clean_and_noisy_clients_after_the_ramp_begi
     early = method.aggregate(ServerContext(1, 10, None, [0, 1, 2], torch.Generator(), None), updates)
     assert early["a"][0].item() == pytest.approx(1.0)  # before the ramp: FedAvg
     assert method.server_gates() == {}  # FedAvg: no gate
-    official = methods.create("fednoro", {"ramp_begin": 0.2, "variant": "official-code"})
+    official = registry.create("fednoro", {"ramp_begin": 0.2, "variant": "official-code"})
     server = ServerContext(5, 10, None, [0, 1, 2], torch.Generator(), None)
     assert official.aggregate(server, updates)["a"][0].item() == pytest.approx(1.0)  # official code: always FedAvg
 
@@ -125,7 +127,7 @@ def test_server_uses_daagg_only_with_clean_and_noisy_clients_after_the_ramp_begi
 @pytest.mark.parametrize("variant", ["clean", "official-code"])
 def test_trains_end_to_end(store: ImageStore, federation: dict, variant: str) -> None:
     rt = runtime.resolve("cpu", "fp32", 1)
-    result = federated.run(store, federation, methods.create("fednoro", {"variant": variant}), TRAIN, MODEL, 0, rt)
+    result = federated.run(store, federation, registry.create("fednoro", {"variant": variant}), TRAIN, MODEL, 0, rt)
     assert [r.round for r in result.history] == [1, 2, 3]
     assert all(math.isfinite(r.train_loss) and math.isfinite(r.test_mAP) for r in result.history)
     assert all(torch.isfinite(v).all() for v in result.model.state_dict().values() if v.is_floating_point())
@@ -136,8 +138,8 @@ def test_trains_end_to_end_with_a_client_annotating_every_class(store: ImageStor
     partition["clients"][0]["annotated_classes"] = list(store.classes)
     rt = runtime.resolve("cpu", "fp32", 1)
     two = dataclasses.replace(TRAIN, rounds=2)  # DaAgg from round 2 on (b = 0.04)
-    daagg = federated.run(store, partition, methods.create("fednoro"), two, MODEL, 0, rt)
-    fedavg = federated.run(store, partition, methods.create("fednoro", {"daagg": False}), two, MODEL, 0, rt)
+    daagg = federated.run(store, partition, registry.create("fednoro"), two, MODEL, 0, rt)
+    fedavg = federated.run(store, partition, registry.create("fednoro", {"daagg": False}), two, MODEL, 0, rt)
     assert all(math.isfinite(r.train_loss) for r in daagg.history)
     assert [(g["round"], g["side"], g["gate"]) for g in daagg.gates] == [(2, "server", "daagg_max_weight")]
     assert 1 / len(partition["clients"]) <= daagg.gates[0]["rate"] <= 1 and fedavg.gates == []

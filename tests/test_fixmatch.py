@@ -8,9 +8,10 @@ import pytest
 import torch
 from gatelog import client_ids, client_rates
 
-from fedmlp import federated, methods, runtime
+from fedmlp import federated, runtime
 from fedmlp.config import ModelConfig, TrainConfig
 from fedmlp.errors import FedmlpError
+from fedmlp.methods import registry
 from fedmlp.methods.fixmatch import confidence_mask, positive_weights, pseudo_labels, supervised_loss, unsupervised_loss
 from fedmlp.store import ImageStore
 
@@ -82,9 +83,9 @@ def test_supervised_loss_on_annotated_classes_only() -> None:
 
 def test_thresholds_must_bracket_one_half() -> None:
     with pytest.raises(FedmlpError, match="fedavg_fixmatch.threshold_high"):
-        methods.create("fedavg-fixmatch", {"threshold_high": 0.4})
+        registry.create("fedavg-fixmatch", {"threshold_high": 0.4})
     with pytest.raises(FedmlpError, match="fedavg_fixmatch.gate"):
-        methods.create("fedavg-fixmatch", {"gate": "all"})
+        registry.create("fedavg-fixmatch", {"gate": "all"})
 
 
 NARROW = {"threshold_high": 0.55, "threshold_low": 0.45}  # so that a 3-round run from scratch has confident entries
@@ -97,7 +98,7 @@ VARIANTS = [{}, {"variant": "official-code"}, NARROW, {**NARROW, "gate": "sample
 def test_fixmatch_trains_and_records_the_mask_rate(store: ImageStore, federation: dict, settings: dict) -> None:
     rt = runtime.resolve("cpu", "fp32", 1)
     start = federated.init_model(MODEL, len(store.classes), 0, rt)
-    method = methods.create("fedavg-fixmatch", settings)
+    method = registry.create("fedavg-fixmatch", settings)
     result = federated.run(store, federation, method, TRAIN, MODEL, 0, rt)
     rates = list(client_rates(result, "pseudo", [1, 2, 3], client_ids(federation)).values())
     assert all(math.isfinite(r.train_loss) and math.isfinite(r.test_mAP) for r in result.history)
@@ -111,7 +112,7 @@ def test_fixmatch_trains_and_records_the_mask_rate(store: ImageStore, federation
 def test_variants_train_differently(store: ImageStore, federation: dict) -> None:
     rt = runtime.resolve("cpu", "fp32", 1)
     short = TrainConfig(rounds=1, batch_size=8, precision="fp32", device="cpu")
-    clean = federated.run(store, federation, methods.create("fedavg-fixmatch", {}), short, MODEL, 0, rt)
-    official_method = methods.create("fedavg-fixmatch", {"variant": "official-code"})
+    clean = federated.run(store, federation, registry.create("fedavg-fixmatch", {}), short, MODEL, 0, rt)
+    official_method = registry.create("fedavg-fixmatch", {"variant": "official-code"})
     official = federated.run(store, federation, official_method, short, MODEL, 0, rt)
     assert not torch.equal(clean.model.head.weight, official.model.head.weight)

@@ -18,7 +18,7 @@ import torch
 from conftest import bin_dir
 from hidden import permuted_labels, write_store
 
-from fedmlp import checkpoint, federated, methods, runtime
+from fedmlp import checkpoint, federated, runtime
 from fedmlp.atomic import write_json
 from fedmlp.config import ModelConfig, TrainConfig
 from fedmlp.errors import FedmlpError
@@ -27,7 +27,8 @@ from fedmlp.flower.job import DEFAULTS, Job, ServerSettings
 from fedmlp.flower.loopback import LoopbackTransport, over_the_wire
 from fedmlp.flower.server import SiteFailure, serve
 from fedmlp.flower.site import SiteConfig
-from fedmlp.methods import Broadcast, Upload, registry
+from fedmlp.methods import registry
+from fedmlp.methods.messages import Broadcast, Upload
 from fedmlp.store import ImageStore
 
 TRAIN = {"rounds": 3, "batch_size": 8, "precision": "fp32", "device": "cpu"}
@@ -143,7 +144,7 @@ def node_configs(tmp: Path, store: ImageStore, federation: dict) -> dict[int, di
 
 
 def simulate(store: ImageStore, federation: dict, method: str) -> federated.RunResult:
-    return federated.run(store, federation, methods.create(method, SETTINGS.get(method, {})), TrainConfig(**TRAIN), ModelConfig(**MODEL),
+    return federated.run(store, federation, registry.create(method, SETTINGS.get(method, {})), TrainConfig(**TRAIN), ModelConfig(**MODEL),
                          0, runtime.resolve("cpu", "fp32", 1))
 
 

@@ -304,6 +304,7 @@ def inputs(store: ImageStore, federation: dict, raw_dataset: Path, tmp_path_fact
                           files={"metrics": json_bytes(metrics), "--diagnostics": mutated_csv(diagnostics)},
                           outputs=("--summary", "--report", "--figure", "--latex")),
         "methods": Command(flags(), {}, texts={"--bogus": TEXT}),
+        "verify": Command(flags("store"), {"store": str(store.root)}, texts={"store": TEXT}),
         "dvc-yaml": Command(flags(), {"--check": [], "--out": dvc_yaml}, texts={"--out": TEXT}, files={"--out": mutated_bytes(dvc_yaml)}),
         "dvc-fetch": Command(flags(), {"--root": str(root)}, texts={"--root": TEXT}),  # not a DVC repository: no remote
         "bench": Command(flags(), {"--stage": "loader", "--size": "16", "--images": "8", "--batch-size": "4", "--model": "compact-cnn",
@@ -358,7 +359,7 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["synth", "download", "ingest", "split", "partition", "paper-split", "train", "warmup", "pseudolabel",
-                                  "teacher", "federate", "evaluate", "report", "methods", "bench", "flower-app", "dicom2png",
+                                  "teacher", "federate", "evaluate", "report", "methods", "verify", "bench", "flower-app", "dicom2png",
                                   "dvc-yaml", "dvc-fetch"])
 @FUZZ
 @given(data=st.data())

@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from gatelog import client_ids, client_rates
 
-from fedmlp import federated, methods, runtime
+from fedmlp import federated, runtime
 from fedmlp.config import ModelConfig, TrainConfig
 from fedmlp.errors import FedmlpError
+from fedmlp.methods import registry
 from fedmlp.methods.largeloss import budget, large_loss_mask, treat, treated_rate
 from fedmlp.store import ImageStore
 
@@ -78,15 +79,15 @@ def test_rejection_and_correction_on_known_logits() -> None:
 
 def test_bad_settings_name_their_key() -> None:
     with pytest.raises(FedmlpError, match="largeloss.delta_rel_r"):
-        methods.create("ll-r", {"delta_rel_r": -0.1})
+        registry.create("ll-r", {"delta_rel_r": -0.1})
     with pytest.raises(FedmlpError, match="largeloss.schedule_epochs"):
-        methods.create("ll-ct", {"schedule_epochs": 1})
+        registry.create("ll-ct", {"schedule_epochs": 1})
     with pytest.raises(FedmlpError, match="largeloss.normalisation"):
-        methods.create("ll-r", {"normalisation": "some"})
+        registry.create("ll-r", {"normalisation": "some"})
 
 
 def _run(store: ImageStore, federation: dict, name: str, settings: dict | None = None) -> federated.RunResult:
-    return federated.run(store, federation, methods.create(name, settings), TRAIN, MODEL, 0, runtime.resolve("cpu", "fp32", 1))
+    return federated.run(store, federation, registry.create(name, settings), TRAIN, MODEL, 0, runtime.resolve("cpu", "fp32", 1))
 
 
 @pytest.mark.parametrize(("name", "key"), [("ll-r", "delta_rel_r"), ("ll-ct", "delta_rel_ct")])

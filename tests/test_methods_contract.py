@@ -14,10 +14,11 @@ import pytest
 import torch
 from hidden import permuted_labels, write_store
 
-from fedmlp import checkpoint, federated, methods, runtime
+from fedmlp import checkpoint, federated, runtime
 from fedmlp.cli import main
 from fedmlp.config import ModelConfig, TrainConfig
 from fedmlp.methods import registry
+from fedmlp.methods.base import LocalContext, Method
 from fedmlp.resume import ResumePoint
 from fedmlp.store import ImageStore, ImageView
 
@@ -51,8 +52,8 @@ VARIANTS = {"fedmlp": [{"degree_scale": "prior"}],
 NAMES = registry.names()
 
 
-def create(name: str, extra: dict | None = None) -> methods.Method:
-    return methods.create(name, {**SETTINGS.get(name, {}), **(extra or {})})
+def create(name: str, extra: dict | None = None) -> Method:
+    return registry.create(name, {**SETTINGS.get(name, {}), **(extra or {})})
 
 
 def train(store: ImageStore, federation: dict, name: str, extra: dict | None = None, **kwargs) -> federated.RunResult:
@@ -138,7 +139,7 @@ def test_a_client_side_cannot_reach_labels_through_its_context(store: ImageStore
     holds finds no attribute named labels, no label array (the store's, the client's true labels, the
     test images') and no way back to the store."""
     method = create(name)
-    contexts: list[methods.LocalContext] = []
+    contexts: list[LocalContext] = []
     hook = method.before_training
     method.before_training = lambda ctx: (contexts.append(ctx), hook(ctx))[1]
     federated.run(store, federation, method, TRAIN, MODEL, 0, runtime.resolve("cpu", "fp32", 1))

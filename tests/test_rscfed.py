@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedmlp import federated, methods, runtime
+from fedmlp import federated, runtime
 from fedmlp.config import ModelConfig, TrainConfig
+from fedmlp.methods import registry
 from fedmlp.methods.rscfed import (
     dma_weights,
     draw_groups,
@@ -79,7 +80,7 @@ def test_sharpening_formula() -> None:
 @pytest.mark.parametrize("variant", ["clean", "official-code"])
 def test_trains_end_to_end(store: ImageStore, federation: dict, variant: str) -> None:
     rt = runtime.resolve("cpu", "fp32", 1)
-    method = methods.create("rscfed", {"variant": variant, "groups": 4, "dist_scale": 1.0e4})  # RSCFed's own β (clean)
+    method = registry.create("rscfed", {"variant": variant, "groups": 4, "dist_scale": 1.0e4})  # RSCFed's own β (clean)
     result = federated.run(store, federation, method, TRAIN, MODEL, 0, rt)
     assert [r.round for r in result.history] == [1, 2, 3]
     assert all(np.isfinite(r.train_loss) for r in result.history) and np.isfinite(result.history[-1].test_mAP)

@@ -18,8 +18,7 @@ from snakemake.cli import parse_config
 from test_workflow import TINY, planned_rules, snakemake
 
 from fedmlp.errors import FedmlpError
-from fedmlp.schema import workflow_schema
-from fedmlp.workflow_config import check_schema, coerce_strings
+from fedmlp.workflow_config import check_schema, coerce_strings, workflow_schema
 
 SCHEMA_FILE = REPO / "workflow" / "schemas" / "config.schema.yaml"
 SCHEMA = workflow_schema(SCHEMA_FILE)

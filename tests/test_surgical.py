@@ -9,8 +9,9 @@ import dataclasses
 import pytest
 import torch
 
-from fedmlp import federated, methods, runtime
+from fedmlp import federated, runtime
 from fedmlp.config import ModelConfig, TrainConfig
+from fedmlp.methods import registry
 from fedmlp.methods.base import weighted_average
 from fedmlp.methods.messages import Upload
 from fedmlp.methods.surgical import ANNOTATED, classifier_keys, surgical_average
@@ -75,7 +76,7 @@ def test_classifier_keys_name_the_final_linear_layer(arch: str) -> None:
 
 
 def _train(store: ImageStore, federation: dict, name: str) -> torch.nn.Module:
-    return federated.run(store, federation, methods.create(name), TRAIN, MODEL, 0, runtime.resolve("cpu", "fp32", 1)).model
+    return federated.run(store, federation, registry.create(name), TRAIN, MODEL, 0, runtime.resolve("cpu", "fp32", 1)).model
 
 
 def test_with_every_class_annotated_it_trains_as_fedavg_full(store: ImageStore, federation: dict) -> None:
@@ -91,8 +92,8 @@ def test_partial_annotation_changes_the_classifier_only(store: ImageStore, feder
     fedavg-masked's, its classifier does not: the per-class renormalisation acts."""
     one = dataclasses.replace(TRAIN, rounds=1)
     rt = runtime.resolve("cpu", "fp32", 1)
-    surgical = federated.run(store, federation, methods.create("surgical"), one, MODEL, 0, rt).model.state_dict()
-    masked = federated.run(store, federation, methods.create("fedavg-masked"), one, MODEL, 0, rt).model.state_dict()
+    surgical = federated.run(store, federation, registry.create("surgical"), one, MODEL, 0, rt).model.state_dict()
+    masked = federated.run(store, federation, registry.create("fedavg-masked"), one, MODEL, 0, rt).model.state_dict()
     keys = set(classifier_keys(build_model(MODEL, len(store.classes))))
     assert all(torch.equal(surgical[k], masked[k]) for k in surgical if k not in keys)
     assert not all(torch.equal(surgical[k], masked[k]) for k in keys)

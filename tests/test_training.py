@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from fedmlp import checkpoint, federated, methods, runtime
+from fedmlp import checkpoint, federated, runtime
 from fedmlp.augment import random_affine
 from fedmlp.config import AugmentConfig, ModelConfig, TrainConfig
 from fedmlp.errors import FedmlpError
 from fedmlp.loader import make_client
-from fedmlp.methods import Upload, weighted_average
+from fedmlp.methods import registry
+from fedmlp.methods.base import weighted_average
+from fedmlp.methods.messages import Upload
 from fedmlp.store import ImageStore
 
 TINY_TRAIN = TrainConfig(rounds=2, batch_size=8, precision="fp32", device="cpu")
@@ -24,7 +26,7 @@ TINY_MODEL = ModelConfig(width=4)
 
 def _train(store: ImageStore, federation: dict, method: str, seed: int = 0) -> tuple[torch.nn.Module, list]:
     rt = runtime.resolve("cpu", "fp32", 1)
-    result = federated.run(store, federation, methods.create(method), TINY_TRAIN, TINY_MODEL, seed, rt)
+    result = federated.run(store, federation, registry.create(method), TINY_TRAIN, TINY_MODEL, seed, rt)
     return result.model, result.history
 
 
@@ -57,7 +59,7 @@ def test_validation_scores_every_scored_round_and_sets_the_final_thresholds(stor
 
     rt = runtime.resolve("cpu", "fp32", 1)
     train = dataclasses.replace(TINY_TRAIN, rounds=3, eval_every=2)  # rounds 2 and 3 scored
-    result = federated.run(store, validated_federation, methods.create("fedavg-masked"), train, TINY_MODEL, 0, rt)
+    result = federated.run(store, validated_federation, registry.create("fedavg-masked"), train, TINY_MODEL, 0, rt)
     rows = federated.history_rows(result.history)
     assert [np.isfinite([r["test_mAP"], r["val_mAP"], r["val_AUROC"]]).tolist() for r in rows] == [[False] * 3, [True] * 3, [True] * 3]
 
@@ -93,7 +95,7 @@ def test_weighted_average() -> None:
 
 
 def test_masked_loss_ignores_missing_classes(store: ImageStore) -> None:
-    method = methods.create("fedavg-masked")
+    method = registry.create("fedavg-masked")
     logits = torch.zeros(4, 5, requires_grad=True)
     observed = torch.ones(4, 5)
     annotated = torch.tensor([True, False, True, False, False])
@@ -109,7 +111,7 @@ def test_masked_loss_ignores_missing_classes(store: ImageStore) -> None:
 
 def test_unknown_method_lists_the_known_ones() -> None:
     with pytest.raises(FedmlpError, match="unknown method 'fedavgg'.*fedavg-full"):
-        methods.create("fedavgg")
+        registry.create("fedavgg")
 
 
 def test_augmentation_is_seeded_and_identity_when_disabled() -> None:

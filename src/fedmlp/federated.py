@@ -1,6 +1,6 @@
 """The federated training loop, generic over methods, as a simulation in one process.
 
-Each round the server side of the method (:class:`~fedmlp.methods.ServerContext`) chooses the
+Each round the server side of the method (:class:`~fedmlp.methods.base.ServerContext`) chooses the
 clients and what to broadcast; each client's side runs in a :class:`Site`, which holds that client's
 data, state and models and answers the broadcast with an upload; the server step combines the
 uploads into the new global model, which is scored on the test set and on the validation set (if
@@ -30,9 +30,8 @@ from fedmlp.config import ModelConfig, TrainConfig
 from fedmlp.errors import FedmlpError
 from fedmlp.inference import predict_proba
 from fedmlp.loader import ClientData, make_client, n_batches
-from fedmlp.methods import Broadcast, LocalContext, Method, ServerContext, Upload, broadcast_of
-from fedmlp.methods.base import GATES
-from fedmlp.methods.messages import CENSUS
+from fedmlp.methods.base import GATES, LocalContext, Method, ServerContext, broadcast_of
+from fedmlp.methods.messages import CENSUS, Broadcast, Upload
 from fedmlp.metrics import ranking_metrics
 from fedmlp.models import Classifier, build_model
 from fedmlp.progress import bar
@@ -97,7 +96,7 @@ class Site:
     data, their state across rounds, and the models their local work runs in, whose passes it counts
     (``passes``, :mod:`fedmlp.compute`). It keeps the store's label-free view only
     (:meth:`~fedmlp.store.ImageStore.view`), and the clients' true labels only for a method that
-    declares it reads them (:meth:`~fedmlp.methods.Method.reads_hidden_labels`, a diagnostic)."""
+    declares it reads them (:meth:`~fedmlp.methods.base.Method.reads_hidden_labels`, a diagnostic)."""
 
     def __init__(self, method: Method, clients: list[ClientData], store: ImageStore, train: TrainConfig,
                  runtime: Runtime, seed: int, template: Classifier):
@@ -181,7 +180,7 @@ def exchange(method: Method, server: ServerContext, global_model: Classifier, an
 def start_round(store: ImageStore, partition: dict[str, Any], method: Method, train: TrainConfig, runtime: Runtime, seed: int,
                 model: Classifier, round_index: int) -> Site:
     """A round up to the start of local training (its prepare exchange, then each client's
-    :meth:`~fedmlp.methods.Method.before_training`), without training: FedMLP's pseudolabel stage."""
+    :meth:`~fedmlp.methods.base.Method.before_training`), without training: FedMLP's pseudolabel stage."""
     clients = build_clients(store, partition, method)
     site = Site(method, clients, store, train, runtime, seed, model)
     ids = [c.client_id for c in clients]
@@ -209,7 +208,7 @@ GATE_FIELDS = ("round", "side", "unit", "gate", "rate")  # one gate's rate in on
 
 def gate_rows(round_number: int, clients: dict[int, dict[str, float]], server: dict[str, list[float]]) -> list[dict[str, Any]]:
     """A round's gate rates as rows: side ``client`` (unit: the client id) and side ``server`` (unit:
-    the index of the value in :meth:`~fedmlp.methods.Method.server_gates`, e.g. the group)."""
+    the index of the value in :meth:`~fedmlp.methods.base.Method.server_gates`, e.g. the group)."""
     rows = [{"round": round_number, "side": "client", "unit": client_id, "gate": gate, "rate": rate}
             for client_id, rates in clients.items() for gate, rate in sorted(rates.items())]
     rows += [{"round": round_number, "side": "server", "unit": unit, "gate": gate, "rate": float(rate)}

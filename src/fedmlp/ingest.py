@@ -140,7 +140,7 @@ def _prepare_target(out_dir: Path) -> None:
     if not store_files.is_ours(out_dir):
         raise FedmlpError(f"{out_dir}: exists and is not an image store written by 'fedmlp ingest' (it holds {entries[0]!r}); "
                           "refusing to overwrite it")
-    foreign = [name for name in entries if name not in (*store_files.FILES, store_files.MARKER)]
+    foreign = [name for name in entries if name not in (*store_files.FILES, store_files.MARKER, store_files.VERIFIED)]
     if foreign:
         raise FedmlpError(f"{out_dir}: exists and holds {foreign[0]!r}, which is not part of an image store; refusing to overwrite it")
 

@@ -53,7 +53,7 @@ class Batch:
 def observed_labels(store: ImageStore, rows: np.ndarray, annotated: np.ndarray) -> torch.Tensor:
     """The only place the clients' labels are read from the store, before training: missing classes come
     out as 0. (The exception is a diagnostic that asks for its clients' true labels,
-    :meth:`fedmlp.methods.Method.reads_hidden_labels`: the loop's :class:`fedmlp.federated.Site` reads them.)"""
+    :meth:`fedmlp.methods.base.Method.reads_hidden_labels`: the loop's :class:`fedmlp.federated.Site` reads them.)"""
     labels = store.labels[rows].astype(np.float32) * annotated[None, :].astype(np.float32)
     return torch.from_numpy(labels)
 

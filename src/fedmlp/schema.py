@@ -2,8 +2,12 @@
 
 A method's settings are one dataclass in its module; each field's ``metadata`` (made with
 :func:`setting`) carries its description and bounds. The workflow schema
-(``workflow/schemas/config.schema.yaml``) holds the shared sections; :func:`workflow_schema` adds the
+(``workflow/schemas/config.schema.yaml``) holds the shared sections; :func:`fedmlp.workflow_config.workflow_schema` adds the
 method list and one section per method from the registry, so a new method needs no schema edit.
+
+This module imports nothing of fedmlp: :mod:`fedmlp.config` uses it, and every command imports that,
+so an import of the method registry here would put the training code (methods, models, augmentation)
+into the code fingerprint of every rule (:mod:`fedmlp.fingerprint`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import dataclasses
 import types
 import typing
 from dataclasses import field
-from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
@@ -77,21 +80,6 @@ def dataclass_schema(cls: type) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "object", "additionalProperties": False, "default": {}, "properties": properties}
     if cls.__doc__:
         schema["description"] = " ".join(cls.__doc__.split())
-    return schema
-
-
-def workflow_schema(path: str | Path) -> dict[str, Any]:
-    """The workflow's schema file plus what the method registry defines: the allowed method names
-    and one section per method."""
-    import yaml
-
-    from fedmlp.methods import registry
-
-    schema = yaml.safe_load(Path(path).read_text())
-    schema["properties"]["methods"]["anyOf"][1]["items"]["enum"] = registry.names()
-    for section, cls in registry.sections().items():
-        schema["properties"][section] = dataclass_schema(cls)
-    schema["properties"]["tuning"] = tuning_schema({name: spec.config for name, spec in registry.specs().items() if spec.config})
     return schema
 
 

@@ -9,16 +9,24 @@ A store is a directory with four files:
 - ``manifest.json``: dataset, windowing, size, classes, counts, skipped files and SHA-256 checksums;
 - ``candidates.txt``: every image ingest tried, in source order (also those it had to skip).
 
-Opening a store checks what is cheap to check (:meth:`ImageStore.open`); the commands that train or
-evaluate also verify the checksum of the images.
+Opening a store checks what is cheap to check (:meth:`ImageStore.open`). The SHA-256 of the images
+(a read of the whole file: 38 GB for RSNA ICH at 224 px) is checked in full once, by ``fedmlp verify``
+or by the first job that reads the store, which record what they verified in ``.verified.json``: the
+file's size, modification and change times, inode and device. Later jobs compare only that identity
+(:meth:`ImageStore.check_verified`) and refuse a store changed in place since (docs/performance.md,
+"Verifying a store once"). Ingest writes no record: Snakemake touches every output of a job after it
+ends, which changes the times of ``images.npy`` as an edit would.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
+import logging
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +34,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedmlp.atomic import write_json
 from fedmlp.errors import FedmlpError, one_line
+
+log = logging.getLogger(__name__)
 
 IMAGES = "images.npy"
 LABELS = "labels.csv"
@@ -35,6 +46,7 @@ CANDIDATES = "candidates.txt"
 FILES = (IMAGES, LABELS, MANIFEST, CANDIDATES)
 MARKER = ".fedmlp-store"  # written by ingest, not a declared output: it survives Snakemake's cleanup before a rerun
 MARKER_TEXT = "An image store written by 'fedmlp ingest'; 'fedmlp ingest' may replace this directory.\n"
+VERIFIED = ".verified.json"  # what the last full verification of images.npy saw (not a declared output; .dvcignore'd)
 
 
 def is_ours(root: Path) -> bool:
@@ -57,6 +69,55 @@ def sha256(path: Path, chunk: int = 1 << 22) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What changes when a file's content is changed through the file system, read by one ``stat``:
+    a write changes the modification and change times, a copy or a restore the inode; putting the
+    modification time back (``touch -d``, ``os.utime``) changes the change time, which no user can set."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+    device: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileIdentity:
+        st = os.stat(path)
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def verified_sha256(path: Path) -> tuple[str, FileIdentity]:
+    """The SHA-256 of ``path`` and the identity of the file it was computed from (unchanged while read)."""
+    before = FileIdentity.of(path)
+    digest = sha256(path)
+    if FileIdentity.of(path) != before:
+        raise FedmlpError(f"{path}: changed while its SHA-256 was computed; stop what writes it and verify again")
+    return digest, before
+
+
+def write_verified(root: Path, images_sha256: str | None, identity: FileIdentity) -> None:
+    """Record that ``images.npy`` of the store ``root`` was verified in full, as ``identity`` (atomically)."""
+    write_json(root / VERIFIED, {"format": 1, "images_sha256": images_sha256, "images": dataclasses.asdict(identity)}, now=True)
+
+
+def read_verified(root: Path) -> dict[str, Any] | None:
+    """The verification record of a store, or None where there is none (or none that parses)."""
+    path = root / VERIFIED
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        record["images"] = FileIdentity(**record["images"])
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return None
+    return record
+
+
+def verify_command(root: Path) -> str:
+    return f"fedmlp verify {shlex.quote(str(root))}"
 
 
 def _rerun(path: Path, problem: str) -> FedmlpError:
@@ -169,11 +230,12 @@ class ImageStore(ImageView):
         return ImageView(images_path=self.images_path, images=self.images, image_ids=self.image_ids, classes=self.classes)
 
     @classmethod
-    def open(cls, root: Path, verify_images: bool = False) -> ImageStore:
+    def open(cls, root: Path, require_verified: bool = False) -> ImageStore:
         """Open a store after the cheap checks: the manifest's fields, the image array's dtype and shape
         against them, every label 0 or 1, unique image IDs, and the SHA-256 of ``labels.csv`` (read
-        anyway). With ``verify_images`` also the SHA-256 of ``images.npy`` (a pass over the whole file:
-        the training and evaluation commands ask for it; docs/errors.md has the costs)."""
+        anyway). With ``require_verified`` also the identity of ``images.npy`` against the record of its
+        last full verification (:meth:`check_verified`: the training and evaluation commands; the full
+        check is :meth:`verify`, ``fedmlp verify``). docs/performance.md has the costs."""
         root = Path(root)
         for name in (IMAGES, LABELS, MANIFEST):
             if not (root / name).exists():
@@ -192,16 +254,51 @@ class ImageStore(ImageView):
         image_ids, labels = read_labels(root / LABELS, labels_bytes, classes, images.shape[0])
         store = cls(images_path=root / IMAGES, images=images, image_ids=image_ids, classes=classes, root=root, labels=labels,
                     manifest=manifest)
-        if verify_images:
-            store.verify_images()
+        if require_verified:
+            store.check_verified()
         return store
 
-    def verify_images(self) -> None:
-        """The SHA-256 of ``images.npy`` against the manifest's (when it records one)."""
+    def verify_images(self) -> FileIdentity:
+        """The SHA-256 of ``images.npy`` against the manifest's (when it records one); the identity of
+        the file verified."""
         expected = self.manifest.get("sha256", {}).get(IMAGES)
-        if expected is not None and sha256(self.root / IMAGES) != expected:
+        digest, identity = verified_sha256(self.root / IMAGES)
+        if expected is not None and digest != expected:
             raise FedmlpError(f"{self.root / IMAGES}: SHA-256 differs from the one {MANIFEST} records: the images were changed "
                               "after ingest; rerun 'fedmlp ingest'")
+        return identity
+
+    def verify(self) -> FileIdentity:
+        """Verify the whole store (images and candidates against the manifest's SHA-256, on top of what
+        :meth:`open` checks) and record the identity of the images verified (``fedmlp verify``)."""
+        identity = self.verify_images()
+        self.candidates()
+        write_verified(self.root, self.manifest.get("sha256", {}).get(IMAGES), identity)
+        return identity
+
+    def check_verified(self) -> None:
+        """The cheap check of ``images.npy`` before a job reads it: its identity against the record of
+        its last full verification. The verified file changed in place since (size, modification or
+        change time) is refused, naming the command that verifies it again. A file the record does not
+        describe (no record: a store written before records existed; another inode or device: a copy,
+        a ``dvc pull``) has never been verified: it is verified in full here, and the record written
+        where the store is writable, so that the next job checks only the identity."""
+        now = FileIdentity.of(self.root / IMAGES)
+        record = read_verified(self.root)
+        if record is None or (record["images"].inode, record["images"].device) != (now.inode, now.device):
+            log.info("%s: images.npy not verified on this file yet; verifying it (a read of the whole file)", self.root)
+            identity = self.verify_images()
+            try:
+                write_verified(self.root, self.manifest.get("sha256", {}).get(IMAGES), identity)
+            except (OSError, FedmlpError) as exc:  # a read-only store, or another job writing the record right now
+                log.info("%s: verification not recorded (%s)", self.root, one_line(exc))
+            return
+        changed = [name for name in ("size", "mtime_ns", "ctime_ns") if getattr(now, name) != getattr(record["images"], name)]
+        if record.get("images_sha256") != self.manifest.get("sha256", {}).get(IMAGES):
+            changed.insert(0, f"the SHA-256 in {MANIFEST}")
+        if changed:
+            raise FedmlpError(f"{self.root / IMAGES}: changed since it was last verified in full ({', '.join(changed)} differ from "
+                              f"{VERIFIED}); run '{verify_command(self.root)}' (it reads the whole file)")
 
     def rows(self, image_ids: list[str]) -> np.ndarray:
         """Store rows of ``image_ids``, in the given order."""

@@ -135,6 +135,22 @@ def expand_methods(config: dict[str, Any]) -> None:
         config["methods"] = registry.names()
 
 
+def workflow_schema(path: str | Path) -> dict[str, Any]:
+    """The workflow's schema file plus what the method registry defines: the allowed method names
+    and one section per method."""
+    import yaml
+
+    from fedmlp.methods import registry
+    from fedmlp.schema import dataclass_schema, tuning_schema
+
+    schema = yaml.safe_load(Path(path).read_text())
+    schema["properties"]["methods"]["anyOf"][1]["items"]["enum"] = registry.names()
+    for section, cls in registry.sections().items():
+        schema["properties"][section] = dataclass_schema(cls)
+    schema["properties"]["tuning"] = tuning_schema({name: spec.config for name, spec in registry.specs().items() if spec.config})
+    return schema
+
+
 def check_schema(config: dict[str, Any], schema_path: str | Path) -> None:
     """Validate the workflow config against its JSON schema (with the methods' sections added, see
     :mod:`fedmlp.schema`), then fill in the defaults. Strings spelling the type a key expects are read
@@ -143,7 +159,7 @@ def check_schema(config: dict[str, Any], schema_path: str | Path) -> None:
     screen and names the key only at the end)."""
     import jsonschema
 
-    from fedmlp.schema import fill_defaults, workflow_schema
+    from fedmlp.schema import fill_defaults
 
     schema = workflow_schema(schema_path)
     config.update(coerce_strings(config, schema))  # in place: Snakemake's config object

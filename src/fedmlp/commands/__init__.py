@@ -7,4 +7,4 @@ each workflow rule's code fingerprint covers the modules its command really uses
 """
 
 # In the order of the workflow; cli.py builds the parser from these.
-MODULES = ("synth", "download", "ingest", "split", "training", "federate", "evaluate", "report", "tools")
+MODULES = ("synth", "download", "ingest", "verify", "split", "training", "federate", "evaluate", "report", "tools")

@@ -82,7 +82,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from fedmlp.store import ImageStore
 
     run = parse_run(args.run)
-    store = ImageStore.open(args.store, verify_images=True)
+    store = ImageStore.open(args.store, require_verified=True)
     partition = read_partition(args.partition, store)
     rounds = read_csv(args.rounds, ROUND_COLUMNS, numeric=ROUND_COLUMNS, allow_nan=ROUND_COLUMNS[1:])
     model, meta = checkpoint.load(args.model)

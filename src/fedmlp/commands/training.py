@@ -35,8 +35,9 @@ class TrainingInputs:
 
 def training_inputs(args: argparse.Namespace) -> TrainingInputs:
     """Store, partition, method, settings and runtime shared by the training commands."""
-    from fedmlp import methods, runtime
+    from fedmlp import runtime
     from fedmlp.config import MAX_ROUNDS, ModelConfig, TrainConfig, from_json
+    from fedmlp.methods import registry
     from fedmlp.partition import read_partition
     from fedmlp.store import ImageStore
 
@@ -51,11 +52,11 @@ def training_inputs(args: argparse.Namespace) -> TrainingInputs:
     settings = parse_json_option(args.method_settings, "--method-settings")
     if not isinstance(settings, dict):
         raise FedmlpError(f"--method-settings: expected a JSON object (the method's config section), got {args.method_settings!r}")
-    method = methods.create(args.method, settings)
+    method = registry.create(args.method, settings)
     rounds = method.n_rounds(train)
     if not 1 <= rounds <= MAX_ROUNDS:
         raise FedmlpError(f"method {args.method!r}: a schedule of {rounds} rounds; expected 1 to {MAX_ROUNDS} (check its config section)")
-    store = ImageStore.open(args.store, verify_images=True)
+    store = ImageStore.open(args.store, require_verified=True)
     partition = read_partition(args.partition, store)
     rt = runtime.resolve(train.device, train.precision, train.threads, train.deterministic)
     return TrainingInputs(store, partition, method, train, model_config, rt)

@@ -1,5 +1,5 @@
 """Federated training across sites with Flower (a SuperLink, one SuperNode per hospital), running
-the same :class:`~fedmlp.methods.Method` and :class:`~fedmlp.federated.Site` code as the simulation.
+the same :class:`~fedmlp.methods.base.Method` and :class:`~fedmlp.federated.Site` code as the simulation.
 
 - :mod:`.codec`: our Broadcast/Upload as Flower records, bit for bit;
 - :mod:`.server` / :mod:`.server_app`: the coordinator (the simulation's round over Flower's Grid);

@@ -74,10 +74,10 @@ class Job:
         return from_json(ModelConfig, self.model_json, "model")
 
     def method(self):
-        from fedmlp import methods
         from fedmlp.commands.common import parse_json_option
+        from fedmlp.methods import registry
 
-        return methods.create(self.method_name, parse_json_option(self.settings_json, "run config 'method-settings'"))
+        return registry.create(self.method_name, parse_json_option(self.settings_json, "run config 'method-settings'"))
 
     def runtime(self):
         from fedmlp import runtime

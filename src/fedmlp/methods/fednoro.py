@@ -24,7 +24,7 @@ clients are clean is known from their annotation.
 sigmoid probabilities, KD as the squared difference of sigmoid probabilities, every client weighted
 (1 − λ_t) / λ_t, and always FedAvg.
 
-Server gate (:meth:`~fedmlp.methods.Method.server_gates`): ``daagg_max_weight``, the largest client
+Server gate (:meth:`~fedmlp.methods.base.Method.server_gates`): ``daagg_max_weight``, the largest client
 share in the rounds where DaAgg acts (none logged where the server step is FedAvg).
 
 Cost per image and step: one forward and one backward of the student and one no-grad forward of

@@ -18,8 +18,8 @@ import torch
 
 Weights = dict[str, torch.Tensor]
 
-# A census request (:meth:`fedmlp.methods.Method.census`): a prepare broadcast whose payload is
-# {CENSUS: True} asks each client for :meth:`~fedmlp.methods.Method.client_census`.
+# A census request (:meth:`fedmlp.methods.base.Method.census`): a prepare broadcast whose payload is
+# {CENSUS: True} asks each client for :meth:`~fedmlp.methods.base.Method.client_census`.
 CENSUS = "census"
 
 

@@ -16,7 +16,7 @@ Server: per group one mean, K distances and one weighted mean over the uploaded 
 
 Client state: the BCE positive weights, the EMA teacher's weights and its step counter. Server state:
 the last round's groups and DMA weights (for reporting; nothing reads them back). Server gate
-(:meth:`~fedmlp.methods.Method.server_gates`): ``dma_max_weight``, the largest DMA weight in each
+(:meth:`~fedmlp.methods.base.Method.server_gates`): ``dma_max_weight``, the largest DMA weight in each
 group (1/K: an even average; near 1: the group keeps one model).
 """
 
