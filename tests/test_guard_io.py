@@ -8,6 +8,7 @@ import argparse
 import hashlib
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,52 @@ def test_federate_replaces_out_federation_only_when_it_succeeds(work: Path, caps
                  "--out-federation", str(work / "federation.json"), "--work-dir", str(work / "a-file")])
     assert code == 2 and "a-file" in one_error_line(capsys.readouterr().err)
     assert (work / "federation.json").read_text() == "the user's federation.json\n"
+
+
+# --- verified pulls ------------------------------------------------------------------------------------
+
+MAKE_OUTPUTS = "mkdir -p out/runs && echo weights > out/model.pt && echo '{\"mAP\": 0.5}' > out/metrics.json && echo w2 > out/runs/model.pt\n"
+
+
+@pytest.fixture(scope="module")
+def dvc_origin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny DVC project (two file outputs, a directory output) pushed to a local remote."""
+    from test_dvc import GIT, sh
+
+    root = tmp_path_factory.mktemp("dvc-verify") / "origin"
+    root.mkdir()
+    sh("git", "init", "-q", cwd=root)
+    sh("dvc", "init", "-q", cwd=root)
+    (root / "make.sh").write_text(MAKE_OUTPUTS)
+    (root / "dvc.yaml").write_text("stages:\n  make:\n    cmd: sh make.sh\n    outs: [out/model.pt, out/metrics.json, out/runs]\n")
+    sh("dvc", "repro", "-q", cwd=root)
+    sh("dvc", "remote", "add", "-d", "local", str(root.parent / "remote"), cwd=root)
+    sh("dvc", "push", "-q", cwd=root)
+    sh("git", "add", "-A", cwd=root)
+    sh(*GIT, "commit", "-qm", "outputs", cwd=root)
+    return root
+
+
+@pytest.mark.parametrize(("output", "name"), [("out/model.pt", "out/model.pt"), ("out/metrics.json", "out/metrics.json"),
+                                              ("out/runs", "out/runs/model.pt")])
+def test_a_flipped_bit_in_the_remote_is_named_as_a_corrupted_object(dvc_origin: Path, tmp_path: Path, output: str, name: str) -> None:
+    from test_dvc import run, sh
+
+    remote = tmp_path / "remote"
+    shutil.copytree(dvc_origin.parent / "remote", remote)
+    expected = hashlib.md5((dvc_origin / name).read_bytes()).hexdigest()
+    damaged = remote / "files" / "md5" / expected[:2] / expected[2:]
+    damaged.chmod(0o644)
+    data = bytearray(damaged.read_bytes())
+    data[0] ^= 1
+    damaged.write_bytes(bytes(data))
+    target = tmp_path / "clone"
+    sh("git", "clone", "-q", str(dvc_origin), str(target), cwd=tmp_path)
+    sh("dvc", "remote", "modify", "--local", "local", "url", str(remote), cwd=target)
+    result = run(f"{Path(sys.executable).parent}/fedmlp", "dvc-fetch", cwd=target)
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert f"holds a corrupted object: output {output}, file {name}: md5 {hashlib.md5(bytes(data)).hexdigest()}, " \
+           f"dvc.lock records {expected}" in line, line
+    assert not (target / "out" / "model.pt").exists(), "the workspace is untouched"
+    assert not [p for p in (target / ".dvc" / "cache").rglob("*") if p.is_file() and p.name == expected[2:]], "not kept in the cache"
