@@ -131,7 +131,9 @@ def add_commands(add) -> None:
     p.add_argument("--resume-every", type=int, default=1, help="save the state every N rounds")
     p.add_argument("--out-model", type=Path, required=True)
     p.add_argument("--out-rounds", type=Path, required=True)
-    p.add_argument("--out-federation", type=Path, default=None, help="sites, drops and times (default: federation.json beside --out-model)")
+    p.add_argument("--out-federation", type=Path, default=None,
+                   help="sites, drops and times (default: federation.json beside --out-model); replaced only when the run completes "
+                        "(a failed run's outcome stays in the work directory)")
     p.add_argument("--secure", action="store_true",
                    help="TLS (a throwaway CA and certificate for 127.0.0.1) and SuperNode authentication (keys registered with the SuperLink)")
     declare_paths(p, ["--store", "--partition", "--test-store"],
