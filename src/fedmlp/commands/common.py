@@ -68,7 +68,8 @@ def _given(args: argparse.Namespace, options: Sequence[str]) -> dict[str, Path]:
     for option in options:
         value = getattr(args, option.lstrip("-").replace("-", "_"), None)
         values = value if isinstance(value, list) else [value]
-        found.update({option if len(values) == 1 else f"{option} #{k + 1}": v for k, v in enumerate(values) if v is not None})
+        shown = option if option.startswith("-") else option.upper()  # a positional as its usage shows it (METRICS)
+        found.update({shown if len(values) == 1 else f"{shown} #{k + 1}": v for k, v in enumerate(values) if v is not None})
     return found
 
 
@@ -78,4 +79,4 @@ def check_paths(args: argparse.Namespace) -> None:
 
     options = getattr(args, "path_options", None)
     if options is not None:
-        check_outputs_apart(_given(args, options.outputs), _given(args, options.inputs), frozenset(options.replaced))
+        check_outputs_apart(_given(args, options.outputs), _given(args, options.inputs), frozenset(_given(args, options.replaced)))

@@ -22,7 +22,7 @@ def cmd_dicom2png(args: argparse.Namespace) -> None:
     from fedmlp.dicom import read_ct
     from fedmlp.windowing import resize, to_pil, to_uint8, window
 
-    refuse_foreign_output(args.input, args.output)
+    refuse_foreign_output(args.output)
     image = to_uint8(resize(window(read_ct(args.input), args.windowing, str(args.input)), args.size))
     with atomic_path(args.output) as tmp:
         to_pil(image).save(tmp, format="PNG")
@@ -31,12 +31,11 @@ def cmd_dicom2png(args: argparse.Namespace) -> None:
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def refuse_foreign_output(source: Path, output: Path) -> None:
-    """The PNG may replace only a PNG: never the input itself, nor any other kind of file."""
+def refuse_foreign_output(output: Path) -> None:
+    """The PNG may replace only a PNG, no other kind of file (the input itself is refused by the CLI's
+    check that no output is an input, :func:`fedmlp.commands.common.check_paths`)."""
     if not output.exists():
         return
-    if source.exists() and output.samefile(source):
-        raise FedmlpError(f"{output}: is the input file; refusing to overwrite it with the PNG")
     if not output.is_file():
         raise FedmlpError(f"{output}: exists and is not a regular file; refusing to replace it")
     with open(output, "rb") as handle:
