@@ -196,7 +196,7 @@ def test_dicom2png_never_overwrites_what_is_not_a_png(tmp_path: Path, capsys: py
     dicom = tmp_path / "slice.dcm"
     shutil.copy(HEAD_CT, dicom)
     (tmp_path / "notes.txt").write_text("mine")
-    cases = [(dicom, "is the input file; refusing to overwrite it"), (tmp_path / "notes.txt", "exists and is not a PNG"),
+    cases = [(dicom, "would overwrite the input INPUT"), (tmp_path / "notes.txt", "exists and is not a PNG"),
              (tmp_path, "exists and is not a regular file")]
     for output, message in cases:
         assert main(["dicom2png", "--windowing", "header", str(dicom), str(output)]) == 2

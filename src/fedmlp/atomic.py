@@ -253,3 +253,34 @@ def write_json(path: Path, data: Any, *, now: bool = False) -> None:
 def write_text(path: Path, text: str, *, now: bool = False) -> None:
     with atomic_path(path, now=now) as tmp:
         tmp.write_text(text)
+
+
+def _overwrites(output: Path, source: Path) -> bool:
+    """``output`` is ``source`` (the same path, or the same file through a hard link), or something that
+    exists inside the directory ``source`` (a file of a store; a new file beside them overwrites nothing)."""
+    if output == source or (output.is_relative_to(source) and (output.exists() or output.is_symlink())):
+        return True
+    try:
+        return os.path.samefile(output, source)
+    except OSError:  # either does not exist yet
+        return False
+
+
+def check_outputs_apart(outputs: dict[str, Path], inputs: dict[str, Path], replaced: frozenset[str] = frozenset()) -> None:
+    """Refuse, before any work, a command whose output would overwrite one of its inputs.
+
+    ``outputs`` and ``inputs`` map an option (``--out-model``) to a path. An output clashes with an
+    input that is the same file (through links too), or that exists inside an input directory (a file
+    of a store); an output in ``replaced`` (a directory the command replaces whole) also with an input inside it.
+    Two outputs naming the same file clash too (the second would overwrite the first)."""
+    resolved_in = {option: path.resolve() for option, path in inputs.items()}
+    seen: dict[Path, str] = {}
+    for option, path in outputs.items():
+        out = path.resolve()
+        for in_option, inp in resolved_in.items():
+            if _overwrites(out, inp) or (option in replaced and out in inp.parents):
+                raise FedmlpError(f"{option} {path}: would overwrite the input {in_option} {inputs[in_option]}; "
+                                  "write the output elsewhere")
+        if out in seen:
+            raise FedmlpError(f"{option} {path}: the same file as {seen[out]}; give each output its own path")
+        seen[out] = option

@@ -91,8 +91,10 @@ def entry() -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from fedmlp.atomic import output_group
+    from fedmlp.commands.common import check_paths
 
     try:
+        check_paths(args)  # before any work: no output may overwrite an input
         with output_group():  # all of the command's outputs are renamed into place at the end, or none
             args.func(args)
     except FedmlpError as exc:

@@ -35,7 +35,7 @@ from fedmlp.methods.messages import CENSUS, Broadcast, Upload
 from fedmlp.metrics import ranking_metrics
 from fedmlp.models import Classifier, build_model
 from fedmlp.progress import bar
-from fedmlp.resume import ResumePoint
+from fedmlp.resume import BadResumeState, ResumePoint, check_state
 from fedmlp.runtime import Runtime
 from fedmlp.seeding import int_seed, torch_generator
 from fedmlp.store import ImageStore
@@ -283,12 +283,20 @@ def run(
     history: list[RoundRecord] = []
     round_rows: list[dict[str, Any]] = []
     gates: list[dict[str, Any]] = []
-    saved = resume.load() if resume is not None else None
-    if saved is not None:
+
+    def restore(saved: dict[str, Any]) -> None:  # checks first; the method's state is replaced whole or not at all
+        check_state(saved, global_model.state_dict(), rounds, len(clients))
+        records = [RoundRecord(**record) for record in saved["history"]]
+        Passes(**saved.get("passes", {}))
+        if not isinstance(saved.get("round_rows"), list) or not isinstance(saved.get("gates", []), list):
+            raise BadResumeState("field 'round_rows' or 'gates' missing or not a list")
+        method.load_state_dict(saved["method"])
+        history.extend(records)
         global_model.load_state_dict(saved["global"])
         site.load_states(saved["clients"])
-        method.load_state_dict(saved["method"])
-        history = [RoundRecord(**record) for record in saved["history"]]
+
+    saved = resume.load(restore) if resume is not None else None
+    if saved is not None:
         round_rows = saved["round_rows"]
         if "passes" not in saved:  # a state saved before passes were counted: the rounds before it are not
             log.warning("resume state without pass counts: the run's compute leaves out rounds 1 to %d", saved["round"])

@@ -6,7 +6,10 @@ method's server state, and what was recorded so far. A run killed at any point a
 continues after the last saved round and ends with the same weights as an uninterrupted run.
 
 The file lives outside the rule's declared outputs (``resume/`` by default), so Snakemake's handling
-of incomplete outputs never removes it; it is deleted once the stage's outputs are written.
+of incomplete outputs never removes it; it is deleted once the stage's outputs are written. The file
+is recognisably ours (:data:`FORMAT`): a path naming any other file stops the run before it starts,
+and a state of this run that cannot be continued (other shapes, NaN, a round outside the stage) is
+renamed to ``<file>.bad`` with a warning, never deleted.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ from typing import Any
 import torch
 
 from fedmlp.atomic import atomic_path
+from fedmlp.errors import FedmlpError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -35,23 +40,106 @@ def fingerprint(*parts: object, files: tuple[Path, ...] = ()) -> str:
     return digest.hexdigest()
 
 
+FORMAT = "fedmlp-resume-state/1"  # what makes a file recognisably ours: only such a file is ever replaced or removed
+
+
+class BadResumeState(ValueError):
+    """A resume state of this run that cannot be continued (the message says why)."""
+
+
+def _is_ours(payload: object) -> bool:
+    """Saved by this module: the format field, or (states of before it) a run key and a round."""
+    return isinstance(payload, dict) and (payload.get("format") == FORMAT
+                                          or (isinstance(payload.get("key"), str) and "round" in payload and "format" not in payload))
+
+
+def _non_finite(weights: object) -> str | None:
+    """The name of the first floating-point weight with a NaN or infinite value, if any."""
+    if not isinstance(weights, dict):
+        return None
+    return next((name for name, w in weights.items()
+                 if isinstance(w, torch.Tensor) and w.is_floating_point() and not torch.isfinite(w).all()), None)
+
+
+def check_state(payload: dict[str, Any], model_state: dict[str, torch.Tensor], rounds: range, n_clients: int | None = None) -> None:
+    """Raise :class:`BadResumeState` unless ``payload`` can continue a run of ``rounds`` with a model of
+    ``model_state``'s shapes (and ``n_clients`` client states, where the file holds them): every field
+    there, the saved round inside the stage and matching the history, every tensor finite."""
+    fields = {"round": int, "global": dict, "method": dict, "history": list} | ({"clients": list} if n_clients is not None else {})
+    for name, kind in fields.items():
+        if not isinstance(payload.get(name), kind) or (kind is int and isinstance(payload[name], bool)):
+            raise BadResumeState(f"field {name!r} missing or not a {kind.__name__}")
+    saved = payload["round"]
+    if not rounds.start <= saved < rounds.stop:
+        raise BadResumeState(f"saved after round {saved}, outside this stage's rounds {rounds.start} to {rounds.stop - 1}")
+    if len(payload["history"]) != saved - rounds.start:
+        raise BadResumeState(f"{len(payload['history'])} recorded rounds for a state saved after round {saved}")
+    if n_clients is not None and len(payload["clients"]) != n_clients:
+        raise BadResumeState(f"{len(payload['clients'])} client states, the partition has {n_clients} clients")
+    weights = payload["global"]
+    if set(weights) != set(model_state):
+        raise BadResumeState("its model weights are not this run's model's (other parameter names)")
+    for name, tensor in weights.items():
+        if not isinstance(tensor, torch.Tensor) or tensor.shape != model_state[name].shape:
+            raise BadResumeState(f"model weight {name}: not a tensor of shape {tuple(model_state[name].shape)}")
+    broken = _non_finite(weights)
+    if broken is not None:  # the clients' and the method's states may hold NaN on purpose ("not measured yet")
+        raise BadResumeState(f"model weight {broken} holds NaN or infinite values")
+
+
+def check_coordinator_state(payload: dict[str, Any], model_state: dict[str, torch.Tensor], rounds: range) -> None:
+    """:func:`check_state` for the coordinator of ``fedmlp federate``, which also saves its sites' ids, state versions and drops."""
+    check_state(payload, model_state, rounds)
+    for name, kind in (("client_ids", list), ("dropped", list), ("versions", dict)):
+        if not isinstance(payload.get(name), kind):
+            raise BadResumeState(f"field {name!r} missing or not a {kind.__name__}")
+    for record in payload["history"]:
+        if not isinstance(record, dict) or not isinstance(record.get("round"), int):
+            raise BadResumeState("a recorded round without its number")
+
+
 @dataclass(frozen=True)
 class ResumePoint:
+    """The file a run saves its state to between rounds. Only a file of ours is ever replaced or
+    removed: anything else at the path stops the run (one line) before it starts."""
+
     path: Path
     key: str  # fingerprint of the run; a state saved by a different run is ignored
     every: int = 1
 
-    def load(self) -> dict[str, Any] | None:
-        if not self.path.exists():
+    def _read(self) -> dict[str, Any] | None:
+        """The payload at the path (None without a file); FedmlpError for a file that is not ours."""
+        if not self.path.exists() and not self.path.is_symlink():
             return None
+        foreign = f"{self.path}: exists and is not a fedmlp resume state; refusing to overwrite or remove it (name another file)"
+        if not self.path.is_file():
+            raise FedmlpError(foreign)
         try:
             payload = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a truncated file cannot happen (atomic writes), a foreign one can
-            log.warning("ignoring unreadable resume state %s (%s)", self.path, type(exc).__name__)
+        except Exception:  # not a torch file, or one with pickled code in it
+            raise FedmlpError(foreign) from None
+        if not _is_ours(payload):
+            raise FedmlpError(foreign)
+        return payload
+
+    def load(self, restore: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+        """The saved state of this run, after ``restore`` (which checks it and applies it, all or
+        nothing, raising :class:`BadResumeState`, KeyError or TypeError for a state it cannot use)
+        accepted it; None to start afresh. A bad state of this run is set aside as ``<file>.bad``."""
+        payload = self._read()
+        if payload is None:
             return None
-        if not isinstance(payload, dict) or payload.get("key") != self.key:
+        if payload.get("key") != self.key:
             log.warning("ignoring resume state %s: it belongs to a run with other settings or inputs", self.path)
             return None
+        if restore is not None:
+            try:
+                restore(payload)
+            except (BadResumeState, KeyError, TypeError, ValueError) as exc:
+                bad = self.path.with_name(self.path.name + ".bad")
+                self.path.replace(bad)
+                log.warning("resume state %s cannot be continued (%s); set aside as %s, starting afresh", self.path, one_line(exc), bad)
+                return None
         log.info("resuming from %s after round %d", self.path, payload["round"])
         return payload
 
@@ -59,8 +147,15 @@ class ResumePoint:
         return not last and round_number % self.every == 0
 
     def save(self, payload: dict[str, Any]) -> None:
+        """Save the state after ``payload["round"]``; a model with NaN or infinite weights is refused, not saved."""
+        broken = _non_finite(payload.get("global"))
+        if broken is not None:
+            raise FedmlpError(f"round {payload['round']}: the global model's weights hold NaN or infinite values ({broken}); "
+                              f"not saved into the resume state {self.path} (the training diverged: lower the learning rate)")
         with atomic_path(self.path, now=True) as tmp, open(tmp, "wb") as handle:  # now: it must outlive a failed run
-            torch.save({**payload, "key": self.key}, handle)
+            torch.save({**payload, "format": FORMAT, "key": self.key}, handle)
 
     def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
+        """Remove the saved state once the run's outputs are written (only a file of ours)."""
+        if self._read() is not None:
+            self.path.unlink()

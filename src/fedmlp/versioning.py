@@ -1,5 +1,6 @@
 """DVC's view of the workflow: the stages of ``dvc.yaml``, derived from the rules' code fingerprints,
-and a fetch that says in one line when the remote lacks what ``dvc.lock`` records.
+and a fetch that says in one line when the remote lacks what ``dvc.lock`` records, or holds a
+damaged copy of it (every fetched file is checked against dvc.lock's MD5 before anything is checked out).
 
 Snakemake decides what to recompute; DVC versions and stores the results in three coarse stages,
 each one Snakemake run (README, "Reproducibility"). A stage's code dependencies are the source files
@@ -11,6 +12,7 @@ from here; ``--check`` fails when the file disagrees (tests/test_dvc.py runs it)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -171,7 +173,7 @@ def fetch_outputs(root: Path) -> list[str]:
     then fail in one line if any of them is still not there: the remote lacks it. Returns the outputs
     fetched, for ``dvc checkout`` to put in place."""
     remote, url = default_remote(root)
-    fetched = _dvc(root, "fetch")
+    fetched = _fetch_verified(root, remote, url)
     status = _dvc(root, "status", "--json")
     if status.returncode != 0:
         raise FedmlpError(f"dvc status: {_last_line(status)}")
@@ -190,7 +192,93 @@ def fetch_outputs(root: Path) -> list[str]:
     if lacking:
         why = "" if fetched.returncode == 0 else f" (dvc fetch: {_last_line(fetched)})"
         raise FedmlpError(
-            f"the DVC remote {remote!r} at {url} lacks outputs that dvc.lock records ({', '.join(sorted(lacking))}){why}; "
+            f"the DVC remote {remote!r} at {url} lacks outputs that dvc.lock records ({', '.join(sorted(lacking))}){why}, "
+            f"or holds copies that fail their MD5 check (DVC does not keep those); "
             f"run 'make run' to compute them here, or point DVC at the remote they were pushed to: "
             f"'dvc remote add -d NAME URL' or 'dvc remote modify {remote} url URL' (--local keeps it out of git)")
     return sorted(outputs)
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _object(base: Path, md5: str) -> Path:
+    """Where DVC 3 keeps the object of an MD5 in a cache or a local remote (``files/md5/xx/rest``)."""
+    return base / "files" / "md5" / md5[:2] / md5[2:]
+
+
+def _local_remote(root: Path, url: str) -> Path | None:
+    """A remote that is a directory here (its objects can be checked); None for any other kind."""
+    if url.startswith("file://"):
+        url = url[len("file://"):]
+    if url == "?" or "://" in url:
+        return None
+    path = Path(url) if Path(url).is_absolute() else root / ".dvc" / url  # relative to the config file's directory
+    return path if path.is_dir() else None
+
+
+def _expected_objects(root: Path, bases: list[Path]) -> list[tuple[str, str, str]]:
+    """(output, file, md5) of every file dvc.lock records, directory outputs' files read from their
+    ``.dir`` listing (the listing itself too, as ``<output>/.dir``) in the first of ``bases`` holding it intact."""
+    try:
+        lock = yaml.safe_load((root / "dvc.lock").read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise FedmlpError(f"{root / 'dvc.lock'}: cannot read it ({one_line(exc)})") from None
+    expected: list[tuple[str, str, str]] = []
+    for stage in (lock.get("stages") or {}).values():
+        for out in stage.get("outs") or [] if isinstance(stage, dict) else []:
+            path, md5 = str(out.get("path")), str(out.get("md5", ""))
+            if not md5.endswith(".dir"):
+                expected.append((path, path, md5))
+                continue
+            expected.append((path, f"{path}/.dir", md5))
+            listing = next((_object(b, md5) for b in bases if _object(b, md5).is_file() and _md5(_object(b, md5)) == md5[:-4]), None)
+            for entry in json.loads(listing.read_text()) if listing is not None else []:
+                expected.append((path, f"{path}/{entry['relpath']}", entry["md5"]))
+    return [e for e in expected if e[2]]
+
+
+def _damaged(expected: list[tuple[str, str, str]], base: Path, skip: Path | None = None) -> list[tuple[Path, str]]:
+    """The objects under ``base`` whose MD5 is not the one dvc.lock records (those intact under ``skip`` not read)."""
+    found = []
+    for output, name, md5 in expected:
+        digest, where = md5.removesuffix(".dir"), _object(base, md5)
+        if where.is_file() and not (skip is not None and _object(skip, md5).is_file()) and (got := _md5(where)) != digest:
+            found.append((where, f"output {output}, file {name}: md5 {got}, dvc.lock records {digest}"))
+    return found
+
+
+def _refuse_damaged(damaged: list[tuple[Path, str]], remote: str, url: str) -> None:
+    if damaged:
+        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        raise FedmlpError(f"the DVC remote {remote!r} at {url} holds a corrupted object: {damaged[0][1]}{more}; nothing was checked out; "
+                          "push an intact copy from a machine that has it ('dvc push'), or run 'make run' to compute the outputs here")
+
+
+def _cache_dir(root: Path) -> Path:
+    listed = _dvc(root, "cache", "dir")
+    return Path(listed.stdout.strip()) if listed.returncode == 0 and listed.stdout.strip() else root / ".dvc" / "cache"
+
+
+def _fetch_verified(root: Path, remote: str, url: str) -> subprocess.CompletedProcess:
+    """``dvc fetch``, with every file dvc.lock records checked against its MD5 before anything is checked out.
+
+    DVC drops a fetched file that fails its own check (it then looks missing) but keeps files of a
+    directory output unchecked; so a local remote's objects are checked before the fetch, and the
+    cache's after it (a damaged one is removed from the cache), and a mismatch is named as a
+    corrupted remote object: which output, which file, the expected and the actual MD5."""
+    cache = _cache_dir(root)
+    remote_dir = _local_remote(root, url)
+    if remote_dir is not None:
+        _refuse_damaged(_damaged(_expected_objects(root, [cache, remote_dir]), remote_dir, skip=cache), remote, url)
+    fetched = _dvc(root, "fetch")
+    damaged = _damaged(_expected_objects(root, [cache]), cache)
+    for where, _ in damaged:
+        where.unlink()
+    _refuse_damaged(damaged, remote, url)
+    return fetched

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fedmlp.commands.common import declare_paths
 from fedmlp.errors import FedmlpError
 
 
@@ -44,3 +45,4 @@ def add_commands(add) -> None:
     p.add_argument("--out", type=Path, required=True, help="raw directory to fill")
     p.add_argument("--settings", default="{}", help="JSON of the dataset's config section ('ich' or 'chestxray14')")
     p.add_argument("--done", type=Path, default=None, help="marker file to write once everything is downloaded and verified")
+    declare_paths(p, outputs=["--out", "--done"])

@@ -16,7 +16,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from fedmlp.commands.common import count, parse_json_option
+from fedmlp.commands.common import count, declare_paths, parse_json_option
 from fedmlp.errors import FedmlpError
 
 log = logging.getLogger("fedmlp")
@@ -102,3 +102,4 @@ def add_commands(add) -> None:
     p.add_argument("--threads", type=count(1, 1024), default=1)
     p.add_argument("--out-metrics", type=Path, required=True)
     p.add_argument("--out-predictions", type=Path, required=True)
+    declare_paths(p, ["--store", "--partition", "--model", "--rounds"], ["--out-metrics", "--out-predictions"])

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from fedmlp.commands.common import declare_paths
 from fedmlp.errors import FedmlpError
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class SiteFailed(FedmlpError):
 
 
 def cmd_federate(args: argparse.Namespace) -> None:
+    from fedmlp.atomic import write_text
     from fedmlp.commands.common import read_json
     from fedmlp.commands.training import resume_point, training_inputs
     from fedmlp.flower.app import write_app
@@ -44,11 +46,14 @@ def cmd_federate(args: argparse.Namespace) -> None:
     out_federation = args.out_federation or args.out_model.parent / "federation.json"
     for path in (args.out_model, args.out_rounds, out_federation):
         path.parent.mkdir(parents=True, exist_ok=True)
-    out_federation.unlink(missing_ok=True)
 
     temporary = args.work_dir is None
     work = Path(tempfile.mkdtemp(prefix="fedmlp-federate-")) if temporary else args.work_dir.resolve()
     work.mkdir(parents=True, exist_ok=True)
+    # The ServerApp writes its outcome into the work directory; --out-federation is replaced only
+    # once the run has succeeded (a failed run's outcome stays in the work directory, beside the logs).
+    outcome_file = work / "federation.json"
+    outcome_file.unlink(missing_ok=True)  # an earlier run's, in a reused work directory
     resume = resume_point(args)
     if resume is not None:  # the sites' state must outlive this command, next to the server's
         job_id, state_dir = f"job-{resume.key[:16]}", resume.path.resolve().parent / f"{resume.path.name}.sites"
@@ -60,7 +65,7 @@ def cmd_federate(args: argparse.Namespace) -> None:
         "method": args.method, "seed": args.seed, "train": args.train, "model": args.model, "method-settings": args.method_settings,
         "job-id": job_id, "num-sites": n_sites, "min-sites": args.min_sites, "test-store": str(test_store),
         "test-images": str(work / "test-images.json"), "val-images": str(work / "val-images.json"), "out-model": str(args.out_model.resolve()),
-        "out-rounds": str(args.out_rounds.resolve()), "out-federation": str(out_federation.resolve()),
+        "out-rounds": str(args.out_rounds.resolve()), "out-federation": str(outcome_file),
         "resume-state": str(resume.path.resolve()) if resume else "", "resume-key": resume.key if resume else "",
         "resume-every": args.resume_every, "connect-timeout": 300.0, "round-timeout": float(args.round_timeout),
     }
@@ -69,10 +74,11 @@ def cmd_federate(args: argparse.Namespace) -> None:
     begin = time.perf_counter()
     run = run_federation(LocalRun(work, node_configs, run_config, write_app(work / "app"), timeout=args.timeout, secure=args.secure))
     seconds = time.perf_counter() - begin
-    outcome = json.loads(out_federation.read_text()) if out_federation.exists() else None
+    outcome = json.loads(outcome_file.read_text()) if outcome_file.exists() else None
     if outcome is None or outcome.get("status") != "completed":
         error = (outcome or {}).get("error") or f"the run ended as {run.status or 'unknown'} without a result"
         raise (SiteFailed if (outcome or {}).get("site_failure") else FedmlpError)(f"{error} (logs in {work / 'logs'})")
+    write_text(out_federation, outcome_file.read_text())
     if outcome.get("dropped"):
         log.warning("sites dropped during the run (min-sites %d): %s", args.min_sites,
                     "; ".join(f"client {d['client_id']} in round {d['round']} ({d['exchange']}): {d['reason']}" for d in outcome["dropped"]))
@@ -125,9 +131,14 @@ def add_commands(add) -> None:
     p.add_argument("--resume-every", type=int, default=1, help="save the state every N rounds")
     p.add_argument("--out-model", type=Path, required=True)
     p.add_argument("--out-rounds", type=Path, required=True)
-    p.add_argument("--out-federation", type=Path, default=None, help="sites, drops and times (default: federation.json beside --out-model)")
+    p.add_argument("--out-federation", type=Path, default=None,
+                   help="sites, drops and times (default: federation.json beside --out-model); replaced only when the run completes "
+                        "(a failed run's outcome stays in the work directory)")
     p.add_argument("--secure", action="store_true",
                    help="TLS (a throwaway CA and certificate for 127.0.0.1) and SuperNode authentication (keys registered with the SuperLink)")
+    declare_paths(p, ["--store", "--partition", "--test-store"],
+                  ["--out-model", "--out-rounds", "--out-federation", "--resume-state", "--work-dir"])
 
     p = add("flower-app", cmd_flower_app, "write the Flower app directory a coordinator submits with 'flwr run' (README: Running across sites)")
     p.add_argument("out", type=Path, help="directory to write pyproject.toml into")
+    declare_paths(p, outputs=["out"])

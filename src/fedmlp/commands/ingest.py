@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fedmlp.commands.common import count
+from fedmlp.commands.common import count, declare_paths
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
@@ -30,3 +30,4 @@ def add_commands(add) -> None:
     p.add_argument("--workers", type=count(1, 256), default=1, help="decoding processes")
     p.add_argument("--report", type=Path, default=None,
                    help="CSV of the images left out and why (default: beside the store, OUT.skipped.csv); written even when ingest fails")
+    declare_paths(p, ["--raw"], ["--report"], replaced=["--out"])

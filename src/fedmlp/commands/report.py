@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from fedmlp.commands.common import read_json
+from fedmlp.commands.common import declare_paths, read_json
 from fedmlp.errors import FedmlpError
 from fedmlp.inputs import require
 
@@ -121,3 +121,5 @@ def add_commands(add) -> None:
     p.add_argument("--claims", default=None, metavar="JSON",
                    help='the tests\' settings, as the config\'s report section: {"alpha": 0.05, "equivalence_margin": {"mAP": 0.02, '
                         '"AUROC": 0.02}} (those are the defaults)')
+    declare_paths(p, ["metrics", "--diagnostics"],
+                  ["--summary", "--report", "--figure", "--latex", "--tuning", "--dvc-metrics", "--plot-data"])

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from fedmlp.commands.common import count
+from fedmlp.commands.common import count, declare_paths
 from fedmlp.errors import FedmlpError
 
 log = logging.getLogger("fedmlp")
@@ -87,12 +87,14 @@ def add_commands(add) -> None:
     p.add_argument("--settings", default="{}", help="JSON of the 'split' config section")
     p.add_argument("--raw", type=Path, default=None, help="raw directory holding the official split lists")
     p.add_argument("--out", type=Path, required=True)
+    declare_paths(p, ["--store", "--raw"], ["--out"])
 
     p = add("partition", cmd_partition, "divide the training images among clients and assign annotated classes")
     p.add_argument("--store", type=Path, required=True)
     p.add_argument("--split", type=Path, required=True)
     p.add_argument("--settings", default="{}", help="JSON of the 'federation' config section")
     p.add_argument("--out", type=Path, required=True)
+    declare_paths(p, ["--store", "--split"], ["--out"])
 
     p = add("paper-split", cmd_paper_split, "the paper's exact split and client partition, from the label file alone")
     p.add_argument("dataset", choices=["chestxray14"])
@@ -100,3 +102,4 @@ def add_commands(add) -> None:
     p.add_argument("--out", type=Path, required=True, help="directory for partition.json")
     p.add_argument("--clients", type=count(1, 10_000), default=8)
     p.add_argument("--classes", default=None, help="comma-separated classes, client k annotating class k (default: the ChestX-ray8 eight)")
+    declare_paths(p, ["--data-entry"], ["--out"])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fedmlp.commands.common import declare_paths
+
 
 def cmd_synth(args: argparse.Namespace) -> None:
     from fedmlp.config import SyntheticConfig, from_json
@@ -17,3 +19,4 @@ def add_commands(add) -> None:
     p = add("synth", cmd_synth, "write the synthetic head-CT dataset in the RSNA ICH layout")
     p.add_argument("--settings", default="{}", help="JSON of the 'synthetic' config section")
     p.add_argument("--out", type=Path, required=True, help="directory to write stage_2_train/ and stage_2_train.csv into")
+    declare_paths(p, replaced=["--out"])

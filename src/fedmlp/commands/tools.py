@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fedmlp.commands.common import count
+from fedmlp.commands.common import count, declare_paths
 from fedmlp.errors import FedmlpError
 
 
@@ -22,7 +22,7 @@ def cmd_dicom2png(args: argparse.Namespace) -> None:
     from fedmlp.dicom import read_ct
     from fedmlp.windowing import resize, to_pil, to_uint8, window
 
-    refuse_foreign_output(args.input, args.output)
+    refuse_foreign_output(args.output)
     image = to_uint8(resize(window(read_ct(args.input), args.windowing, str(args.input)), args.size))
     with atomic_path(args.output) as tmp:
         to_pil(image).save(tmp, format="PNG")
@@ -31,12 +31,11 @@ def cmd_dicom2png(args: argparse.Namespace) -> None:
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def refuse_foreign_output(source: Path, output: Path) -> None:
-    """The PNG may replace only a PNG: never the input itself, nor any other kind of file."""
+def refuse_foreign_output(output: Path) -> None:
+    """The PNG may replace only a PNG, no other kind of file (the input itself is refused by the CLI's
+    check that no output is an input, :func:`fedmlp.commands.common.check_paths`)."""
     if not output.exists():
         return
-    if source.exists() and output.samefile(source):
-        raise FedmlpError(f"{output}: is the input file; refusing to overwrite it with the PNG")
     if not output.is_file():
         raise FedmlpError(f"{output}: exists and is not a regular file; refusing to replace it")
     with open(output, "rb") as handle:
@@ -81,10 +80,12 @@ def cmd_dvc_fetch(args: argparse.Namespace) -> None:
 def add_commands(add) -> None:
     p = add("dvc-yaml", cmd_dvc_yaml, "write dvc.yaml's stages from the code the rules run (their code fingerprints) and the config sections they read")
     p.add_argument("--out", type=Path, default=Path("dvc.yaml"), help="the file to write or check (default dvc.yaml)")
+    declare_paths(p, outputs=["--out"])
     p.add_argument("--check", action="store_true", help="write nothing; fail in one line where the file disagrees")
 
     p = add("dvc-fetch", cmd_dvc_fetch, "dvc fetch the outputs of dvc.lock into the DVC cache; fail in one line, naming the remote, if it lacks any")
     p.add_argument("--root", type=Path, default=Path("."), help="the repository (default: here)")
+    declare_paths(p, ["--root"])
 
     add("methods", cmd_methods, "list the registered methods, their config sections and what each does")
 
@@ -103,9 +104,11 @@ def add_commands(add) -> None:
     p.add_argument("--store", type=Path, default=None, help="bench on an existing store instead of generated random images")
     p.add_argument("--repeats", type=int, default=3, help="time the stage and its bound this many times, alternately; the fastest counts")
     p.add_argument("--json", type=Path, default=None, help="also write the result as JSON to this file")
+    declare_paths(p, ["--store"], ["--json"])
 
     p = add("dicom2png", cmd_dicom2png, "window one DICOM file into a PNG (RGB for bsb, grayscale for header)")
     p.add_argument("--windowing", choices=["bsb", "header"], required=True)
     p.add_argument("--size", type=count(1, 8192), default=None, help="output size in pixels (default: native)")
     p.add_argument("input", type=Path)
     p.add_argument("output", type=Path)
+    declare_paths(p, ["input"], ["output"])

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedmlp.commands.common import count, parse_json_option, read_json, seed
+from fedmlp.commands.common import count, declare_paths, parse_json_option, read_json, seed
 from fedmlp.errors import FedmlpError
 
+INPUTS = ("--store", "--partition")  # path options of every training command
+OUTPUTS = ("--out-model", "--out-rounds", "--resume-state")  # and of those that train (the resume state is rewritten)
 ROUND_COLUMNS = ("round", "train_loss", "test_mAP", "test_AUROC", "val_mAP", "val_AUROC")  # a training run's rounds.csv
 
 
@@ -260,12 +262,14 @@ def add_commands(add) -> None:
     outputs(p)
     scored_outputs(p)
     compute_output(p)
+    declare_paths(p, INPUTS, [*OUTPUTS, "--out-metrics", "--out-predictions", "--out-compute"], ["--live"])
 
     p = add("warmup", cmd_warmup, "FedMLP stage 1: the warm-up rounds, ending in the warm-up checkpoint")
     training_args(p)
     resume_args(p)
     outputs(p)
     compute_output(p)
+    declare_paths(p, INPUTS, [*OUTPUTS, "--out-compute"], ["--live"])
 
     p = add("pseudolabel", cmd_pseudolabel, "FedMLP: prototypes, learning degrees and the first missing-label detection")
     training_args(p)
@@ -273,6 +277,7 @@ def add_commands(add) -> None:
     p.add_argument("--out-artifact", type=Path, required=True, help="pseudolabels.json (training input; no hidden labels)")
     p.add_argument("--out-summary", type=Path, required=True, help="human-readable summary with diagnostics")
     compute_output(p)
+    declare_paths(p, [*INPUTS, "--warmup-model"], ["--out-artifact", "--out-summary", "--out-compute"])
 
     p = add("teacher", cmd_teacher, "FedMLP stage 2: pseudo-labels and the global teacher, from the warm-up")
     training_args(p)
@@ -286,3 +291,5 @@ def add_commands(add) -> None:
     scored_outputs(p)
     compute_output(p)
     p.add_argument("--out-diagnostics", type=Path, required=True)
+    declare_paths(p, [*INPUTS, "--warmup-model", "--warmup-rounds", "--pseudolabels", "--earlier-compute"],
+                  [*OUTPUTS, "--out-metrics", "--out-predictions", "--out-compute", "--out-diagnostics"], ["--live"])

@@ -251,7 +251,7 @@ class Coordinator:
 
     def run(self) -> Any:
         from fedmlp import federated
-        from fedmlp.resume import ResumePoint
+        from fedmlp.resume import ResumePoint, check_coordinator_state
         from fedmlp.store import ImageStore
 
         job, settings = self.job, self.settings
@@ -266,7 +266,7 @@ class Coordinator:
         rounds = range(method.n_rounds(train))
         history: list[federated.RoundRecord] = []
         resume = ResumePoint(Path(settings.resume_state), settings.resume_key, every=settings.resume_every) if settings.resume_state else None
-        saved = resume.load() if resume is not None else None
+        saved = resume.load(lambda state: check_coordinator_state(state, global_model.state_dict(), rounds)) if resume is not None else None
         if saved is not None:
             missing = sorted(set(saved["client_ids"]) - set(self.node_of))
             if missing:
