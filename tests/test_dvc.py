@@ -93,8 +93,8 @@ def test_dvc_declares_the_artifacts() -> None:
         outs = {name: sorted(str(out.def_path) for out in stage.outs) for name, stage in stages.items()}
         metrics = [str(out.def_path) for stage in stages.values() for out in stage.outs if out.metric]
     assert outs == {"data": ["resources"], "experiments": ["results/runs"],
-                    "report": ["results/figures", "results/metrics.json", "results/plots", "results/report.md", "results/summary.csv",
-                               "results/table.tex"]}
+                    "report": ["results/figures", "results/metrics.json", "results/plots", "results/report.html", "results/report.md",
+                               "results/summary.csv", "results/table.tex"]}
     assert metrics == ["results/metrics.json"]
 
 
