@@ -25,6 +25,7 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
         ({"dataset": "mnist"}, "config key 'dataset': 'mnist' is not one of synthetic-ich, ich, chestxray14"),
         ({"train": {"rounds": 0}}, "config key 'train.rounds': 0 is less than the minimum of 1"),
         ({"fedmlp": {"warmup_rounds": 0}}, "config key 'fedmlp.warmup_rounds': 0 is less than the minimum of 1"),
+        ({"fedmlp": {"rounds": 12}}, "config key 'fedmlp.rounds': replaced by train.rounds: stage 2 runs train.rounds − fedmlp.warmup_rounds"),
         ({"train": {"lr": -0.1}}, "config key 'train.lr': -0.1 is less than or equal to the minimum of 0"),
         ({"train": {"weight_decay": -1}}, "config key 'train.weight_decay': -1 is less than the minimum of 0"),
         ({"fedmlp": {"tau1": {"max": 1.5}}}, "config key 'fedmlp.tau1.max': 1.5 is greater than the maximum of 1"),

@@ -45,3 +45,25 @@ def test_a_profiler_still_gets_its_results(tmp_path: Path) -> None:
                           capture_output=True).returncode
     assert code == 0
     assert stats.stat().st_size > 0
+
+
+def test_no_command_lists_the_commands_as_a_usage_error(capsys) -> None:
+    """``fedmlp`` alone: the full help with every command on stderr and argparse's usage-error status 2."""
+    from fedmlp.cli import build_parser
+
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    assert {"train", "report", "dvc-yaml"} <= set(commands) and all(f"    {name} " in err for name in commands)
+
+
+def test_every_json_option_shows_an_example() -> None:
+    """Each option that takes JSON (metavar JSON) says so in its usage and gives a JSON example in its help."""
+    from fedmlp.cli import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if a.dest == "command").choices
+    options = [(name, action) for name, sub in subparsers.items() for action in sub._actions
+               if action.default == "{}" or action.metavar == "JSON"]
+    assert len(options) >= 12
+    for name, action in options:
+        assert action.metavar == "JSON" and "{" in (action.help or "") and "e.g." in action.help, (name, action.option_strings)

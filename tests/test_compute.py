@@ -21,7 +21,7 @@ from fedmlp.store import ImageStore
 
 TRAIN = TrainConfig(rounds=2, batch_size=8, precision="fp32", device="cpu")
 MODEL = ModelConfig(width=4)
-FEDMLP = {"warmup_rounds": 1, "rounds": 1}
+FEDMLP = {"warmup_rounds": 1}
 
 
 def trained_images(federation: dict, batch_size: int) -> int:

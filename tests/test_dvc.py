@@ -56,7 +56,7 @@ def tiny_config(root: Path) -> None:
     config["federation"].update(n_clients=3, annotated_per_client=2)
     config["model"]["width"] = 4
     config["train"].update(rounds=2, batch_size=8, eval_every=1)  # a test score in every round, for the curves
-    config["fedmlp"].update(warmup_rounds=1, rounds=1)
+    config["fedmlp"].update(warmup_rounds=1)
     (root / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
@@ -93,8 +93,8 @@ def test_dvc_declares_the_artifacts() -> None:
         outs = {name: sorted(str(out.def_path) for out in stage.outs) for name, stage in stages.items()}
         metrics = [str(out.def_path) for stage in stages.values() for out in stage.outs if out.metric]
     assert outs == {"data": ["resources"], "experiments": ["results/runs"],
-                    "report": ["results/figures", "results/metrics.json", "results/plots", "results/report.md", "results/summary.csv",
-                               "results/table.tex"]}
+                    "report": ["results/figures", "results/metrics.json", "results/plots", "results/report.html", "results/report.md",
+                               "results/summary.csv", "results/table.tex"]}
     assert metrics == ["results/metrics.json"]
 
 
@@ -192,7 +192,7 @@ def test_experiments_with_their_metrics(origin: Path, tmp_path: Path) -> None:
     target = clone(origin, tmp_path / "clone", origin.parent / "remote")
     sh("make", "pull", f"VENV={VENV}", cwd=target)
     for name, rounds in (("rounds3", 3), ("rounds2", 2)):  # FedMLP's stage 2 takes the rounds after its 1 warm-up round
-        sh("dvc", "exp", "run", "-n", name, "-S", f"{PARAMS}train.rounds={rounds}", "-S", f"{PARAMS}fedmlp.rounds={rounds - 1}", cwd=target)
+        sh("dvc", "exp", "run", "-n", name, "-S", f"{PARAMS}train.rounds={rounds}", cwd=target)
     shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=target).stdout)
     experiments = {e["name"]: e for commit in shown for e in (commit.get("experiments") or [])
                    for e in [e["revs"][0]] if e.get("name")}

@@ -37,9 +37,9 @@ from fedmlp.methods.fedmlp import (
 from fedmlp.methods.messages import Upload
 from fedmlp.store import ImageStore
 
-TRAIN = TrainConfig(batch_size=8, precision="fp32", device="cpu")
+TRAIN = TrainConfig(rounds=4, batch_size=8, precision="fp32", device="cpu")  # SHORT: 2 warm-up + 2 stage-2 rounds
 MODEL = ModelConfig(width=4)
-SHORT = {"warmup_rounds": 2, "rounds": 2, "tau0": {"min": 0.2, "max": 0.6, "fixed": 0.1}, "tau1": {"min": 0.2, "max": 0.6, "fixed": 0.1}}
+SHORT = {"warmup_rounds": 2, "tau0": {"min": 0.2, "max": 0.6, "fixed": 0.1}, "tau1": {"min": 0.2, "max": 0.6, "fixed": 0.1}}
 
 
 def test_class_prior_and_offset() -> None:
@@ -145,7 +145,7 @@ def test_stage2_masks_are_disjoint_and_cover_missing_entries(variant: str) -> No
 def test_official_stage2_loss_on_a_constructed_batch() -> None:
     """The published code's stage 2: one view, no logit adjustment, BCE on annotated entries and on
     the selected missing entries of both polarities, unselected missing entries and the teacher unused."""
-    method = registry.create("fedmlp-official", {"warmup_rounds": 1, "rounds": 1})
+    method = registry.create("fedmlp-official", {"warmup_rounds": 1})
     logits = torch.tensor([[2.0, -1.0, 0.5, 3.0], [-0.5, 1.5, -2.0, 0.0], [1.0, 0.0, 0.25, -1.0]], requires_grad=True)
     calls = []
 
@@ -304,7 +304,7 @@ def test_variants_select_differently(store: ImageStore, federation: dict) -> Non
 
 
 # Non-default values of every FedMLP key that is neither a warm-up key nor one the first detection reads.
-LATER_KEYS = {"lambda_cr": 0.25, "rounds": 3, "stage2_views": 2, "pseudo_weight": 0.5, "oracle_pseudolabels": True}
+LATER_KEYS = {"lambda_cr": 0.25, "stage2_views": 2, "pseudo_weight": 0.5, "oracle_pseudolabels": True}
 DETECTION_KEYS = {"selection": "fixed", "accumulate": False, "variant": "official-code", "confidence_low": 0.2,
                   "confidence_high": 0.8, "degree_scale": "prior", "tau0": {"min": 0.1, "max": 0.5, "fixed": 0.2}, "tau1": {"min": 0.1, "max": 0.5, "fixed": 0.2}}
 
@@ -358,7 +358,7 @@ BATCH = type("B", (), {"images": torch.zeros(3, 1, 2, 2), "observed": torch.tens
 
 
 def _stage2_loss(settings: dict, pseudo: torch.Tensor = PSEUDO, oracle: torch.Tensor | None = None) -> torch.Tensor:
-    method = registry.create("fedmlp", {"warmup_rounds": 1, "rounds": 1, **settings})
+    method = registry.create("fedmlp", {"warmup_rounds": 1, **settings})
     return method.loss(_Stage2Context(LOGITS, pseudo, TEACHER, oracle), BATCH)
 
 

@@ -36,9 +36,9 @@ MODEL = {"width": 4}
 FIXED = {"tau0": {"min": 0, "max": 1, "fixed": 0.3}, "tau1": {"min": 0, "max": 1, "fixed": 0.3}}
 # Settings that make a 3-round run exercise each method (as in test_methods_contract.py).
 SETTINGS = {
-    "fedmlp": {"warmup_rounds": 1, "rounds": 2},
-    "fedmlp-fixed": {"warmup_rounds": 1, "rounds": 2, **FIXED},
-    "fedmlp-official": {"warmup_rounds": 1, "rounds": 2, **FIXED},
+    "fedmlp": {"warmup_rounds": 1},
+    "fedmlp-fixed": {"warmup_rounds": 1, **FIXED},
+    "fedmlp-official": {"warmup_rounds": 1, **FIXED},
     "cbafed": {"tau_base": 0.0, "tau_min": 0.505},
 }
 
@@ -285,7 +285,7 @@ def test_site_from_an_image_list_and_annotated_classes(store: ImageStore, federa
 # --- real federations on loopback -----------------------------------------------------------------
 
 FLOWER_TRAIN = json.dumps({"rounds": 2, "batch_size": 8, "precision": "fp32", "device": "cpu"})
-FLOWER_SETTINGS = {"fedavg-partial": "{}", "fedmlp": json.dumps({"warmup_rounds": 1, "rounds": 1})}
+FLOWER_SETTINGS = {"fedavg-partial": "{}", "fedmlp": json.dumps({"warmup_rounds": 1})}
 
 
 def flower_processes(work: Path) -> list[int]:

@@ -216,7 +216,7 @@ def inputs(store: ImageStore, federation: dict, raw_dataset: Path, tmp_path_fact
     torch.save(ckpt, buffer)
     rounds_csv = "round,train_loss,test_mAP,test_AUROC,val_mAP,val_AUROC\n1,0.7,0.5,0.5,0.4,0.5\n"
     train = {"rounds": 2, "batch_size": 8, "precision": "fp32", "device": "cpu", "eval_every": 2}
-    fedmlp = {"warmup_rounds": 1, "rounds": 1, "tau0": {"fixed": 0.3}, "tau1": {"fixed": 0.3}}
+    fedmlp = {"warmup_rounds": 1, "tau0": {"fixed": 0.3}, "tau1": {"fixed": 0.3}}
     model = {"width": 4}
     common = {"--store": str(store.root), "--partition": str(root / "partition.json"), "--method": "fedmlp", "--seed": "0",
               "--train": json.dumps(train), "--model": json.dumps(model), "--method-settings": json.dumps(fedmlp)}

@@ -292,15 +292,33 @@ def test_stage_settings_refuse_what_the_schema_refuses(cls, section: str, text: 
 @pytest.mark.parametrize(
     ("sections", "message"),
     [
-        ({"train": {"rounds": 30}}, "config key 'fedmlp.warmup_rounds' + 'fedmlp.rounds': 8 + 12 = 20 rounds, but 'train.rounds' is 30"),
-        ({"fedmlp": {"rounds": 2}}, "8 + 2 = 10 rounds, but 'train.rounds' is 20"),
-        ({"methods": ["fedavg-full", "fedmlp-official"], "fedmlp": {"warmup_rounds": 19}}, "(listed: fedmlp-official)"),
+        ({"train": {"rounds": 8}}, "config key 'fedmlp.warmup_rounds': 8 leaves no stage-2 round of train.rounds 8"),
+        ({"fedmlp": {"warmup_rounds": 25}}, "config key 'fedmlp.warmup_rounds': 25 leaves no stage-2 round of train.rounds 20"),
+        ({"methods": ["fedavg-full", "fedmlp-official"], "fedmlp": {"warmup_rounds": 20}}, "set it below 20"),
     ],
 )
 def test_one_round_budget_per_experiment(sections: dict, message: str) -> None:
     with pytest.raises(FedmlpError) as caught:
         check_combinations(default_config(**copy.deepcopy(sections)))
     assert message in str(caught.value)
+
+
+def test_the_removed_stage2_key_is_refused_on_the_command_line_too() -> None:
+    """fedmlp.rounds (stage 2's length, now train.rounds − fedmlp.warmup_rounds) in --method-settings:
+    one line naming the key and what replaced it, not a generic unknown key."""
+    from fedmlp.methods import registry
+
+    with pytest.raises(FedmlpError, match=r"^config key 'fedmlp.rounds': replaced by train.rounds: stage 2 runs train.rounds − "):
+        registry.create("fedmlp-fixed", {"warmup_rounds": 8, "rounds": 12})
+
+
+def test_fedmlp_trains_train_rounds_in_all() -> None:
+    from fedmlp.methods import registry
+
+    method = registry.create("fedmlp", {"warmup_rounds": 8})
+    assert method.first_stage2_round == 8 and method.n_rounds(TrainConfig(rounds=20)) == 20
+    with pytest.raises(FedmlpError, match=r"^config key 'fedmlp.warmup_rounds': 8 leaves no stage-2 round of train.rounds 8 "):
+        method.n_rounds(TrainConfig(rounds=8))
 
 
 def test_the_round_budget_binds_only_with_fedmlp_listed() -> None:
@@ -332,9 +350,11 @@ def test_repeated_yaml_keys_stop_a_real_dry_run(tmp_path: Path) -> None:
     assert not (tmp_path / "results").exists()
 
 
-def test_a_round_budget_mismatch_stops_a_real_dry_run(tmp_path: Path) -> None:
-    result = snakemake(tmp_path, {**TINY, "train": {**TINY["train"], "rounds": 3}}, "--dry-run")
-    assert result.returncode != 0 and "'train.rounds' is 3" in result.stdout + result.stderr
+def test_a_round_budget_without_stage2_or_the_removed_key_stops_a_real_dry_run(tmp_path: Path) -> None:
+    result = snakemake(tmp_path, {**TINY, "fedmlp": {**TINY["fedmlp"], "warmup_rounds": 2}}, "--dry-run")  # train.rounds 2
+    assert result.returncode != 0 and "config key 'fedmlp.warmup_rounds': 2 leaves no stage-2 round" in result.stdout + result.stderr
+    result = snakemake(tmp_path, {**TINY, "fedmlp": {**TINY["fedmlp"], "rounds": 1}}, "--dry-run")
+    assert result.returncode != 0 and "config key 'fedmlp.rounds': replaced by train.rounds" in result.stdout + result.stderr
 
 
 def test_dataclass_bounds_match_the_workflow_schema() -> None:

@@ -30,9 +30,9 @@ MODEL = ModelConfig(width=4)
 FIXED = {"tau0": {"min": 0, "max": 1, "fixed": 0.3}, "tau1": {"min": 0, "max": 1, "fixed": 0.3}}
 ADAPTIVE = {"tau0": {"min": 0.2, "max": 0.6}, "tau1": {"min": 0.2, "max": 0.6}}
 SETTINGS = {
-    "fedmlp": {"warmup_rounds": 1, "rounds": 2, **ADAPTIVE},
-    "fedmlp-fixed": {"warmup_rounds": 1, "rounds": 2, **FIXED},
-    "fedmlp-official": {"warmup_rounds": 1, "rounds": 2, **FIXED},
+    "fedmlp": {"warmup_rounds": 1, **ADAPTIVE},
+    "fedmlp-fixed": {"warmup_rounds": 1, **FIXED},
+    "fedmlp-official": {"warmup_rounds": 1, **FIXED},
     "cbafed": {"tau_base": 0.0, "tau_min": 0.505},
     "fedavg-fixmatch": {"threshold_high": 0.55, "threshold_low": 0.45},
     # entry gate for the clean variant; the official code's sample gate passes with the wide entropy bound

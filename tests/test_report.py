@@ -374,3 +374,26 @@ def test_table_tex_compiles_with_latex(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-2000:]
     assert (tmp_path / "paper.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_html_report_opens_on_the_conclusions_and_figure_with_real_tables(tmp_path: Path) -> None:
+    """report.html (the front page of `snakemake --report`): report.md's tables as <table> with a row
+    per method, the conclusions and then the per-round figure first, the figures embedded as bytes."""
+    import base64
+    import re
+
+    from fedmlp.atomic import output_group
+
+    runs = [r for r in hand_runs(("s1",)) if r["run"]["method"] != "noisy"]
+    with output_group():  # as the CLI runs it: the figure is still a temporary when the page is written
+        write_report(runs, tmp_path / "summary.csv", tmp_path / "report.md", tmp_path / "figures/map_per_round.png",
+                     html_path=tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    main = page[page.index("<table>"):page.index("</table>")]
+    rows = re.findall(r"<tr>\s*<td>([^<]+)</td>", main)
+    assert sorted(rows) == sorted(m for m in HAND if m != "noisy") and "<th>mAP</th>" in main
+    order = [page.index(s) for s in ("<h2>Conclusions</h2>", "<h2>Test mAP per round</h2>", "<h2>d · s1</h2>")]
+    assert order == sorted(order)
+    embedded = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert [base64.b64decode(e) for e in embedded] == [(tmp_path / "figures/map_per_round.png").read_bytes()]
+    assert "](" not in page and "| ---" not in page  # no Markdown left raw

@@ -29,7 +29,7 @@ CONFIG = {
     "federation": {"n_clients": 3, "annotated_per_client": 2},
     "model": {"width": 4},
     "train": {"rounds": 2, "batch_size": 8},
-    "fedmlp": {"warmup_rounds": 1, "rounds": 1, "tau0": {"fixed": 0.3}, "tau1": {"fixed": 0.3}},
+    "fedmlp": {"warmup_rounds": 1, "tau0": {"fixed": 0.3}, "tau1": {"fixed": 0.3}},
 }
 SLURM_JOBS = {"synthesize": 1, "ingest": 1, "split": 1, "partition": 1, "train": 1, "warmup": 1,
               "pseudolabel": 1, "teacher": 1, "report": 1}  # `all` runs locally
@@ -151,8 +151,7 @@ def test_results_equal_a_local_run(slurm_run: Path, local_run: Path) -> None:
 def test_cancelled_training_resumes_on_rerun(slurm_run: Path, local_run: Path, tmp_path: Path) -> None:
     """scancel mid-training, then the same command: the new job continues after the last saved round
     and ends with the checkpoint of an uninterrupted run."""
-    long = {**CONFIG, "train": {**CONFIG["train"], "rounds": LONG_ROUNDS},  # one round budget: FedMLP's 1 + LONG_ROUNDS - 1
-            "fedmlp": {**CONFIG["fedmlp"], "rounds": LONG_ROUNDS - CONFIG["fedmlp"]["warmup_rounds"]}}
+    long = {**CONFIG, "train": {**CONFIG["train"], "rounds": LONG_ROUNDS}}  # one round budget: FedMLP's 1 + LONG_ROUNDS - 1
     reference, workdir = tmp_path / "local", tmp_path / "slurm"
     for source, copy in ((local_run, reference), (slurm_run, workdir)):
         # the data and the other runs as they are (copies keep mtimes); this run not trained yet
@@ -209,5 +208,5 @@ def test_gpu_rules_ask_for_a_gpu_and_the_others_do_not(tmp_path: Path) -> None:
         assert {"runtime", "mem_mb"} <= declared.keys(), (rule, resources)
         if rule in ("train", "warmup", "teacher"):  # sized from the config: rounds × minutes_per_round + 30
             rounds = {"train": config["train"]["rounds"], "warmup": config["fedmlp"]["warmup_rounds"],
-                      "teacher": config["fedmlp"]["rounds"]}[rule]
+                      "teacher": config["train"]["rounds"] - config["fedmlp"]["warmup_rounds"]}[rule]
             assert declared["runtime"] == str(math.ceil(rounds * 2.0) + 30), (rule, resources)

@@ -23,7 +23,7 @@ TINY = {
     "federation": {"n_clients": 3, "annotated_per_client": [2, 3]},
     "model": {"width": 4},
     "train": {"rounds": 2, "batch_size": 8},
-    "fedmlp": {"warmup_rounds": 1, "rounds": 1, "tau0": {"fixed": 0.3}, "tau1": {"fixed": 0.3}},
+    "fedmlp": {"warmup_rounds": 1, "tau0": {"fixed": 0.3}, "tau1": {"fixed": 0.3}},
 }
 AFTER_PARTITION = {"train": 6, "warmup": 2, "pseudolabel": 4, "teacher": 4, "report": 1, "all": 1}
 
@@ -124,8 +124,8 @@ def test_rerunning_ingest_rebuilds_the_store(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"train": {**TINY["train"], "rounds": 3}, "fedmlp": {**TINY["fedmlp"], "rounds": 2}},  # one round budget for all methods
-         {"train": 6, "teacher": 4, "report": 1, "all": 1}),
+        ({"train": {**TINY["train"], "rounds": 3}},  # every method's rounds, FedMLP's stage 2 the ones after its warm-up
+         {"train": 6, "warmup": 2, "pseudolabel": 4, "teacher": 4, "report": 1, "all": 1}),
         ({"federation": {**TINY["federation"], "seed": 5}}, {"partition": 2, **AFTER_PARTITION}),
         ({"preprocess": {"size": 24, "windowing": "header"}}, {}),  # same values spelled out: nothing
         ({"seeds": [0, 1]}, {"synthesize": 1, "ingest": 1, "split": 1, "partition": 2, **AFTER_PARTITION}),  # draw 1 of the data
@@ -283,6 +283,9 @@ def test_html_report_embeds_the_results(tiny_run: Path, tmp_path: Path) -> None:
     assert ">metric</th>" in html and "<td>mAP</td>" in html and "<td>iid-k3-a3</td>" in html
     assert "Per-class test AUROC" in html and "mAP gap closed" in html  # report.md's text
     assert "Federation: 3 clients" in html  # the workflow description, from the run's config
+    page = (tiny_run / "results" / "report.html").read_text()  # fedmlp report --html: the first page includes it
+    assert page.count("<table>") >= 2 and all(f"<td>{method}</td>" in page for method in TINY["methods"])
+    assert "fedmlp-report" in html and "Test mAP per round" in html  # the results page, on the report's front page
     embedded = {m[1]: base64.b64decode(m[2]) for m in re.finditer(r"data:image/png;[^,]*filename=([^;,]+);base64,([A-Za-z0-9+/=]+)", html)}
     for figure in ("map_per_round.png", "pseudolabels.png"):
         assert embedded.get(figure) == (tiny_run / "results" / "figures" / figure).read_bytes(), figure

@@ -19,8 +19,8 @@ The ablation file (``config/ablation.yaml``)::
     arms: [{name: default, fedmlp: {}}, {name: no-pseudo, fedmlp: {tau0: {max: 0.0}, tau1: {max: 0.0}}}, ...]
     estimate: {data: 60, warmup: 22, pseudolabel: 4, teacher: 25, train: 25}  # CPU-s per job of the default
 
-An arm setting ``warmup_rounds`` without ``rounds`` gets ``rounds = train.rounds − warmup_rounds``
-(one round budget per experiment). Test mAP is the final round's; validation mAP (the final round's
+An arm's FedMLP trains ``train.rounds`` like the baselines: an arm setting ``warmup_rounds`` leaves
+stage 2 ``train.rounds − warmup_rounds`` rounds (one round budget per experiment). Test mAP is the final round's; validation mAP (the final round's
 ``val_mAP`` in the metrics' rounds, else ``best_val``) is shown where the runs have it, and is what
 anything tuned must be chosen on.
 """
@@ -164,8 +164,6 @@ def load_plan(path: Path, workdir: Path, repo: Path, sets: list[str] = ()) -> Pl
             raise FedmlpError(f"{path}: arm {name}: unknown key {sorted(set(entry) - {'name', 'fedmlp'})[0]!r} (arms change fedmlp keys only)")
         names.add(name)
         fedmlp = deep_merge(checked_base["fedmlp"], changes)
-        if "warmup_rounds" in changes and "rounds" not in changes:
-            fedmlp["rounds"] = checked_base["train"]["rounds"] - fedmlp["warmup_rounds"]
         config = checked_config({**base, "methods": [METHOD, *baselines], "seeds": seeds, "fedmlp": fedmlp}, repo, f"{path}: arm {name}")
         arms.append(Arm(name, changes, config))
     reference = spec.get("reference", arms[0].name)
@@ -199,7 +197,7 @@ def estimate_jobs(plan: Plan, done: set[str] = frozenset()) -> list[tuple[str, s
             detections.add(stage1 + detection)
             rows.append((arm.name, "pseudolabel", n, n * est["pseudolabel"]))
         if arm.name not in done:
-            rows.append((arm.name, "teacher", n, n * est["teacher"] * arm.fedmlp["rounds"] / rounds["teacher"]))
+            rows.append((arm.name, "teacher", n, n * est["teacher"] * (train_rounds - arm.fedmlp["warmup_rounds"]) / rounds["teacher"]))
     return rows
 
 

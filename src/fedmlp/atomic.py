@@ -234,6 +234,14 @@ def _atomic(target: Path, directory: bool, now: bool) -> Iterator[Path]:
             group.locks.enter_context(exclusive(target))  # held until the group renames it
 
 
+def written(target: Path) -> Path:
+    """Where ``target``'s new content can be read now: the temporary that an open :func:`output_group`
+    still holds back (the latest write of it), else ``target`` itself."""
+    group, wanted = _GROUP.get(), os.path.abspath(target)
+    pending = [tmp for tmp, path in (group.pending if group else []) if os.path.abspath(path) == wanted]
+    return pending[-1] if pending else Path(target)
+
+
 def atomic_path(target: Path, *, now: bool = False) -> contextlib.AbstractContextManager[Path]:
     """Yield a temporary sibling path; on success it replaces ``target`` (at the end of the
     :func:`output_group`, if one is open and not ``now``), on error it is removed."""

@@ -31,7 +31,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="fedmlp", description=__doc__.splitlines()[0])
+    parser = Parser(prog="fedmlp", description="The workflow's commands: Snakemake rules call them, each a thin wrapper. "
+                    "'fedmlp COMMAND --help' shows one command's options; settings are JSON (the config section).")
     parser.add_argument("--log-level", default="INFO", choices=LEVELS, help="level of fedmlp's own messages")
     parser.add_argument("--library-log-level", default="WARNING", choices=LEVELS,
                         help="level of other libraries' messages (default WARNING: they may log what does not belong in a log)")
@@ -59,7 +60,11 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # no command: the list of commands, as a usage error (argparse's status 2)
+        parser.print_help(sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     levels = logging.getLogger().level, log.level  # restored on the way out: main() may run inside another program
     configure_logging(args.log_level, args.library_log_level)
     previous = signal.signal(signal.SIGTERM, _interrupt)

@@ -27,6 +27,7 @@ from fedmlp.errors import FedmlpError  # noqa: E402
 from fedmlp.figures import look, plot_rounds, save  # noqa: E402
 from fedmlp.methods.registry import display_name  # noqa: E402
 from fedmlp.metrics import METRICS  # noqa: E402
+from fedmlp.report_html import write_html  # noqa: E402
 from fedmlp.sweep import split_name  # noqa: E402
 from fedmlp.tuning import SEPARATOR, budget, choose, final_val_map  # noqa: E402
 
@@ -504,14 +505,14 @@ def tuning_markdown(table: pd.DataFrame) -> list[str]:
 def write_report(
     runs: list[dict[str, Any]], summary_path: Path, report_path: Path, figure_path: Path, diagnostics: pd.DataFrame | None = None,
     metrics_path: Path | None = None, plot_data: Path | None = None, latex_path: Path | None = None,
-    claims: ClaimsConfig | None = None, tuning_path: Path | None = None,
+    claims: ClaimsConfig | None = None, tuning_path: Path | None = None, html_path: Path | None = None,
 ) -> None:
     """Write summary.csv, the mAP plot and report.md; with diagnostics also pseudolabels.png beside the plot;
     with several settings also the section across settings and its figure map_by_annotated.png beside the
     plot; with ``latex_path`` the family tables as LaTeX; with ``metrics_path`` and ``plot_data`` DVC's
     metrics file and per-round curves; ``claims``: the tests' α and margins (the defaults without). Runs
     of tuning grid points are reduced to each method's chosen point first (fedmlp.tuning);
-    ``tuning_path`` receives every point."""
+    ``tuning_path`` receives every point; ``html_path`` receives report.md as one HTML page (fedmlp.report_html)."""
     runs, tuned = choose(runs)
     if tuning_path is not None:
         with atomic_path(tuning_path) as tmp:
@@ -546,4 +547,7 @@ def write_report(
         extra = diagnostics_markdown(pooled, os.path.relpath(pseudo_path, report_path.parent))
     extra += tuning_markdown(tuned)
     extra += gates_markdown(runs)
-    write_text(report_path, markdown(runs, summary, os.path.relpath(figure_path, report_path.parent), extra, across, fam=fam))
+    text = markdown(runs, summary, os.path.relpath(figure_path, report_path.parent), extra, across, fam=fam)
+    write_text(report_path, text)
+    if html_path is not None:
+        write_html(text, report_path.parent, html_path)

@@ -54,7 +54,8 @@ OUTS = {
     "data": [{"resources": {"persist": True}}],
     "experiments": [{"results/runs": {"persist": True}}],
     "report": [{path: {"persist": True}} for path in
-               ("results/summary.csv", "results/report.md", "results/table.tex", "results/figures", "results/plots")],
+               ("results/summary.csv", "results/report.md", "results/report.html", "results/table.tex", "results/figures",
+                "results/plots")],
 }
 METRICS = {"report": [{"results/metrics.json": {"persist": True}}]}
 PLOTS = [

@@ -162,6 +162,7 @@ def check_schema(config: dict[str, Any], schema_path: str | Path) -> None:
     from fedmlp.schema import fill_defaults
 
     schema = workflow_schema(schema_path)
+    check_replaced_keys(config)
     config.update(coerce_strings(config, schema))  # in place: Snakemake's config object
     check_finite(config)
     error = jsonschema.exceptions.best_match(_validator(schema).iter_errors(config))
@@ -181,6 +182,17 @@ def check_schema(config: dict[str, Any], schema_path: str | Path) -> None:
     if error.validator == "type" and error.validator_value == "boolean" and isinstance(error.instance, str):
         raise FedmlpError(f"config key '{key}': {error.instance!r} is not of type 'boolean' (write true or false)")
     raise FedmlpError(f"config key '{key or '(top level)'}': {one_line(error.message)}")
+
+
+def check_replaced_keys(config: dict[str, Any]) -> None:
+    """A key a method section no longer has (its dataclass's ``REPLACED_KEYS``) is refused with what
+    replaced it, rather than as an unknown key."""
+    from fedmlp.methods import registry
+
+    for section, cls in registry.sections().items():
+        for key, replacement in getattr(cls, "REPLACED_KEYS", {}).items():
+            if isinstance(config.get(section), dict) and key in config[section]:
+                raise FedmlpError(f"config key '{section}.{key}': {replacement}")
 
 
 def check_config_files(paths: list[str | Path]) -> None:
@@ -272,17 +284,13 @@ def _check_federation(config: dict[str, Any], setting: Setting) -> None:
 
 
 def check_round_budget(config: dict[str, Any]) -> None:
-    """One round budget per experiment: the report puts every method in one table, so FedMLP's
-    warm-up + stage-2 rounds must be the ``train.rounds`` every other method trains."""
+    """One round budget per experiment: the report puts every method in one table, so FedMLP trains
+    ``train.rounds`` like every other method, its warm-up first and stage 2 the rest (at least one)."""
     from fedmlp.methods import registry
+    from fedmlp.methods.fedmlp import warmup_too_long
 
     specs = registry.specs()
-    listed = [m for m in config["methods"] if m in specs and specs[m].section == "fedmlp"]
-    if not listed:
+    if not any(m in specs and specs[m].section == "fedmlp" for m in config["methods"]):
         return
-    warmup, stage2, rounds = config["fedmlp"]["warmup_rounds"], config["fedmlp"]["rounds"], config["train"]["rounds"]
-    if warmup + stage2 != rounds:
-        raise FedmlpError(
-            f"config key 'fedmlp.warmup_rounds' + 'fedmlp.rounds': {warmup} + {stage2} = {warmup + stage2} rounds, but "
-            f"'train.rounds' is {rounds}; every method of an experiment trains as many rounds (listed: {', '.join(listed)})"
-        )
+    if config["fedmlp"]["warmup_rounds"] >= config["train"]["rounds"]:
+        raise FedmlpError(warmup_too_long(config["fedmlp"]["warmup_rounds"], config["train"]["rounds"]))

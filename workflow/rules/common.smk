@@ -124,11 +124,6 @@ def fedmlp_detection(method):
     return {key: value for key, value in method_settings(method).items() if key not in FEDMLP.NOT_DETECTION_KEYS}
 
 
-def train_for_fedmlp():
-    """train settings without train.rounds, which FedMLP does not read (it has its own schedule)."""
-    return {key: value for key, value in config["train"].items() if key != "rounds"}
-
-
 def drawn(section, wildcards):
     """A data section (synthetic, split, a federation setting) as the job's draw reads it: its seed
     plus the draw with data replicates, else the section as written (draw 0 is always the latter)."""

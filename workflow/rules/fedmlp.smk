@@ -23,7 +23,7 @@ rule warmup:
         gpu=GPU,
         runtime=training_runtime(config["fedmlp"]["warmup_rounds"]),
     params:
-        train=json_arg(train_for_fedmlp()),
+        train=json_arg(config["train"]),
         model=json_arg(config["model"]),
         fedmlp=json_arg(fedmlp_stage1()),
         store=parent_of("manifest"),
@@ -57,7 +57,7 @@ rule pseudolabel:
     resources:
         gpu=GPU,
     params:
-        train=json_arg(train_for_fedmlp()),
+        train=json_arg(config["train"]),
         model=json_arg(config["model"]),
         fedmlp=lambda wildcards: json_arg(fedmlp_detection(wildcards.method)),
         registered=registered_method,
@@ -100,9 +100,9 @@ rule teacher:
     threads: config["train"]["threads"]
     resources:
         gpu=GPU,
-        runtime=training_runtime(config["fedmlp"]["rounds"]),
+        runtime=training_runtime(config["train"]["rounds"] - config["fedmlp"]["warmup_rounds"]),
     params:
-        train=json_arg(train_for_fedmlp()),
+        train=json_arg(config["train"]),
         model=json_arg(config["model"]),
         fedmlp=lambda wildcards: json_arg(method_settings(wildcards.method)),
         registered=registered_method,

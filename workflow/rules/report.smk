@@ -1,5 +1,5 @@
 rule report:
-    """summary.csv (long form), report.md, table.tex, the per-round test mAP plot, with several settings the mAP against annotated classes per client, with FedMLP the pseudo-label plot; DVC's metrics and plot data. All under report.dir."""
+    """summary.csv (long form), report.md and the same as one HTML page (report.html), table.tex, the per-round test mAP plot, with several settings the mAP against annotated classes per client, with FedMLP the pseudo-label plot; DVC's metrics and plot data. All under report.dir."""
     input:
         metrics=final_files("metrics.json"),
         diagnostics=final_files("diagnostics.csv", staged_methods()),
@@ -33,6 +33,7 @@ rule report:
         **({"tuning": f"{REPORT}/tuning.csv"} if POINTS else {}),  # every grid point's validation mAP (fedmlp.tuning)
         summary=report(f"{REPORT}/summary.csv", caption="../report/summary.rst", category="Results", subcategory="Tables"),
         report=report(f"{REPORT}/report.md", caption="../report/report.rst", category="Results", subcategory="Tables"),
+        html=report(f"{REPORT}/report.html", caption="../report/report_html.rst", category="Results", subcategory="Report"),  # also the front page
         table=report(f"{REPORT}/table.tex", caption="../report/table.rst", category="Results", subcategory="Tables"),
         figure=report(
             f"{REPORT}/figures/map_per_round.png",
@@ -53,5 +54,5 @@ rule report:
         tuning=lambda wildcards, output: f"--tuning {shlex.quote(output.tuning)}" if POINTS else "",
     shell:
         "fedmlp report {input.metrics:q} --diagnostics {input.diagnostics:q} --summary {output.summary:q}"
-        " --report {output.report:q} --latex {output.table:q} --figure {output.figure:q} --dvc-metrics {output.dvc_metrics:q}"
+        " --report {output.report:q} --html {output.html:q} --latex {output.table:q} --figure {output.figure:q} --dvc-metrics {output.dvc_metrics:q}"
         " --plot-data {output.plot_data:q} --claims {params.claims:q} {params.tuning} > {log:q} 2>&1"

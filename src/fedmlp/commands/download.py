@@ -43,6 +43,7 @@ def add_commands(add) -> None:
     p = add("download", cmd_download, "download a real dataset (ich: Kaggle; chestxray14: the NIH archives), resumably")
     p.add_argument("dataset", choices=["ich", "chestxray14"])
     p.add_argument("--out", type=Path, required=True, help="raw directory to fill")
-    p.add_argument("--settings", default="{}", help="JSON of the dataset's config section ('ich' or 'chestxray14')")
+    p.add_argument("--settings", default="{}", metavar="JSON",
+                   help="""the dataset's config section ('ich' or 'chestxray14'), e.g. '{"root": null, "keep_archives": false}'""")
     p.add_argument("--done", type=Path, default=None, help="marker file to write once everything is downloaded and verified")
     declare_paths(p, outputs=["--out", "--done"])

@@ -97,7 +97,8 @@ def add_commands(add) -> None:
     p.add_argument("--partition", type=Path, required=True, help="partition JSON: its test images are scored, its validation images set the thresholds")
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--rounds", type=Path, required=True, help="the training run's per-round CSV")
-    p.add_argument("--run", default="{}", help="JSON identifying the run: dataset, setting, method, seed")
+    p.add_argument("--run", default="{}", metavar="JSON", help="the run's identity, e.g. "
+                   '\'{"dataset": "synthetic-ich", "setting": "iid-k5-a1", "method": "fedavg-masked", "seed": 0}\'')
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=count(1, 1024), default=1)
     p.add_argument("--out-metrics", type=Path, required=True)

@@ -115,9 +115,10 @@ def add_commands(add) -> None:
     p.add_argument("--partition", type=Path, required=True, help="partition JSON: one site per client; its test and validation lists are scored")
     p.add_argument("--method", required=True, help="a registered method (fedmlp methods lists them)")
     p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--train", default="{}", help="JSON of the 'train' config section")
-    p.add_argument("--model", default="{}", help="JSON of the 'model' config section")
-    p.add_argument("--method-settings", default="{}", help="JSON of the method's own config section")
+    p.add_argument("--train", default="{}", metavar="JSON", help="""the 'train' config section, e.g. '{"rounds": 20, "batch_size": 32}'""")
+    p.add_argument("--model", default="{}", metavar="JSON", help="""the 'model' config section, e.g. '{"arch": "compact-cnn", "width": 12}'""")
+    p.add_argument("--method-settings", default="{}", metavar="JSON",
+                      help="""the method's own config section, e.g. '{"warmup_rounds": 8, "lambda_cr": 1.0}' for fedmlp""")
     p.add_argument("--test-store", type=Path, default=None, help="the store the server scores on, holding the test and validation images (default: --store)")
     p.add_argument("--min-sites", type=int, default=0,
                    help="continue without a failed site while at least this many remain (default 0: a failed site stops the run)")

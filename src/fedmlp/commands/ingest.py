@@ -25,8 +25,10 @@ def add_commands(add) -> None:
     p.add_argument("--raw", type=Path, required=True, help="the raw directory (Kaggle RSNA layout, or ChestX-ray14's)")
     p.add_argument("--out", type=Path, required=True, help="store directory to create")
     p.add_argument("--dataset", default="synthetic-ich", choices=["synthetic-ich", "ich", "chestxray14"])
-    p.add_argument("--settings", default="{}", help="JSON of the 'preprocess' config section")
-    p.add_argument("--source-settings", default="{}", help="JSON of the 'chestxray14' config section (its classes)")
+    p.add_argument("--settings", default="{}", metavar="JSON",
+                   help="""the 'preprocess' config section, e.g. '{"windowing": "header", "size": 32}'""")
+    p.add_argument("--source-settings", default="{}", metavar="JSON",
+                   help="""the 'chestxray14' config section (its classes), e.g. '{"classes": ["Effusion", "Nodule"]}'""")
     p.add_argument("--workers", type=count(1, 256), default=1, help="decoding processes")
     p.add_argument("--report", type=Path, default=None,
                    help="CSV of the images left out and why (default: beside the store, OUT.skipped.csv); written even when ingest fails")

@@ -97,7 +97,7 @@ def cmd_report(args: argparse.Namespace) -> None:
             raise FedmlpError(f"{path}:{int(negative.to_numpy().argmax()) + 2}: a negative count")
     diagnostics = pd.concat(tables) if tables else None
     write_report(runs, args.summary, args.report, args.figure, diagnostics, args.dvc_metrics, args.plot_data, args.latex, claims,
-                 args.tuning)
+                 args.tuning, args.html)
 
 
 def add_commands(add) -> None:
@@ -107,6 +107,8 @@ def add_commands(add) -> None:
                    help="pseudo-label diagnostics CSVs; their plot goes to pseudolabels.png beside --figure")
     p.add_argument("--summary", type=Path, required=True)
     p.add_argument("--report", type=Path, required=True)
+    p.add_argument("--html", type=Path, default=None,
+                   help="also write report.md as one self-contained HTML page (tables as tables, the figures embedded)")
     p.add_argument("--figure", type=Path, required=True,
                    help="the per-round test mAP plot; with several settings map_by_annotated.png is written beside it")
     p.add_argument("--latex", type=Path, default=None,
@@ -119,7 +121,7 @@ def add_commands(add) -> None:
     p.add_argument("--plot-data", type=Path, default=None,
                    help="also write the per-round test mAP and AUROC per setting and method, mean over seeds, as CSV (for dvc plots show)")
     p.add_argument("--claims", default=None, metavar="JSON",
-                   help='the tests\' settings, as the config\'s report section: {"alpha": 0.05, "equivalence_margin": {"mAP": 0.02, '
-                        '"AUROC": 0.02}} (those are the defaults)')
+                   help='the tests\' settings, as the config\'s report section, e.g. \'{"alpha": 0.05, "equivalence_margin": {"mAP": 0.02, '
+                        '"AUROC": 0.02}}\' (those are the defaults)')
     declare_paths(p, ["metrics", "--diagnostics"],
-                  ["--summary", "--report", "--figure", "--latex", "--tuning", "--dvc-metrics", "--plot-data"])
+                  ["--summary", "--report", "--figure", "--latex", "--tuning", "--dvc-metrics", "--plot-data", "--html"])

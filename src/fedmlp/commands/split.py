@@ -84,7 +84,8 @@ def cmd_paper_split(args: argparse.Namespace) -> None:
 def add_commands(add) -> None:
     p = add("split", cmd_split, "train/validation/test split of a store: the paper's random one, or ChestX-ray14's official lists")
     p.add_argument("--store", type=Path, required=True)
-    p.add_argument("--settings", default="{}", help="JSON of the 'split' config section")
+    p.add_argument("--settings", default="{}", metavar="JSON",
+                   help="""the 'split' config section, e.g. '{"method": "paper", "train_fraction": 0.7, "seed": 2023}'""")
     p.add_argument("--raw", type=Path, default=None, help="raw directory holding the official split lists")
     p.add_argument("--out", type=Path, required=True)
     declare_paths(p, ["--store", "--raw"], ["--out"])
@@ -92,7 +93,8 @@ def add_commands(add) -> None:
     p = add("partition", cmd_partition, "divide the training images among clients and assign annotated classes")
     p.add_argument("--store", type=Path, required=True)
     p.add_argument("--split", type=Path, required=True)
-    p.add_argument("--settings", default="{}", help="JSON of the 'federation' config section")
+    p.add_argument("--settings", default="{}", metavar="JSON",
+                   help="""the 'federation' config section, e.g. '{"n_clients": 5, "partition": "iid", "annotated_per_client": 1}'""")
     p.add_argument("--out", type=Path, required=True)
     declare_paths(p, ["--store", "--split"], ["--out"])
 

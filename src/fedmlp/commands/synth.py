@@ -17,6 +17,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 def add_commands(add) -> None:
     p = add("synth", cmd_synth, "write the synthetic head-CT dataset in the RSNA ICH layout")
-    p.add_argument("--settings", default="{}", help="JSON of the 'synthetic' config section")
+    p.add_argument("--settings", default="{}", metavar="JSON",
+                   help="""the 'synthetic' config section, e.g. '{"n_images": 2000, "image_size": 128, "seed": 2024}'""")
     p.add_argument("--out", type=Path, required=True, help="directory to write stage_2_train/ and stage_2_train.csv into")
     declare_paths(p, replaced=["--out"])

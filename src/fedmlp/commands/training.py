@@ -231,9 +231,10 @@ def add_commands(add) -> None:
         p.add_argument("--partition", type=Path, required=True)
         p.add_argument("--method", required=True, help="a registered method (fedmlp methods lists them)")
         p.add_argument("--seed", type=seed, required=True)
-        p.add_argument("--train", default="{}", help="JSON of the 'train' config section")
-        p.add_argument("--model", default="{}", help="JSON of the 'model' config section")
-        p.add_argument("--method-settings", default="{}", help="JSON of the method's own config section")
+        p.add_argument("--train", default="{}", metavar="JSON", help="""the 'train' config section, e.g. '{"rounds": 20, "batch_size": 32}'""")
+        p.add_argument("--model", default="{}", metavar="JSON", help="""the 'model' config section, e.g. '{"arch": "compact-cnn", "width": 12}'""")
+        p.add_argument("--method-settings", default="{}", metavar="JSON",
+                          help="""the method's own config section, e.g. '{"warmup_rounds": 8, "lambda_cr": 1.0}' for fedmlp""")
 
     def resume_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--resume-state", type=Path, default=None,
@@ -252,7 +253,8 @@ def add_commands(add) -> None:
                        help="also write this stage's counted model passes (JSON), for the stage that scores the run (--earlier-compute)")
 
     def scored_outputs(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--run", default="{}", help="JSON identifying the run: dataset, setting, method, seed (copied into the outputs)")
+        p.add_argument("--run", default="{}", metavar="JSON", help="the run's identity, copied into the outputs, e.g. "
+                       '\'{"dataset": "synthetic-ich", "setting": "iid-k5-a1", "method": "fedmlp", "seed": 0}\'')
         p.add_argument("--out-metrics", type=Path, default=None, help="also score the final checkpoint on the test set (as fedmlp evaluate)")
         p.add_argument("--out-predictions", type=Path, default=None, help="per-image test probabilities (with --out-metrics)")
 

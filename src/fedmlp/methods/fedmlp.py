@@ -1,6 +1,6 @@
 """FedMLP (Sun et al., MICCAI 2024) as docs/method.md describes it.
 
-One method with a round schedule: rounds ``[0, T1)`` are stage 1 (warm-up), rounds ``[T1, T1 + T2)``
+One method with a round schedule: rounds ``[0, T1)`` are stage 1 (warm-up), rounds ``[T1, train.rounds)``
 stage 2 (pseudo-labels + global teacher). The Snakemake stages ``warmup``, ``pseudolabel`` and
 ``teacher`` run parts of this schedule; run whole (``fedmlp train --method fedmlp``), it gives the
 same weights bit for bit.
@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from fedmlp.config import from_dict
+from fedmlp.errors import FedmlpError
 from fedmlp.loader import Batch, ClientData
 from fedmlp.methods.base import LocalContext, ServerContext, StagedMethod, record_gate
 from fedmlp.methods.common import UNLABELLED, class_prior, client_pass, global_prior, label_counts, logit_offset, masked_mean
@@ -57,8 +58,8 @@ class FedMLPConfig:
     """FedMLP (docs/method.md). Methods fedmlp, fedmlp-fixed (selection fixed, accumulated) and
     fedmlp-official (variant official-code) share the warm-up."""
 
-    warmup_rounds: int = setting(8, "Stage 1 rounds (T1).", minimum=1)
-    rounds: int = setting(12, "Stage 2 rounds (T2); a FedMLP run has T1 + T2 rounds in all.", minimum=1)
+    warmup_rounds: int = setting(8, "Stage 1 rounds (T1); stage 2 runs the rest of train.rounds (T2 = train.rounds − T1).",
+                                 minimum=1)
     lambda_dis: float = setting(1.0, "Weight of the stage-1 distillation to the frozen global model on missing classes.", minimum=0)
     lambda_cr: float = setting(1.0, "Weight of the stage-2 consistency to the global teacher on unlabelled missing entries.", minimum=0)
     logit_adjust: bool = setting(True, "Logit adjustment of the annotated-class BCE by the client's class prior.")
@@ -86,7 +87,9 @@ class FedMLPConfig:
     # the workflow passes each stage only what it reads, so changing a later key reuses earlier stages.
     # (The detection is one pass of the warm-up model, no training: it reads no loss or view setting.)
     STAGE1_KEYS = ("warmup_rounds", "lambda_dis", "logit_adjust")
-    NOT_DETECTION_KEYS = ("lambda_cr", "rounds", "stage2_views", "pseudo_weight", "oracle_pseudolabels")
+    NOT_DETECTION_KEYS = ("lambda_cr", "stage2_views", "pseudo_weight", "oracle_pseudolabels")
+    # Keys that no longer exist, with what replaced them (a config that still sets one is refused in one line).
+    REPLACED_KEYS = {"rounds": "replaced by train.rounds: stage 2 runs train.rounds − fedmlp.warmup_rounds rounds; remove the key"}
     ORDERED_KEYS = (("tau0.min", "tau0.max"), ("tau1.min", "tau1.max"), ("confidence_low", "confidence_high"))
 
 
@@ -237,7 +240,10 @@ class FedMLP(StagedMethod):
         return self.config.warmup_rounds
 
     def n_rounds(self, train: Any) -> int:
-        return self.config.warmup_rounds + self.config.rounds
+        """``train.rounds`` in all, as every method: the warm-up's, then stage 2's (at least one)."""
+        if self.config.warmup_rounds >= train.rounds:
+            raise FedmlpError(warmup_too_long(self.config.warmup_rounds, train.rounds))
+        return train.rounds
 
     def init_client_state(self, client: ClientData) -> dict[str, Any]:
         return {
@@ -453,7 +459,21 @@ VARIANTS: dict[str, tuple[dict[str, Any], str, str]] = {  # name: (settings it f
 }
 
 
+def warmup_too_long(warmup_rounds: int, rounds: int) -> str:
+    """The one-line error of a warm-up that leaves stage 2 no round (workflow config and CLI alike)."""
+    return (f"config key 'fedmlp.warmup_rounds': {warmup_rounds} leaves no stage-2 round of train.rounds {rounds} "
+            f"(stage 2 runs train.rounds − fedmlp.warmup_rounds rounds); set it below {rounds}")
+
+
+def replaced_key(settings: dict[str, Any]) -> str | None:
+    """The one-line error for the first key of ``settings`` that FedMLP no longer has (None: none)."""
+    old = next((key for key in FedMLPConfig.REPLACED_KEYS if key in settings), None)
+    return None if old is None else f"config key 'fedmlp.{old}': {FedMLPConfig.REPLACED_KEYS[old]}"
+
+
 def make(name: str, settings: dict[str, Any]) -> FedMLP:
+    if (error := replaced_key(settings)) is not None:
+        raise FedmlpError(error)
     return FedMLP(name, from_dict(FedMLPConfig, {**settings, **VARIANTS[name][0]}, "fedmlp"))
 
 
