@@ -10,7 +10,7 @@ from conftest import REPO
 
 from fedmlp.cli import build_parser
 from fedmlp.reference import SCHEMA, command_reference, config_reference, subcommands
-from fedmlp.schema import workflow_schema
+from fedmlp.workflow_config import workflow_schema
 
 README = REPO / "README.md"
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from fedmlp.cli import build_parser
-from fedmlp.schema import BOUNDS, workflow_schema
+from fedmlp.schema import BOUNDS
+from fedmlp.workflow_config import workflow_schema
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -112,7 +113,7 @@ def config_reference(schema: dict[str, Any] | None = None, config: dict[str, Any
     config = yaml.safe_load(CONFIG.read_text()) if config is None else config
     lines = ["# Configuration reference", "",
              "Generated from the assembled schema when the site is built: `workflow/schemas/config.schema.yaml` "
-             "plus one section per registered method from its config dataclass (`fedmlp.schema.workflow_schema`). "
+             "plus one section per registered method from its config dataclass (`fedmlp.workflow_config.workflow_schema`). "
              "*default* is the schema's, which a config file leaves out; where `config/config.yaml` (the default "
              "experiment) sets another value, it follows in parentheses. "
              "A wrong value stops the run before any work, in one line naming the key. "

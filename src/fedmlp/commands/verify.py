@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from fedmlp.commands.common import declare_paths
+
 
 def cmd_verify(args: argparse.Namespace) -> None:
     from fedmlp.store import ImageStore
@@ -22,3 +24,4 @@ def add_commands(add) -> None:
     p = add("verify", cmd_verify, "check image stores in full (SHA-256 of every file) and record it, so that jobs check only the "
                                   "images' size and times")
     p.add_argument("stores", type=Path, nargs="+", help="store directories (written by 'fedmlp ingest')")
+    declare_paths(p, ["stores"])  # it writes only its own record inside each store
