@@ -26,7 +26,7 @@ from fedmlp.uploads import SIZE_FACTOR, Guard, Limits, UploadRefused, check_uplo
 
 C, D = 5, 8
 BROADCAST = Broadcast(0, {"w": torch.zeros(C, D), "b": torch.zeros(C), "n": torch.tensor(0)})
-LIMITS = Limits({0: 10}, C, D)
+LIMITS = Limits({0: 10}, C, D, nonnegative=frozenset({"b"}))
 SCHEMA = {"degree": Entry(torch.float32, ("C",), nan=True, minimum=0, maximum=1),
           "counts": Entry(torch.float32, ("C", 2), minimum=0, maximum="N"), "complete": Entry(bool)}
 PAYLOAD = {"degree": torch.tensor([0.5, float("nan"), 0.1, 1.0, 0.0]), "counts": torch.ones(C, 2), "complete": True}
@@ -74,6 +74,7 @@ def test_an_honest_upload_passes() -> None:
     (with_weight("w", torch.zeros(C, D, dtype=torch.complex64)), "weights['w'] is complex64, the broadcast's float32"),
     (with_weight("b", torch.tensor([0, 0, float("nan"), 0, 0])), "weights['b'] has 1 non-finite value(s) (NaN or inf)"),
     (with_weight("b", torch.full((C,), float("-inf"))), "weights['b'] has 5 non-finite value(s)"),
+    (with_weight("b", torch.tensor([1.0, 1.0, -0.5, 1.0, 1.0])), "weights['b'] has 1 negative value(s) (a variance)"),
     (with_weight("extra", torch.zeros(1)), "weights hold 'extra', which the model does not have"),
     (with_weight("w", torch.zeros(C, D * 100)), f"is 16088 bytes, more than {SIZE_FACTOR} × the broadcast's 188"),
     (with_payload("degree", torch.tensor([float("inf")] + [0.0] * (C - 1))), "payload['degree'] has 1 infinite value(s)"),

@@ -173,7 +173,9 @@ def server_context(method: Method, train: TrainConfig, global_model: Classifier,
 def guard_for(method: Method, train: TrainConfig, model: Classifier, declared: dict[int, int], **policy: Any) -> Guard:
     """The upload checks of a run (:mod:`fedmlp.uploads`): ``declared`` is each site's number of
     images as the server knows it; ``policy`` may set ``on_refused`` (default: stop the run)."""
-    limits = Limits(declared, model.head.out_features, model.head.in_features, train.local_epochs)
+    variances = frozenset(f"{name}.running_var" for name, module in model.named_modules()
+                          if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.running_var is not None)
+    limits = Limits(declared, model.head.out_features, model.head.in_features, train.local_epochs, variances)
     return Guard(method.payloads, limits, train.aggregation, **policy)
 
 
@@ -259,7 +261,7 @@ def server_round(method: Method, train: TrainConfig, global_model: Classifier, c
     if server.combine is not None and not server.averaged:
         raise FedmlpError(f"config key 'train.aggregation.rule': {train.aggregation.rule!r} replaces the weighted mean, "
                           f"and {method.name}'s server step aggregates by its own rule; use mean")
-    check_aggregate(weights, broadcast, method.name)
+    check_aggregate(weights, broadcast, method.name, guard.limits)
     global_model.load_state_dict(weights)
     return updates
 

@@ -3,7 +3,7 @@ before any server step sees it, and the aggregate is checked before it becomes t
 
 An upload is refused (:func:`check_upload`, one line naming the site, the round, the exchange and
 what is wrong) when its weights do not have the broadcast's keys, shapes and dtypes, hold a NaN or
-an infinity, or are far larger than the broadcast (``SIZE_FACTOR``); when its number of images is not
+an infinity or a negative variance (BatchNorm's running variance: NaN in every prediction), or are far larger than the broadcast (``SIZE_FACTOR``); when its number of images is not
 a positive integer at most the size the site declared (its partition's size in the simulation, its
 ``hello`` in a Flower run); when its aggregation weight is not finite, negative, or more than its
 label entries allow (declared images × classes × local epochs); when its loss is not finite (a
@@ -63,8 +63,9 @@ def _nonfinite(tensor: torch.Tensor, nan_allowed: bool = False) -> int:
     return int(bad.sum())
 
 
-def check_weights(weights: Any, reference: Weights, what: str = "weights") -> str | None:
-    """Why ``weights`` is not a state dict like ``reference`` with finite values; None if it is."""
+def check_weights(weights: Any, reference: Weights, what: str = "weights", nonnegative: frozenset[str] = frozenset()) -> str | None:
+    """Why ``weights`` is not a state dict like ``reference`` with finite values (and no negative
+    value in the entries ``nonnegative``); None if it is."""
     if not isinstance(weights, dict):
         return f"{what} is a {type(weights).__name__}, not a state dict"
     missing, extra = [k for k in reference if k not in weights], [k for k in weights if k not in reference]
@@ -81,6 +82,8 @@ def check_weights(weights: Any, reference: Weights, what: str = "weights") -> st
         bad = _nonfinite(value)
         if bad:
             return f"{what}[{key!r}] has {bad} non-finite value(s) (NaN or inf)"
+        if key in nonnegative and bool((value < 0).any()):
+            return f"{what}[{key!r}] has {int((value < 0).sum())} negative value(s) (a variance)"
     return None
 
 
@@ -93,6 +96,7 @@ class Limits:
     n_classes: int
     feature_dim: int
     local_epochs: int = 1
+    nonnegative: frozenset[str] = frozenset()  # state-dict entries that are variances (BatchNorm's running_var): a negative one makes NaN
 
 
 def check_entry(name: str, value: Any, entry: Entry, limits: Limits, n_images: int) -> str | None:
@@ -162,7 +166,7 @@ def check_upload(upload: Upload, broadcast: Broadcast, exchange: str, schema: Pa
     if size > bound:
         return f"is {size} bytes, more than {SIZE_FACTOR} × the broadcast's {bound // SIZE_FACTOR}"
     if upload.weights is not None:
-        reason = check_weights(upload.weights, broadcast.weights)
+        reason = check_weights(upload.weights, broadcast.weights, nonnegative=limits.nonnegative)
         if reason:
             return reason
     return check_payload(upload.payload, schema, limits, n)
@@ -201,8 +205,8 @@ class Guard:
         return [u for u in uploads if u.client_id not in refused]
 
 
-def check_aggregate(weights: Weights, broadcast: Broadcast, method: str) -> None:
+def check_aggregate(weights: Weights, broadcast: Broadcast, method: str, limits: Limits) -> None:
     """The server step's result must be a finite state dict like the broadcast (never saved otherwise)."""
-    reason = check_weights(weights, broadcast.weights, "the aggregate")
+    reason = check_weights(weights, broadcast.weights, "the aggregate", limits.nonnegative)
     if reason is not None:
         raise FedmlpError(f"round {broadcast.round + 1}: {method}'s server step gave a bad model: {reason}")
