@@ -221,6 +221,24 @@ def test_without_min_sites_a_hostile_site_stops_the_run_in_one_line(store: Image
     assert not (tmp_path / "out/model.pt").exists()
 
 
+def test_a_site_claiming_another_sites_client_id_is_refused_at_join(store: ImageStore, federation: dict, tmp_path: Path) -> None:
+    """Run config site-nodes binds each client id to the node its authenticated key was registered as
+    (fedmlp federate --secure fills it from flwr supernode register)."""
+    nodes = node_configs(tmp_path, store, federation)
+    bound = json.dumps({"0": 1000, "1": 1001, "2": 9999})
+    config = run_config(tmp_path, store, "fedavg-partial", **{"site-nodes": bound})
+    job = Job.from_run_config(config)
+    with pytest.raises(SiteFailure, match=r"^the site at node 1002 failed to join \(hello\): says it is client 2, whose key is registered as node 9999"):
+        serve(job, ServerSettings.from_run_config(config), LoopbackTransport(job, nodes))
+    config = run_config(tmp_path, store, "fedavg-partial", **{"site-nodes": bound, "min-sites": 2})
+    serve(job, ServerSettings.from_run_config(config), LoopbackTransport(job, nodes))
+    report = json.loads((tmp_path / "out/federation.json").read_text())
+    assert report["status"] == "completed" and [s["client_id"] for s in report["sites"]] == [0, 1]
+    assert report["dropped"][0]["node_id"] == 1002 and "site-nodes" in report["dropped"][0]["reason"]
+    with pytest.raises(FedmlpError, match="^run config 'site-nodes': expected a JSON object"):
+        ServerSettings.from_run_config(run_config(tmp_path, store, "fedavg-partial", **{"site-nodes": "[1, 2]"}))
+
+
 # --- robust aggregation ------------------------------------------------------------------------------
 
 

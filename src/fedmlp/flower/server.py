@@ -7,7 +7,9 @@ differ: their broadcasts travel to the sites as Flower messages (:mod:`fedmlp.fl
 their uploads come back the same way, in the simulation's order.
 
 The server never opens a site's data. It knows each site by what the site says about itself in the
-``hello`` exchange (client id, number of images, class list) and scores the global model on its own
+``hello`` exchange (client id, number of images, class list); with run config ``site-nodes`` (set by
+``fedmlp federate --secure``) a client id is accepted only from the SuperNode whose authenticated key
+was registered for it, and scores the global model on its own
 test store (``test-store``, ``test-images``), as the paper's protocol does, and on the validation
 images of that store (``val-images``), if any.
 
@@ -242,6 +244,11 @@ class Coordinator:
                 continue
             info = reply.content
             client_id = int(info["client_id"])
+            bound = self.settings.site_nodes
+            if bound and bound.get(client_id) != node:  # the client id must be the one its authenticated key was registered for
+                owner = f"whose key is registered as node {bound[client_id]}" if client_id in bound else "which run config 'site-nodes' does not list"
+                failed[node] = f"says it is client {client_id}, {owner} (run config 'site-nodes')"
+                continue
             if client_id in self.node_of:
                 raise SiteFailure(f"nodes {self.node_of[client_id]} and {node} both say they are client {client_id} "
                                   "(node config 'client-id' must be unique)")
