@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_flower import MODEL, TRAIN, node_configs, run_config
+from test_flower import FLOWER_TRAIN, MODEL, TRAIN, flower_processes, node_configs, run_config
 
 from fedmlp import checkpoint, federated, methods, runtime
 from fedmlp.config import AggregationConfig, ModelConfig, TrainConfig, from_dict
@@ -219,6 +219,76 @@ def test_without_min_sites_a_hostile_site_stops_the_run_in_one_line(store: Image
     saved = torch.load(tmp_path / "resume.pt", weights_only=True)  # round 1's state, never a poisoned one
     assert saved["round"] == 1 and all(bool(torch.isfinite(v).all()) for v in saved["global"].values() if v.is_floating_point())
     assert not (tmp_path / "out/model.pt").exists()
+
+
+HOSTILE_SITE = '''
+"""Our ClientApp, except that a site with node config poison="nan" or "images" alters its training uploads."""
+import dataclasses
+
+import torch
+from flwr.app import Message
+from flwr.clientapp import ClientApp
+
+from fedmlp.flower import codec
+from fedmlp.flower.client_app import app as ours
+
+app = ClientApp()
+
+
+@app.query("hello")
+def hello(msg, context):
+    return ours(msg, context)
+
+
+@app.train("prepare")
+def prepare(msg, context):
+    return ours(msg, context)
+
+
+@app.train()
+def train(msg, context):
+    reply = ours(msg, context)
+    poison = context.node_config.get("poison")
+    if not poison:
+        return reply
+    uploads = codec.content_to_uploads(reply.content)
+    if poison == "nan":
+        uploads = [dataclasses.replace(u, weights={k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                                                   for k, v in u.weights.items()}) for u in uploads]
+    else:
+        uploads = [dataclasses.replace(u, n_samples=10**12) for u in uploads]
+    return Message(codec.uploads_to_content(uploads), reply_to=msg)
+'''
+
+
+@pytest.mark.slow
+def test_a_flower_federation_drops_its_poisoning_sites(store: ImageStore, federation: dict, tmp_path: Path) -> None:
+    """A real federation on loopback (SuperLink + 3 SuperNodes): site 1 uploads NaN weights, site 2 claims
+    10**12 images; with min-sites 1 both are refused in round 1 and the run ends with site 0's model."""
+    from fedmlp.flower.app import write_app
+    from fedmlp.flower.job import DEFAULTS
+    from fedmlp.flower.local import LocalRun, run_federation
+
+    partition_file = tmp_path / "partition.json"
+    partition_file.write_text(json.dumps(federation))
+    nodes = [{"store": str(store.root), "client-id": c["id"], "partition": str(partition_file), "state-dir": str(tmp_path / "sites")}
+             for c in federation["clients"]]
+    nodes[1]["poison"], nodes[2]["poison"] = "nan", "images"
+    (tmp_path / "test.json").write_text(json.dumps(federation["test"]))
+    config = {**DEFAULTS, "method": "fedavg-partial", "train": FLOWER_TRAIN, "model": json.dumps(MODEL), "num-sites": 3, "min-sites": 1,
+              "test-store": str(store.root), "test-images": str(tmp_path / "test.json"), "out-model": str(tmp_path / "out/model.pt"),
+              "out-rounds": str(tmp_path / "out/rounds.csv"), "out-federation": str(tmp_path / "out/federation.json")}
+    app_dir = write_app(tmp_path / "app", client_app="hostile_site:app", extra_files={"hostile_site.py": HOSTILE_SITE})
+    run = run_federation(LocalRun(tmp_path / "work", nodes, config, app_dir, timeout=200))
+    report = json.loads((tmp_path / "out/federation.json").read_text())
+    assert report["status"] == "completed" and run.status == "finished:completed" and report["rounds_done"] == 2
+    reasons = {d["client_id"]: (d["round"], d["reason"]) for d in report["dropped"]}
+    assert reasons[1][0] == 1 and reasons[1][1].startswith("upload refused: weights[") and "non-finite" in reasons[1][1]
+    assert reasons[2] == (1, "upload refused: claims 1000000000000 images, expected a whole number from 1 to the "
+                             f"{len(federation['clients'][2]['images'])} it declared")
+    model, _ = checkpoint.load(tmp_path / "out/model.pt")
+    assert all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
+    assert flower_processes(tmp_path / "work") == []
 
 
 def test_a_site_claiming_another_sites_client_id_is_refused_at_join(store: ImageStore, federation: dict, tmp_path: Path) -> None:
