@@ -413,6 +413,7 @@ def test_a_site_whose_clientapp_raises_stops_the_federation(store: ImageStore, f
     run = run_federation(LocalRun(tmp_path / "work", nodes, config, app_dir, timeout=200, secure=True))
     link_log = (tmp_path / "work/logs/superlink.log").read_text()
     assert "running on https://127.0.0.1:" in link_log and link_log.count("[ControlServicer.RegisterNode] Created node_id") == 3
+    assert "site-nodes" in (tmp_path / "work/run-config.toml").read_text()  # client ids bound to the registered keys' nodes
     report = json.loads((tmp_path / "out/federation.json").read_text())
     assert report["status"] == "failed" and run.status == "finished:failed"
     assert report["error"].startswith("site 2 (node ") and "failed in round 1 (train): RuntimeError: the site's disk is on fire" in report["error"]

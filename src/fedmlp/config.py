@@ -132,6 +132,18 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
+class AggregationConfig:
+    """How the server combines the clients' models (docs/untrusted-sites.md): ``mean`` is each
+    method's own step (FedAvg's weighted mean); ``median`` and ``trimmed-mean`` replace that mean by
+    a coordinate-wise robust one, unweighted; ``clip_norm`` first scales down every update whose L2
+    norm (over the model's floating tensors, relative to the broadcast) exceeds it."""
+
+    rule: Literal["mean", "median", "trimmed-mean"] = "mean"
+    trim_fraction: float = bounded(0.2, minimum=0, exclusiveMaximum=0.5)
+    clip_norm: float | None = bounded(None, exclusiveMinimum=0)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     rounds: int = bounded(20, minimum=1, maximum=MAX_ROUNDS)
     local_epochs: int = bounded(1, minimum=1, maximum=1000)
@@ -144,6 +156,7 @@ class TrainConfig:
     threads: int = bounded(1, minimum=1, maximum=1024)
     eval_every: int = bounded(1, minimum=1, maximum=MAX_ROUNDS)  # the workflow default (schema) is 2: every round here, for library use and tests
     deterministic: bool = False
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,11 @@ from fedmlp.metrics import ranking_metrics
 from fedmlp.models import Classifier, build_model
 from fedmlp.progress import bar
 from fedmlp.resume import BadResumeState, ResumePoint, check_state
+from fedmlp.robust import clip_updates, combiner
 from fedmlp.runtime import Runtime
 from fedmlp.seeding import int_seed, torch_generator
 from fedmlp.store import ImageStore
+from fedmlp.uploads import Guard, Limits, check_aggregate, exchange_of
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +166,16 @@ class Site:
 def server_context(method: Method, train: TrainConfig, global_model: Classifier, client_ids: list[int], round_index: int,
                    seed: int, runtime: Runtime) -> ServerContext:
     return ServerContext(round_index, method.n_rounds(train), global_model, client_ids,
-                         torch_generator(seed, "server", "round", round_index), runtime)
+                         torch_generator(seed, "server", "round", round_index), runtime, combiner(train.aggregation))
+
+
+def guard_for(method: Method, train: TrainConfig, model: Classifier, declared: dict[int, int], **policy: Any) -> Guard:
+    """The upload checks of a run (:mod:`fedmlp.uploads`): ``declared`` is each site's number of
+    images as the server knows it; ``policy`` may set ``on_refused`` (default: stop the run)."""
+    variances = frozenset(f"{name}.running_var" for name, module in model.named_modules()
+                          if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.running_var is not None)
+    limits = Limits(declared, model.head.out_features, model.head.in_features, train.local_epochs, variances)
+    return Guard(method.payloads, limits, train.aggregation, **policy)
 
 
 def exchange(method: Method, server: ServerContext, global_model: Classifier, answer_prepare: Callable[[list[int], Broadcast], list[Upload]]) -> Broadcast:
@@ -228,15 +239,29 @@ def visits(tasks: list[int]) -> list[int]:
 
 def server_round(method: Method, train: TrainConfig, global_model: Classifier, client_ids: list[int], round_index: int, seed: int,
                  runtime: Runtime, answer_prepare: Callable[[list[int], Broadcast], list[Upload]],
-                 answer_train: Callable[[list[int], Broadcast], list[Upload]]) -> list[Upload]:
+                 answer_train: Callable[[list[int], Broadcast], list[Upload]], guard: Guard) -> list[Upload]:
     """The server's side of one round: its exchanges, then the aggregate loaded into ``global_model``.
     ``answer_prepare``/``answer_train`` deliver a broadcast to the given clients (a training task list
     may repeat a client; see :func:`visits`) and return their uploads in that order: in this process
-    (:func:`run`) or over a network (:mod:`fedmlp.flower`)."""
+    (:func:`run`) or over a network (:mod:`fedmlp.flower`). Every upload passes ``guard`` first (a
+    refused site is a failed site: its policy drops it from ``client_ids`` or stops the run), and
+    the aggregate is checked before it is loaded."""
     server = server_context(method, train, global_model, client_ids, round_index, seed, runtime)
-    broadcast = exchange(method, server, global_model, answer_prepare)
-    updates = answer_train(method.select_clients(server), broadcast)
-    global_model.load_state_dict(method.aggregate(server, updates))
+
+    def screened_prepare(ids: list[int], broadcast: Broadcast) -> list[Upload]:
+        return guard.screen(exchange_of(broadcast, training=False), broadcast, answer_prepare(ids, broadcast))
+
+    broadcast = exchange(method, server, global_model, screened_prepare)
+    updates = guard.screen("train", broadcast, answer_train(method.select_clients(server), broadcast))
+    if not updates:
+        raise FedmlpError(f"round {round_index + 1}: no upload to aggregate")
+    combined = updates if train.aggregation.clip_norm is None else clip_updates(updates, broadcast.weights, train.aggregation.clip_norm)
+    weights = method.aggregate(server, combined)
+    if server.combine is not None and not server.averaged:
+        raise FedmlpError(f"config key 'train.aggregation.rule': {train.aggregation.rule!r} replaces the weighted mean, "
+                          f"and {method.name}'s server step aggregates by its own rule; use mean")
+    check_aggregate(weights, broadcast, method.name, guard.limits)
+    global_model.load_state_dict(weights)
     return updates
 
 
@@ -308,6 +333,7 @@ def run(
         on_record(record)
     test, val = Scored.of(store, partition["test"]), Scored.of(store, partition.get("val", []))
     sizes = {c.client_id: n_batches(len(c), train.batch_size) * train.local_epochs for c in clients}
+    guard = guard_for(method, train, global_model, {c.client_id: len(c) for c in clients})
     total = method.n_rounds(train)
 
     def answer_prepare(ids: list[int], broadcast: Broadcast) -> list[Upload]:
@@ -321,7 +347,7 @@ def run(
             with bar(total=steps, desc=f"{method.name} round {round_index + 1}/{total}", unit="batch", transient=True) as progress:
                 return [site.train_client(i, broadcast, visit, progress.update) for i, visit in zip(tasks, visits(tasks))]
 
-        updates = server_round(method, train, global_model, client_ids, round_index, seed, runtime, answer_prepare, answer_train)
+        updates = server_round(method, train, global_model, client_ids, round_index, seed, runtime, answer_prepare, answer_train, guard)
         last = round_index == rounds[-1]
         record = round_record(round_index, updates, global_model, store, test, val, runtime,
                               last or (round_index + 1) % train.eval_every == 0)

@@ -170,6 +170,11 @@ def content_to_uploads(content: RecordDict) -> list[Upload]:
     return uploads
 
 
+def content_bytes(content: RecordDict) -> int:
+    """The tensor bytes a message carries (every array of its records), known before decoding it."""
+    return sum(len(array.data) for record in content.values() if isinstance(record, ArrayRecord) for array in record.values())
+
+
 def payload_summary(payload: dict[str, Any]) -> str:
     """What a payload holds, for logs and the README table: ``key: dtype[shape]`` per entry."""
     def describe(value: Any) -> str:

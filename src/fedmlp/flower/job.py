@@ -4,7 +4,7 @@ keys, declared with their defaults in the app's ``pyproject.toml`` (:func:`fedml
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "resume-every": 1,
     "connect-timeout": 300.0,  # seconds to wait for num-sites SuperNodes
     "round-timeout": 3600.0,  # seconds a site may take to answer one message
+    "site-nodes": "",  # JSON {client id: node id}: the node each site's registered key was given; empty: ids are not bound
 }
 
 
@@ -101,13 +102,14 @@ class ServerSettings:
     resume_every: int
     connect_timeout: float
     round_timeout: float
+    site_nodes: dict[int, int] = field(default_factory=dict)
 
     @classmethod
     def from_run_config(cls, config: dict[str, Any]) -> ServerSettings:
         s = cls(*(_get(config, key, kind) for key, kind in (
             ("num-sites", int), ("min-sites", int), ("test-store", str), ("test-images", str), ("val-images", str), ("out-model", str),
             ("out-rounds", str), ("out-federation", str), ("resume-state", str), ("resume-key", str), ("resume-every", int),
-            ("connect-timeout", float), ("round-timeout", float))))
+            ("connect-timeout", float), ("round-timeout", float))), site_nodes(_get(config, "site-nodes", str)))
         if s.num_sites < 1:
             raise FedmlpError("run config 'num-sites': expected at least 1")
         if not 0 <= s.min_sites <= s.num_sites:
@@ -120,6 +122,20 @@ class ServerSettings:
     @property
     def required_sites(self) -> int:
         return self.min_sites or self.num_sites
+
+
+def site_nodes(text: str) -> dict[int, int]:
+    """Run config ``site-nodes``: which SuperNode (by the node id Flower gave its registered public
+    key, ``flwr supernode register``) each client id belongs to."""
+    import json
+
+    if not text:
+        return {}
+    try:
+        mapping = json.loads(text)
+        return {int(client): int(node) for client, node in mapping.items()}
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        raise FedmlpError(f"run config 'site-nodes': expected a JSON object of client id to node id, got {text!r}") from None
 
 
 @cache

@@ -300,19 +300,24 @@ def run_federation(run: LocalRun) -> LocalRun:
                                env, link_log, run.work)
         wait_healthy(link_port, link, "the SuperLink", link_log, ca_cert=creds.ca_cert if run.secure else None)
         (Path(env["FLWR_HOME"]) / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: connection}}))
+        site_nodes = {}
         for i, (config, port) in enumerate(zip(run.node_configs, node_ports)):
             node_args = ["--insecure"]
             if run.secure:  # the coordinator admits each SuperNode by its public key first
                 registered = _flwr(["supernode", "register", str(creds.node_public_keys[i]), CONNECTION, "--format", "json"], env, run.work)
                 if registered.returncode != 0 or not _json_out(registered).get("success", True):
                     raise FedmlpError(f"flwr supernode register failed: {' '.join((registered.stdout + registered.stderr).split())[-400:]}")
+                node_id = _json_out(registered).get("node-id")
+                if not isinstance(node_id, int):
+                    raise FedmlpError(f"flwr supernode register did not say which node id the key got: {registered.stdout.strip()[-400:]}")
+                site_nodes[str(config["client-id"])] = node_id  # this key's node: the only one that may be this site
                 node_args = ["--root-certificates", str(creds.ca_cert), "--auth-supernode-private-key", str(creds.node_private_keys[i])]
             processes.start(f"supernode {i}", [
                 str(bin_dir() / "flower-supernode"), *node_args, "--superlink", f"127.0.0.1:{link_port}",
                 "--host", "127.0.0.1", "--port", str(port), "--max-wait-time", "120", "--node-config", node_config_text(config)],
                 env, logs / f"supernode{i}.log", run.work)
         run_toml = run.work / "run-config.toml"
-        run_toml.write_text(tomli_w.dumps(run.run_config))
+        run_toml.write_text(tomli_w.dumps({**run.run_config, **({"site-nodes": json.dumps(site_nodes)} if site_nodes else {})}))
         run.seconds["start"] = time.perf_counter() - begin
         submitted = _flwr(["run", str(run.app_dir), CONNECTION, "--format", "json", "--run-config", str(run_toml)], env, run.work)
         run.run_id = str(_json_out(submitted).get("run-id") or "")

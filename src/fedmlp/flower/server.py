@@ -7,12 +7,16 @@ differ: their broadcasts travel to the sites as Flower messages (:mod:`fedmlp.fl
 their uploads come back the same way, in the simulation's order.
 
 The server never opens a site's data. It knows each site by what the site says about itself in the
-``hello`` exchange (client id, number of images, class list) and scores the global model on its own
+``hello`` exchange (client id, number of images, class list); with run config ``site-nodes`` (set by
+``fedmlp federate --secure``) a client id is accepted only from the SuperNode whose authenticated key
+was registered for it, and scores the global model on its own
 test store (``test-store``, ``test-images``), as the paper's protocol does, and on the validation
 images of that store (``val-images``), if any.
 
-Failure policy: a site whose ClientApp raises, or that does not answer within ``round-timeout``
-seconds (a SuperNode that disappears is reported by the SuperLink once its heartbeats stop), fails
+Failure policy: a site whose ClientApp raises, that does not answer within ``round-timeout``
+seconds (a SuperNode that disappears is reported by the SuperLink once its heartbeats stop), or whose
+upload the server refuses (:mod:`fedmlp.uploads`: wrong keys, shapes or dtypes, NaN or inf, too
+large, more images than it declared at ``hello``, a payload other than the method's), fails
 the run with one line naming the site, the round and the exchange, unless ``min-sites`` is set and
 at least that many sites remain: then the failed site is dropped for the rest of the run, and the
 drop is recorded (log, ``federation.json``, the checkpoint's meta). No round is ever averaged over
@@ -170,20 +174,39 @@ class Coordinator:
         version = self.versions.get(client_id)
         return {"state_from": list(version) if version is not None else None, "keep": keep, **extra}
 
-    def _uploads(self, client_id: int, content: Any, expected: int) -> list[Upload]:
-        uploads = codec.content_to_uploads(content)
-        if len(uploads) != expected or any(u.client_id != client_id for u in uploads):
-            raise SiteFailure(f"site {client_id} (node {self.node_of[client_id]}) answered for clients "
-                              f"{[u.client_id for u in uploads]}, expected {expected} answer(s) for client {client_id}")
-        return uploads
+    def _decode(self, answers: dict[int, Any], expected: dict[int, int], broadcast: Broadcast, exchange: str) -> dict[int, list[Upload]]:
+        """Each answering site's uploads; a site whose answer is too large to be the method's (checked
+        before decoding), cannot be decoded or speaks for another client goes to the failure policy."""
+        from fedmlp.uploads import SIZE_FACTOR, nbytes
+
+        bound = SIZE_FACTOR * (nbytes(broadcast.weights) + nbytes(broadcast.payload))  # per upload, as the guard's
+        decoded, refused = {}, {}
+        for client_id, content in answers.items():
+            size = codec.content_bytes(content)
+            if size > bound * expected[client_id]:
+                refused[client_id] = f"upload refused: {size} bytes, more than {SIZE_FACTOR} × the broadcast's for {expected[client_id]} upload(s)"
+                continue
+            try:
+                uploads = codec.content_to_uploads(content)
+            except Exception as exc:  # whatever a hostile site sends: a refusal, never the coordinator's crash
+                refused[client_id] = f"upload refused: cannot be decoded ({type(exc).__name__}: {one_line(exc)})"
+                continue
+            if len(uploads) != expected[client_id] or any(u.client_id != client_id for u in uploads):
+                refused[client_id] = (f"upload refused: answered for clients {[u.client_id for u in uploads]}, "
+                                      f"expected {expected[client_id]} answer(s) for client {client_id}")
+                continue
+            decoded[client_id] = uploads
+        if refused:
+            self._fail(refused, broadcast.round + 1, exchange)
+        return decoded
 
     def answer_prepare(self, ids: list[int], broadcast: Broadcast) -> list[Upload]:
         contents = {c: codec.broadcast_to_content(broadcast, self._control(c)) for c in ids}
-        answers = self._ask("prepare", contents, broadcast.round + 1)
+        answers = self._decode(self._ask("prepare", contents, broadcast.round + 1), dict.fromkeys(ids, 1), broadcast, "prepare")
         out = []
         for client_id in ids:
             if client_id in answers:
-                out.extend(self._uploads(client_id, answers[client_id], 1))
+                out.extend(answers[client_id])
                 self.versions[client_id] = (broadcast.round, 0)
         return out
 
@@ -194,12 +217,10 @@ class Coordinator:
         for client_id, visit in zip(tasks, visits(tasks)):
             per_client.setdefault(client_id, []).append(visit)
         contents = {c: codec.broadcast_to_content(broadcast, self._control(c, visits=v, final=final)) for c, v in per_client.items()}
-        answers = self._ask("train", contents, broadcast.round + 1)
-        received = {}
-        for client_id in per_client:
-            if client_id in answers:
-                received[client_id] = self._uploads(client_id, answers[client_id], len(per_client[client_id]))
-                self.versions[client_id] = (broadcast.round, 1)
+        received = self._decode(self._ask("train", contents, broadcast.round + 1), {c: len(v) for c, v in per_client.items()},
+                                broadcast, "train")
+        for client_id in received:
+            self.versions[client_id] = (broadcast.round, 1)
         return [received[c][v] for c, v in zip(tasks, visits(tasks)) if c in received]
 
     # --- the run -------------------------------------------------------------------------------
@@ -223,6 +244,11 @@ class Coordinator:
                 continue
             info = reply.content
             client_id = int(info["client_id"])
+            bound = self.settings.site_nodes
+            if bound and bound.get(client_id) != node:  # the client id must be the one its authenticated key was registered for
+                owner = f"whose key is registered as node {bound[client_id]}" if client_id in bound else "which run config 'site-nodes' does not list"
+                failed[node] = f"says it is client {client_id}, {owner} (run config 'site-nodes')"
+                continue
             if client_id in self.node_of:
                 raise SiteFailure(f"nodes {self.node_of[client_id]} and {node} both say they are client {client_id} "
                                   "(node config 'client-id' must be unique)")
@@ -281,6 +307,9 @@ class Coordinator:
             self.outcome.resumed_after = saved["round"]
             rounds = range(saved["round"], rounds.stop)
         total = method.n_rounds(train)
+        guard = federated.guard_for(method, train, global_model, {s.client_id: s.n_samples for s in self.outcome.sites},
+                                    on_refused=lambda refused, round_number, exchange: self._fail(
+                                        {c: f"upload refused: {reason}" for c, reason in refused.items()}, round_number, exchange))
         for round_index in rounds:
             start = time.perf_counter()
             last = round_index == rounds[-1]
@@ -289,7 +318,7 @@ class Coordinator:
                 return self.answer_train(tasks, broadcast, final=last)
 
             updates = federated.server_round(method, train, global_model, self.client_ids, round_index, job.seed, runtime,
-                                             self.answer_prepare, train_answer)
+                                             self.answer_prepare, train_answer, guard)
             record = federated.round_record(round_index, updates, global_model, store, test, val, runtime,
                                             last or (round_index + 1) % train.eval_every == 0)
             history.append(record)

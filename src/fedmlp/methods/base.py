@@ -35,7 +35,7 @@ import torch
 from fedmlp.augment import augment
 from fedmlp.config import TrainConfig
 from fedmlp.loader import Batch, ClientData, batches
-from fedmlp.methods.messages import Broadcast, Upload, Weights
+from fedmlp.methods.messages import Broadcast, PayloadSchema, Upload, Weights
 from fedmlp.models import Classifier
 from fedmlp.optim import adam
 from fedmlp.runtime import Runtime
@@ -93,6 +93,15 @@ class ServerContext:
     client_ids: list[int]
     generator: torch.Generator  # the server's random stream for this round
     runtime: Runtime
+    combine: Callable[[list[Upload]], Weights] | None = None  # the federation's average (train.aggregation); None: weighted_average
+    averaged: bool = field(default=False, init=False)  # whether the server step used :meth:`average` (robust rules need it)
+
+    def average(self, updates: list[Upload]) -> Weights:
+        """The clients' weights averaged by the federation's rule: FedAvg's weighted mean by default,
+        a robust rule (:mod:`fedmlp.robust`) if ``train.aggregation`` says so. A server step that
+        averages models calls this rather than :func:`weighted_average`."""
+        self.averaged = True
+        return (self.combine or weighted_average)(updates)
 
 
 class Method(ABC):
@@ -102,6 +111,9 @@ class Method(ABC):
     # "partial": clients see only their annotated classes; "full": every class (an upper bound).
     label_access: ClassVar[Literal["partial", "full"]] = "partial"
     server: Any = None  # server-side state: a dataclass instance, saved and restored by the loop
+    # What each exchange's uploads carry beside the weights (census, prepare, train): the server
+    # refuses an upload whose payload differs (:mod:`fedmlp.uploads`). Nothing, unless declared.
+    payloads: ClassVar[dict[str, PayloadSchema]] = {}
 
     def n_rounds(self, train: TrainConfig) -> int:
         """Total rounds of a complete run."""
@@ -147,7 +159,7 @@ class Method(ABC):
         return {}
 
     def aggregate(self, server: ServerContext, updates: list[Upload]) -> Weights:
-        return weighted_average(updates)
+        return server.average(updates)
 
     def server_gates(self) -> dict[str, list[float]]:
         """The last server step's gate rates: per gate, one value in [0, 1] per unit it applies to (a

@@ -44,9 +44,9 @@ import torch.nn.functional as F
 
 from fedmlp.config import from_dict
 from fedmlp.loader import Batch, ClientData, iterate_rows
-from fedmlp.methods.base import LocalContext, Method, ServerContext, record_gate, weighted_average
+from fedmlp.methods.base import LocalContext, Method, ServerContext, record_gate
 from fedmlp.methods.common import UNLABELLED, masked_mean, positive_weights
-from fedmlp.methods.messages import Upload, Weights
+from fedmlp.methods.messages import Entry, Upload, Weights
 from fedmlp.methods.registry import register
 from fedmlp.schema import setting
 
@@ -202,6 +202,9 @@ class ServerState:
 
 
 class CBAFed(Method):
+    # counts: clean positives per class (summed over local epochs by the official variant)
+    payloads = {"train": {"counts": Entry(torch.float32, ("C",), minimum=0)}}
+
     def __init__(self, name: str, config: CBAFedConfig):
         self.name = name
         self.config = config
@@ -229,7 +232,7 @@ class CBAFed(Method):
         stage2 = server.round >= start
         weights, kept = residual_step(server.round, start if stage2 else 0, config.residual_period,
                                       config.residual_stage2 if stage2 else config.residual_warmup,
-                                      weighted_average(updates), self.server.residual)
+                                      server.average(updates), self.server.residual)
         if kept is not self.server.residual:
             self.server.residual = {k: v.detach().cpu().clone() for k, v in kept.items()}
         return weights

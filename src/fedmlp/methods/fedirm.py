@@ -39,9 +39,9 @@ import torch.nn.functional as F
 from fedmlp.config import from_dict
 from fedmlp.errors import FedmlpError
 from fedmlp.loader import Batch, ClientData
-from fedmlp.methods.base import LocalContext, Method, ServerContext, record_gate, weighted_average
+from fedmlp.methods.base import LocalContext, Method, ServerContext, record_gate
 from fedmlp.methods.common import ema_alpha, ema_update_, local_ema_pairs, masked_mean, positive_weights
-from fedmlp.methods.messages import Upload, Weights
+from fedmlp.methods.messages import Entry, Upload, Weights
 from fedmlp.methods.registry import register
 from fedmlp.schema import setting
 
@@ -184,6 +184,12 @@ class ServerState:
 
 
 class FedIRM(Method):
+    # the relation rows of the local update, the positives behind them (summed over local epochs), the annotated
+    # classes; nothing in a round without relation matching
+    payloads = {"train": {"rows": Entry(torch.float32, ("C", "C"), required=False),
+                         "counts": Entry(torch.float32, ("C",), required=False, minimum=0),
+                         "annotated": Entry(torch.bool, ("C",), required=False)}}
+
     def __init__(self, name: str, config: FedIRMConfig):
         if config.confidence_low > config.confidence_high:
             raise FedmlpError(f"config key 'fedirm.confidence_low': {config.confidence_low} is more than "
@@ -216,7 +222,7 @@ class FedIRM(Method):
                 relation = torch.where(defined[:, None], relation, self.server.relation)
                 defined = defined | self.server.defined
             self.server = ServerState(relation, defined)
-        return weighted_average(updates)
+        return server.average(updates)
 
     # --- client side ---------------------------------------------------------------------------
 

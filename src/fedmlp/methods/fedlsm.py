@@ -43,7 +43,7 @@ from fedmlp.inference import predict_proba
 from fedmlp.loader import Batch, ClientData, read_images
 from fedmlp.methods.base import LocalContext, Method, ServerContext, record_gate, weighted_average
 from fedmlp.methods.common import masked_mean, positive_weights
-from fedmlp.methods.messages import Upload, Weights
+from fedmlp.methods.messages import Entry, Upload, Weights
 from fedmlp.methods.registry import register
 from fedmlp.schema import setting
 
@@ -153,6 +153,8 @@ def head_aggregate(updates: list[Upload], previous: Weights) -> Weights:
 
 
 class FedLSM(Method):
+    payloads = {"train": {"edd": Entry(torch.float32, ("C",), minimum=0, maximum="N"), "annotated": Entry(torch.bool, ("C",))}}
+
     def __init__(self, name: str, config: FedLSMConfig):
         self.name = name
         self.config = config
@@ -161,7 +163,7 @@ class FedLSM(Method):
 
     def aggregate(self, server: ServerContext, updates: list[Upload]) -> Weights:
         if not self.config.awpa:
-            return weighted_average(updates)
+            return server.average(updates)
         previous = {k: v.detach().cpu() for k, v in server.global_model.state_dict().items() if k in HEAD_KEYS}
         return head_aggregate(updates, previous)
 

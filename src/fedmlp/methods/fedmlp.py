@@ -38,7 +38,7 @@ from fedmlp.errors import FedmlpError
 from fedmlp.loader import Batch, ClientData
 from fedmlp.methods.base import LocalContext, ServerContext, StagedMethod, record_gate
 from fedmlp.methods.common import UNLABELLED, class_prior, client_pass, global_prior, label_counts, logit_offset, masked_mean
-from fedmlp.methods.messages import Upload
+from fedmlp.methods.messages import CENSUS, Entry, Upload
 from fedmlp.methods.registry import register
 from fedmlp.schema import setting
 from fedmlp.store import ImageView
@@ -221,6 +221,12 @@ class ServerState:
 
 
 class FedMLP(StagedMethod):
+    # degree: NaN for the classes the client annotates (it has no learning degree there)
+    payloads = {CENSUS: {"counts": Entry(torch.float32, ("C", 2), minimum=0, maximum="N")},
+                "prepare": {"prototypes": Entry(torch.float32, ("C", 2, "D")),
+                            "counts": Entry(torch.float32, ("C", 2), minimum=0, maximum="N"),
+                            "degree": Entry(torch.float32, ("C",), nan=True, minimum=0, maximum=1)}}
+
     def __init__(self, name: str, config: FedMLPConfig):
         self.name = name
         self.config = config

@@ -48,7 +48,7 @@ from fedmlp.config import from_dict
 from fedmlp.loader import Batch, ClientData
 from fedmlp.methods.base import LocalContext, Method, ServerContext, record_gate
 from fedmlp.methods.common import class_prior, client_pass, global_prior, label_counts
-from fedmlp.methods.messages import Upload
+from fedmlp.methods.messages import CENSUS, Entry, Upload
 from fedmlp.methods.registry import register
 from fedmlp.schema import setting
 
@@ -134,6 +134,8 @@ class ServerState:
 
 
 class FedNML(Method):
+    payloads = {CENSUS: {"counts": Entry(torch.float32, ("C", 2), minimum=0, maximum="N")}}
+
     def __init__(self, name: str, config: FedNMLConfig):
         self.name = name
         self.config = config

@@ -43,9 +43,9 @@ import torch.nn.functional as F
 
 from fedmlp.config import from_dict
 from fedmlp.loader import Batch, ClientData
-from fedmlp.methods.base import LocalContext, Method, ServerContext, weighted_average
+from fedmlp.methods.base import LocalContext, Method, ServerContext
 from fedmlp.methods.common import class_prior, logit_offset, masked_mean, model_distance
-from fedmlp.methods.messages import Upload, Weights
+from fedmlp.methods.messages import Entry, Upload, Weights
 from fedmlp.methods.registry import register
 from fedmlp.schema import setting
 
@@ -123,6 +123,8 @@ def daagg_weights(sizes: list[float], clean: list[bool], weights: list[Weights])
 
 
 class FedNoRo(Method):
+    payloads = {"train": {"complete": Entry(bool)}}  # whether the client annotates every class
+
     def __init__(self, name: str, config: FedNoRoConfig):
         self.name = name
         self.config = config
@@ -147,10 +149,10 @@ class FedNoRo(Method):
         clean = [bool(u.payload.get("complete", False)) for u in updates]
         self.daagg_shares = []
         if self.official or not self.config.daagg or server.round < begin or all(clean) or not any(clean):
-            return weighted_average(updates)
+            return server.average(updates)
         shares = daagg_weights([u.aggregation_weight for u in updates], clean, [u.weights for u in updates])
         self.daagg_shares = shares
-        return weighted_average([dataclasses.replace(u, weight=s) for u, s in zip(updates, shares)])
+        return server.average([dataclasses.replace(u, weight=s) for u, s in zip(updates, shares)])
 
     def server_gates(self) -> dict[str, list[float]]:
         return {"daagg_max_weight": [max(self.daagg_shares)]} if self.daagg_shares else {}

@@ -25,7 +25,7 @@ from fedmlp.config import from_dict
 from fedmlp.errors import FedmlpError
 from fedmlp.loader import Batch
 from fedmlp.methods.base import LocalContext, Method, ServerContext, weighted_average
-from fedmlp.methods.messages import Upload, Weights
+from fedmlp.methods.messages import Entry, Upload, Weights
 from fedmlp.methods.registry import register
 from fedmlp.models import Classifier
 from fedmlp.schema import setting
@@ -76,6 +76,8 @@ def surgical_average(updates: list[Upload], previous: Weights, keys: tuple[str, 
 
 
 class Surgical(Method):
+    payloads = {"train": {ANNOTATED: Entry(torch.bool, ("C",))}}
+
     def __init__(self, name: str, config: SurgicalConfig):
         self.name = name
         self.config = config
