@@ -11,15 +11,16 @@ import pytest
 import torch
 from test_flower import FLOWER_TRAIN, MODEL, TRAIN, flower_processes, node_configs, run_config
 
-from fedmlp import checkpoint, federated, methods, runtime
+from fedmlp import checkpoint, federated, runtime
 from fedmlp.config import AggregationConfig, ModelConfig, TrainConfig, from_dict
 from fedmlp.errors import FedmlpError
 from fedmlp.flower import codec
 from fedmlp.flower.job import Job, ServerSettings
 from fedmlp.flower.loopback import LoopbackTransport
 from fedmlp.flower.server import SiteFailure, serve
-from fedmlp.methods import Broadcast, Upload
-from fedmlp.methods.messages import Entry
+from fedmlp.methods import registry
+from fedmlp.methods.base import Method
+from fedmlp.methods.messages import Broadcast, Entry, Upload
 from fedmlp.robust import clip_updates, median, trimmed_mean
 from fedmlp.store import ImageStore
 from fedmlp.uploads import SIZE_FACTOR, Guard, Limits, UploadRefused, check_upload
@@ -118,7 +119,7 @@ def test_every_method_declares_what_its_uploads_carry() -> None:
     from fedmlp.methods.messages import EXCHANGES
 
     for name in registry.names():
-        for exchange, schema in methods.create(name, {}).payloads.items():
+        for exchange, schema in registry.create(name, {}).payloads.items():
             assert exchange in EXCHANGES, (name, exchange)
             assert all(isinstance(e.kind, (torch.dtype, type)) for e in schema.values()), name
 
@@ -126,9 +127,9 @@ def test_every_method_declares_what_its_uploads_carry() -> None:
 # --- the simulation's policy: a method bug is caught where it arises ------------------------------
 
 
-def hostile(method_name: str, client_id: int, round_index: int, corrupt) -> methods.Method:
+def hostile(method_name: str, client_id: int, round_index: int, corrupt) -> Method:
     """A method whose local update for one client in one round is corrupted after the fact."""
-    method = methods.create(method_name, {})
+    method = registry.create(method_name, {})
     honest_update = method.local_update
 
     def local_update(ctx):
@@ -159,7 +160,7 @@ def test_the_simulation_stops_at_a_nan_upload_naming_site_round_and_tensor(store
 
 
 def test_a_server_step_that_gives_nan_is_stopped_before_the_model(store: ImageStore, federation: dict) -> None:
-    method = methods.create("fedavg-masked", {})
+    method = registry.create("fedavg-masked", {})
     method.aggregate = lambda server, updates: {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
                                                 for k, v in updates[0].weights.items()}
     with pytest.raises(FedmlpError, match=r"^round 1: fedavg-masked's server step gave a bad model: the aggregate\['"):
@@ -335,10 +336,10 @@ def test_clipping_bounds_each_update_relative_to_the_broadcast() -> None:
 def test_robust_rules_run_and_refuse_a_method_with_its_own_average(store: ImageStore, federation: dict) -> None:
     rt = runtime.resolve("cpu", "fp32", 1)
     train = TrainConfig(**TRAIN, aggregation=AggregationConfig("median", clip_norm=5.0))
-    result = federated.run(store, federation, methods.create("fedavg-masked", {}), train, ModelConfig(**MODEL), 0, rt)
+    result = federated.run(store, federation, registry.create("fedavg-masked", {}), train, ModelConfig(**MODEL), 0, rt)
     assert len(result.history) == 3
     with pytest.raises(FedmlpError, match=r"^config key 'train.aggregation.rule': 'median' replaces the weighted mean, and surgical's"):
-        federated.run(store, federation, methods.create("surgical", {}), train, ModelConfig(**MODEL), 0, rt)
+        federated.run(store, federation, registry.create("surgical", {}), train, ModelConfig(**MODEL), 0, rt)
 
 
 @pytest.mark.parametrize(("data", "key"), [({"rule": "mode"}, "train.aggregation.rule"), ({"trim_fraction": 0.5}, "train.aggregation.trim_fraction"),

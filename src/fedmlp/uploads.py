@@ -8,7 +8,7 @@ a positive integer at most the size the site declared (its partition's size in t
 ``hello`` in a Flower run); when its aggregation weight is not finite, negative, or more than its
 label entries allow (declared images × classes × local epochs); when its loss is not finite (a
 training upload); or when its payload is not what the method declares for that exchange
-(:attr:`fedmlp.methods.Method.payloads`, :class:`~fedmlp.methods.messages.Entry`).
+(:attr:`fedmlp.methods.base.Method.payloads`, :class:`~fedmlp.methods.messages.Entry`).
 
 A refused site is a failed site (:class:`Guard`, ``on_refused``): in the simulation the run stops
 with the refusal (a method bug caught at its source); in a Flower run the coordinator's failure

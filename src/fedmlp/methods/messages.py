@@ -9,7 +9,7 @@ no model pass; FedMLP with ``degree_scale: prior``, once). Payloads hold tensors
 so a message can be saved with ``torch.save(weights_only=True)`` or sent over a network unchanged.
 
 Each method declares what its uploads' payloads hold (:class:`Entry`, per exchange:
-:attr:`fedmlp.methods.Method.payloads`), so that the server can refuse anything else before it
+:attr:`fedmlp.methods.base.Method.payloads`), so that the server can refuse anything else before it
 reaches a server step (:mod:`fedmlp.uploads`).
 """
 
