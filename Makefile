@@ -16,7 +16,7 @@ CONSTRAINTS = $(if $(LOCK),-c $(LOCK))
 CORES ?= all
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test lint format docs lock dry-run pull push have-env clean-results help
+.PHONY: run test lint format docs lock dry-run pull push plots metrics have-env clean-results help
 
 help:
 	@echo "make run     - run the default experiment (config/config.yaml); writes results/report.md"
@@ -28,6 +28,8 @@ help:
 	@echo "make dry-run - show what 'make run' would do"
 	@echo "make push    - record the outputs in dvc.lock and upload them to the DVC remote"
 	@echo "make pull    - download the outputs of dvc.lock and mark them up to date (no training)"
+	@echo "make plots   - dvc plots show into results/dvc_plots/index.html, a page that works offline"
+	@echo "make metrics - the DVC metrics as a table: one row per setting and method, mAP and AUROC mean ± SD"
 
 $(BIN)/.installed: pyproject.toml $(LOCK)
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11 or newer"; exit 1; }
@@ -87,6 +89,13 @@ push: have-env
 	$(BIN)/dvc commit --force
 	$(BIN)/dvc push
 	@echo "make push: outputs uploaded; commit dvc.lock so that others can 'make pull' them"
+
+# DVC's views, readable and offline (docs/reports.md, "DVC views"); they only read the workspace.
+plots: have-env
+	@$(BIN)/fedmlp plots
+
+metrics: have-env
+	@$(BIN)/fedmlp metrics
 
 clean-results:
 	rm -rf results logs benchmarks resume

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from conftest import REPO, bin_dir
 
-from fedmlp import fingerprint, versioning
+from fedmlp import dvc_views, fingerprint, versioning
 
 GIT = ("git", "-c", "user.name=t", "-c", "user.email=t@t")
 VENV = Path(sys.executable).parent.parent
@@ -150,6 +150,51 @@ def test_metrics_and_plots(origin: Path, tmp_path: Path) -> None:
     assert {"results/figures/map_per_round.png", "results/figures/pseudolabels.png"} <= set(plots["data"])
     sh("dvc", "plots", "show", "-o", str(tmp_path / "html"), cwd=origin)
     assert "test mAP per round (mean over seeds)" in (tmp_path / "html" / "index.html").read_text()
+
+    # the offline page: the libraries inline, nothing loaded from the network, the figures beside it
+    page = Path(sh("fedmlp", "plots", "--out", str(tmp_path / "offline"), cwd=origin).stdout.strip())
+    html = page.read_text()
+    assert page == tmp_path / "offline" / "index.html" and "test mAP per round (mean over seeds)" in html
+    assert not re.search(r"<script[^>]*\bsrc=", html) and html.count("vegaEmbed('#") == 1
+    assert 'var e="5.20.2"' in html  # vega itself, inline
+    assert (tmp_path / "offline" / "static").is_dir() and "src=\"static/" in html
+
+    # the table: one row per setting and method
+    table = sh("fedmlp", "metrics", cwd=origin).stdout.splitlines()
+    assert table[0].split()[:3] == ["setting", "method", "mAP"]
+    assert sorted(line.split()[1] for line in table[2:]) == ["fedavg-masked", "fedmlp"]
+    assert all(line.startswith("iid-k3-a2 ") for line in table[2:])
+
+
+def test_plots_show_the_workspace_when_it_differs_from_dvc_lock(origin: Path, tmp_path: Path) -> None:
+    """A fresh clone's `make run` (or another CPU's bytes) leaves outputs that dvc.lock does not record;
+    the plots are still drawn, from the workspace files, without a `dvc commit`."""
+    target = clone(origin, tmp_path / "clone", origin.parent / "remote")
+    for top in ("resources", "results"):  # what `make run` leaves, without rerunning it
+        sh("cp", "-r", str(origin / top), str(target / top), cwd=target)
+    curves = target / "results/plots/map_per_round.csv"
+    lines = curves.read_text().splitlines()
+    first = lines[1].split(",")
+    first[3] = "0.987654"
+    curves.write_text("\n".join([lines[0], ",".join(first), *lines[2:]]) + "\n")
+    assert "results/plots" in sh("dvc", "status", "report", cwd=target).stdout  # not what dvc.lock records
+    plots = json.loads(sh("dvc", "plots", "show", "--json", cwd=target).stdout)
+    assert not plots.get("errors"), plots["errors"]
+    (curve,) = plots["data"]["results/plots/map_per_round.csv"]
+    assert "0.987654" in {row["test_mAP"] for row in curve["content"]["data"]["values"]}
+    assert "0.987654" in (Path(sh("fedmlp", "plots", cwd=target).stdout.strip())).read_text()
+
+
+def test_offline_template_and_metrics_table() -> None:
+    template = dvc_views.offline_template()
+    assert "{plot_divs}" in template and "{scripts}" not in template  # {scripts} is where DVC adds the CDN tags
+    assert not re.search(r"<script[^>]*\bsrc=", template)
+    metrics = {"iid-k3-a2": {"fedavg-masked": {"mAP_mean": 0.5, "mAP_sd": 0.01, "AUROC_mean": 0.7, "AUROC_sd": None, "n_seeds": 1},
+                             "fedmlp": {"mAP_mean": 0.6, "mAP_sd": 0.02, "AUROC_mean": 0.8, "AUROC_sd": 0.03, "n_seeds": 3}}}
+    lines = dvc_views.table(dvc_views.rows(metrics)).splitlines()
+    assert {line.split()[1]: line.split()[2:] for line in lines[2:]} == {
+        "fedavg-masked": ["0.500", "±", "0.010", "0.700", "1"], "fedmlp": ["0.600", "±", "0.020", "0.800", "±", "0.030", "3"]}
+    assert max(map(len, lines)) <= 100
 
 
 def test_compiling_the_library_changes_no_stage(origin: Path) -> None:

@@ -307,6 +307,8 @@ def inputs(store: ImageStore, federation: dict, raw_dataset: Path, tmp_path_fact
         "verify": Command(flags("store"), {"store": str(store.root)}, texts={"store": TEXT}),
         "dvc-yaml": Command(flags(), {"--check": [], "--out": dvc_yaml}, texts={"--out": TEXT}, files={"--out": mutated_bytes(dvc_yaml)}),
         "dvc-fetch": Command(flags(), {"--root": str(root)}, texts={"--root": TEXT}),  # not a DVC repository: no remote
+        "plots": Command(flags(), {"--root": str(root), "--out": ""}, texts={"--root": TEXT}, outputs=("--out",)),  # not a DVC repository
+        "metrics": Command(flags(), {"--root": str(root), "--experiments": []}, texts={"--root": TEXT}),
         "bench": Command(flags(), {"--stage": "loader", "--size": "16", "--images": "8", "--batch-size": "4", "--model": "compact-cnn",
                                    "--threads": "1", "--store": str(store.root), "--json": ""},
                          texts={k: TEXT for k in ("--stage", "--size", "--images", "--batch-size", "--channels", "--threads", "--precision")},
@@ -360,7 +362,7 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["synth", "download", "ingest", "split", "partition", "paper-split", "train", "warmup", "pseudolabel",
                                   "teacher", "federate", "evaluate", "report", "methods", "verify", "bench", "flower-app", "dicom2png",
-                                  "dvc-yaml", "dvc-fetch"])
+                                  "dvc-yaml", "dvc-fetch", "plots", "metrics"])
 @FUZZ
 @given(data=st.data())
 def test_broken_input_is_one_line_and_leaves_no_output(inputs: dict[str, Command], name: str, data: st.DataObject) -> None:

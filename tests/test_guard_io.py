@@ -79,7 +79,7 @@ def test_every_path_option_is_declared_an_input_or_an_output() -> None:
     for name, parser in sub.choices.items():
         paths = {a.option_strings[0] if a.option_strings else a.dest for a in parser._actions if a.type is Path}
         declared = parser.get_default("path_options")
-        assert paths == (set(declared.inputs) | set(declared.outputs) if declared else set()), name
+        assert paths == (set(declared.inputs) | set(declared.outputs) | set(declared.places) if declared else set()), name
 
 
 # --- resume states -------------------------------------------------------------------------------------

@@ -146,26 +146,26 @@ def _difference(have: Any, want: Any) -> tuple[str, str]:
     return (", ".join(v for v in have_items if v not in want_items), ", ".join(v for v in want_items if v not in have_items))
 
 
-def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
+def run_dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True)
     except FileNotFoundError:
         raise FedmlpError("dvc: not found on the PATH (it comes with the test extras: pip install -e '.[test]')") from None
 
 
-def _last_line(result: subprocess.CompletedProcess) -> str:
+def last_line(result: subprocess.CompletedProcess) -> str:
     lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
     return lines[-1].strip() if lines else f"exit status {result.returncode}"
 
 
 def default_remote(root: Path) -> tuple[str, str]:
     """The default DVC remote's name and URL (project config with its local overrides)."""
-    name = _dvc(root, "remote", "default")
+    name = run_dvc(root, "remote", "default")
     if name.returncode != 0 or not name.stdout.strip():
         raise FedmlpError("no default DVC remote is set: add the one the outputs were pushed to with "
                           "'dvc remote add -d NAME URL', or run 'make run' to compute them here")
     remote = name.stdout.strip()
-    url = _dvc(root, "config", f"remote.{remote}.url")
+    url = run_dvc(root, "config", f"remote.{remote}.url")
     return remote, url.stdout.strip() if url.returncode == 0 and url.stdout.strip() else "?"
 
 
@@ -175,9 +175,9 @@ def fetch_outputs(root: Path) -> list[str]:
     fetched, for ``dvc checkout`` to put in place."""
     remote, url = default_remote(root)
     fetched = _fetch_verified(root, remote, url)
-    status = _dvc(root, "status", "--json")
+    status = run_dvc(root, "status", "--json")
     if status.returncode != 0:
-        raise FedmlpError(f"dvc status: {_last_line(status)}")
+        raise FedmlpError(f"dvc status: {last_line(status)}")
     try:
         stages = json.loads(status.stdout or "{}")
     except ValueError:
@@ -191,7 +191,7 @@ def fetch_outputs(root: Path) -> list[str]:
                 if state == "not in cache":
                     lacking.append(path)
     if lacking:
-        why = "" if fetched.returncode == 0 else f" (dvc fetch: {_last_line(fetched)})"
+        why = "" if fetched.returncode == 0 else f" (dvc fetch: {last_line(fetched)})"
         raise FedmlpError(
             f"the DVC remote {remote!r} at {url} lacks outputs that dvc.lock records ({', '.join(sorted(lacking))}){why}, "
             f"or holds copies that fail their MD5 check (DVC does not keep those); "
@@ -262,7 +262,7 @@ def _refuse_damaged(damaged: list[tuple[Path, str]], remote: str, url: str) -> N
 
 
 def _cache_dir(root: Path) -> Path:
-    listed = _dvc(root, "cache", "dir")
+    listed = run_dvc(root, "cache", "dir")
     return Path(listed.stdout.strip()) if listed.returncode == 0 and listed.stdout.strip() else root / ".dvc" / "cache"
 
 
@@ -277,7 +277,7 @@ def _fetch_verified(root: Path, remote: str, url: str) -> subprocess.CompletedPr
     remote_dir = _local_remote(root, url)
     if remote_dir is not None:
         _refuse_damaged(_damaged(_expected_objects(root, [cache, remote_dir]), remote_dir, skip=cache), remote, url)
-    fetched = _dvc(root, "fetch")
+    fetched = run_dvc(root, "fetch")
     damaged = _damaged(_expected_objects(root, [cache]), cache)
     for where, _ in damaged:
         where.unlink()

@@ -49,18 +49,20 @@ seed = _integer(0, SEED_MAX)  # numpy's legacy seeding takes seeds below 2**32
 
 @dataclass(frozen=True)
 class PathOptions:
-    """A subcommand's path options by role; ``replaced``: outputs that are directories replaced whole."""
+    """A subcommand's path options by role; ``replaced``: outputs that are directories replaced whole;
+    ``places``: where a command runs (a repository), neither read as data nor written, so not checked."""
 
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     replaced: tuple[str, ...] = ()
+    places: tuple[str, ...] = ()
 
 
 def declare_paths(p: argparse.ArgumentParser, inputs: Sequence[str] = (), outputs: Sequence[str] = (),
-                  replaced: Sequence[str] = ()) -> None:
+                  replaced: Sequence[str] = (), places: Sequence[str] = ()) -> None:
     """Name the options (``--store``, or a positional's name) that a subcommand reads and writes;
     the CLI checks them apart (:func:`check_paths`) before the command runs."""
-    p.set_defaults(path_options=PathOptions(tuple(inputs), (*outputs, *replaced), tuple(replaced)))
+    p.set_defaults(path_options=PathOptions(tuple(inputs), (*outputs, *replaced), tuple(replaced), tuple(places)))
 
 
 def _given(args: argparse.Namespace, options: Sequence[str]) -> dict[str, Path]:

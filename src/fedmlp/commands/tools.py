@@ -1,8 +1,10 @@
-"""Tools beside the workflow: ``fedmlp methods``, ``fedmlp dicom2png``, ``fedmlp bench``, ``fedmlp dvc-yaml``, ``fedmlp dvc-fetch``."""
+"""Tools beside the workflow: ``fedmlp methods``, ``fedmlp dicom2png``, ``fedmlp bench``, ``fedmlp dvc-yaml``, ``fedmlp dvc-fetch``,
+``fedmlp plots``, ``fedmlp metrics``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from fedmlp.commands.common import count, declare_paths
@@ -68,13 +70,37 @@ def cmd_dvc_yaml(args: argparse.Namespace) -> None:
         write_text(args.out, versioning.render())
 
 
+def _require_root(root: Path) -> None:
+    if not root.is_dir():
+        raise FedmlpError(f"--root {root}: not a directory (expected the repository holding dvc.lock)")
+
+
 def cmd_dvc_fetch(args: argparse.Namespace) -> None:
     from fedmlp import versioning
 
-    if not args.root.is_dir():
-        raise FedmlpError(f"--root {args.root}: not a directory (expected the repository holding dvc.lock)")
+    _require_root(args.root)
     outputs = versioning.fetch_outputs(args.root)
     print(f"fetched into the DVC cache: {', '.join(outputs) if outputs else 'nothing was missing'}")
+
+
+def cmd_plots(args: argparse.Namespace) -> None:
+    from fedmlp import dvc_views
+
+    _require_root(args.root)
+    print(dvc_views.show_plots(args.root, args.out))
+
+
+def cmd_metrics(args: argparse.Namespace) -> None:
+    from fedmlp import dvc_views
+
+    _require_root(args.root)
+    if not args.experiments:
+        print(dvc_views.table(dvc_views.rows(dvc_views.workspace_metrics(args.root))))
+        return
+    for name, changed, metrics in dvc_views.experiments(args.root):
+        params = ", ".join(f"{key}={json.dumps(value)}" for key, value in changed.items())
+        print(f"{name}: {params or 'the params of its commit'}")
+        print(dvc_views.table(dvc_views.rows(metrics)), end="\n\n")
 
 
 def add_commands(add) -> None:
@@ -85,6 +111,18 @@ def add_commands(add) -> None:
 
     p = add("dvc-fetch", cmd_dvc_fetch, "dvc fetch the outputs of dvc.lock into the DVC cache; fail in one line, naming the remote, if it lacks any")
     p.add_argument("--root", type=Path, default=Path("."), help="the repository (default: here)")
+    declare_paths(p, ["--root"])
+
+    p = add("plots", cmd_plots, "dvc plots show into an HTML page that works offline (Vega inlined); prints the page's path")
+    p.add_argument("--root", type=Path, default=Path("."), help="the repository (default: here)")
+    p.add_argument("--out", type=Path, default=Path("results/dvc_plots"), help="the page's folder (default results/dvc_plots)")
+    declare_paths(p, [], ["--out"], places=["--root"])  # the page belongs inside the repository it is drawn from
+
+    p = add("metrics", cmd_metrics, "the DVC metrics (results/metrics.json) as a table: one row per setting and method, "
+            "final-round mAP and AUROC as mean ± SD over seeds")
+    p.add_argument("--root", type=Path, default=Path("."), help="the repository (default: here)")
+    p.add_argument("--experiments", action="store_true",
+                   help="one table per row of 'dvc exp show' (workspace, commit, experiments), headed by the config keys it changed")
     declare_paths(p, ["--root"])
 
     add("methods", cmd_methods, "list the registered methods, their config sections and what each does")
