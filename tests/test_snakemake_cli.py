@@ -95,7 +95,7 @@ def _value(schema: dict) -> st.SearchStrategy:
     for branch in branches:
         types = branch.get("type", [])
         types = [types] if isinstance(types, str) else types
-        if "string" in types:  # "null" then stays a string: give null in a config file (README: Configuration)
+        if "string" in types:  # "null" then stays a string: give null in a config file (docs/configuration.md)
             types = [kind for kind in types if kind != "null"]
         for kind in types:
             if kind == "object" and "properties" in branch:
