@@ -64,6 +64,40 @@ def random_split(image_ids: list[str], config: SplitConfig) -> Split:
     return Split(train=[image_ids[i] for i in perm[n_test:]], test=[image_ids[i] for i in perm[:n_test]])
 
 
+def patient_split(image_ids: list[str], patients: Mapping[str, str], config: SplitConfig) -> Split:
+    """:func:`random_split` by patient: one seeded permutation of the patients (in order of first
+    appearance), whose images fill the test set until it holds ``ceil((1 - train_fraction) * N)`` images,
+    so that no patient is on both sides."""
+    if not 0 < config.train_fraction < 1:
+        raise FedmlpError(f"config key 'split.train_fraction': expected a number in (0, 1), got {config.train_fraction}")
+    members: dict[str, list[str]] = {}
+    for image in image_ids:
+        members.setdefault(patients[image], []).append(image)
+    names = list(members)
+    n_test = math.ceil((1 - config.train_fraction) * len(image_ids))
+    test: set[str] = set()
+    for index in np.random.RandomState(config.seed).permutation(len(names)):
+        if len(test) >= n_test:
+            break
+        test.update(members[names[index]])
+    if not test or len(test) == len(image_ids):
+        raise FedmlpError(f"config key 'split.train_fraction': {config.train_fraction} leaves an empty train or test set for "
+                          f"{len(names)} patients")
+    return Split(train=[i for i in image_ids if i not in test], test=[i for i in image_ids if i in test])
+
+
+def site_clients(train_ids: list[str], sites: Mapping[str, str], classes: list[str],
+                 unassessed: Mapping[str, list[str]]) -> list[dict[str, Any]]:
+    """``federation.partition: site``: one client per site (in order of first appearance), holding its
+    training images and annotating the classes it assessed (custom data, :mod:`fedmlp.sources.custom`)."""
+    names = list(dict.fromkeys(sites[i] for i in train_ids))
+    return [
+        {"id": client, "images": [i for i in train_ids if sites[i] == site],
+         "annotated_classes": [c for c in classes if c not in unassessed.get(site, [])]}
+        for client, site in enumerate(names)
+    ]
+
+
 def official_split(image_ids: list[str], train_list: list[str], test_list: list[str]) -> Split:
     """ChestX-ray14's patient-level split (``train_val_list.txt`` / ``test_list.txt``), kept to the given images."""
     train, test = set(train_list), set(test_list)

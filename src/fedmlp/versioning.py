@@ -40,7 +40,7 @@ COMMANDS = {  # each stage runs its part of the DAG; Snakemake skips what is up 
 # default's, results/). replicates and seeds reach the data: with replicates: data each seed has its
 # own draw (resources/synthetic-ich/draw<s>/), and every stage's paths name it.
 PARAMS = {
-    "data": ("dataset", "seeds", "replicates", "ich", "chestxray14", "synthetic", "preprocess"),
+    "data": ("dataset", "seeds", "replicates", "ich", "chestxray14", "custom", "synthetic", "preprocess"),
     "experiments": ("methods", "seeds", "replicates", "split", "federation", "sweep", "model", "train", "tuning"),
     "report": ("dataset", "methods", "seeds", "replicates", "preprocess", "federation", "sweep", "report", "tuning"),
 }

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fedmlp.fingerprint import RULE_COMMANDS, TRAINING_RULES, code_fingerprint, rule_roots
 from fedmlp.methods import registry
-from fedmlp.sources import nih, rsna
+from fedmlp.sources import custom, nih, rsna
 from fedmlp.sweep import federation_settings
 from fedmlp import tuning
 
@@ -174,6 +174,12 @@ def check_config():
     from fedmlp.workflow_config import check_combinations
 
     dataset = config["dataset"]
+    if dataset == "custom":
+        for key in ("root", "labels"):
+            if not config["custom"][key]:
+                raise FedmlpError(f"config key 'custom.{key}': required with dataset custom (docs/custom-data.md)")
+        if not Path(config["custom"]["root"]).is_dir():
+            raise FedmlpError(f"config key 'custom.root': {config['custom']['root']} is not a directory")
     if dataset in USER_ROOT and config[dataset]["root"]:
         label_file = Path(config[dataset]["root"]) / RAW_FILES[dataset][0]
         if not label_file.is_file():
@@ -198,6 +204,10 @@ def check_config():
                     f"config key '{key}': {section['seed']} + seed {last} exceeds {SEED_MAX} (replicates: data adds the seed)"
                 )
     for name, setting in SETTING_SOURCES.items():
+        if setting.federation["partition"] == "site":  # the clients and their classes come from the labels CSV
+            if dataset != "custom":
+                raise FedmlpError(f"config key '{setting.key('partition')}': site needs dataset custom (the sites of its labels CSV)")
+            continue
         try:
             assign_classes(classes(), from_dict(FederationConfig, setting.federation, "federation"))
         except FedmlpError as exc:
@@ -219,6 +229,8 @@ def raw_root(wildcards):
     dataset = wildcards.dataset
     if dataset in USER_ROOT and config[dataset]["root"]:
         return config[dataset]["root"]
+    if dataset == "custom":
+        return config["custom"]["root"]
     if dataset == "synthetic-ich":
         return RAW_SYNTHETIC.format(**dict(wildcards.items()))
     return f"resources/{dataset}/raw"
@@ -229,13 +241,29 @@ def raw_inputs(wildcards):
     dataset = wildcards.dataset
     if dataset in USER_ROOT and not config[dataset]["root"]:
         return {"raw": DOWNLOADED.format(dataset=dataset)}
+    if dataset == "custom":  # the images are fingerprinted by a param (custom_images)
+        return {"raw_labels": config["custom"]["labels"]}
     labels, images = RAW_FILES[dataset]
     root = raw_root(wildcards)
     return {"raw_labels": f"{root}/{labels}", "raw_images": f"{root}/{images}"}
 
 
 def classes():
+    if config["dataset"] == "custom":
+        return custom.read_classes(Path(config["custom"]["labels"]))
     return list(config["chestxray14"]["classes"]) if config["dataset"] == "chestxray14" else list(rsna.CLASSES)
+
+
+def source_settings(dataset):
+    """The dataset's own config section as ingest reads it ("{}" for the RSNA layouts, which need none)."""
+    return json_arg(config[dataset]) if dataset in ("chestxray14", "custom") else "{}"
+
+
+def custom_images(wildcards):
+    """The custom images' fingerprint (their paths, sizes and times; fedmlp.sources.custom), "" otherwise."""
+    if wildcards.dataset != "custom":
+        return ""
+    return custom.images_fingerprint(Path(config["custom"]["labels"]), Path(config["custom"]["root"]))
 
 
 def store_files(pattern=STORE):
