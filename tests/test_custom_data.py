@@ -11,13 +11,17 @@ import numpy as np
 import pandas as pd
 import pydicom.data
 import pytest
-from conftest import bin_dir  # noqa: F401  (the workflow helper below runs the venv's snakemake)
+import yaml
+from conftest import REPO
 from PIL import Image
 from test_workflow import snakemake
 
 from fedmlp.config import CustomConfig, PreprocessConfig, SplitConfig
 from fedmlp.errors import FedmlpError
-from fedmlp.sources.custom import check_assessed, custom_split, decode_image, ingest_custom, read_table
+from fedmlp.partition import manifest_split
+from fedmlp.sources import nih, rsna
+from fedmlp.sources.custom import check_assessed, decode_image, ingest_custom, read_table
+from fedmlp.sources.registry import SOURCES
 from fedmlp.store import ImageStore
 
 CLASSES = ["effusion", "nodule", "fracture"]
@@ -118,12 +122,12 @@ def test_colour_becomes_luma_or_stays_rgb_and_16_bit_is_scaled(tmp_path: Path) -
 
 
 def test_the_split_column_is_kept_and_patients_never_straddle(store: ImageStore, dataset: tuple[Path, Path]) -> None:
-    split, config, _ = custom_split(store.manifest, store.candidates(), SplitConfig(val_fraction=0.2))
+    split, config, _ = manifest_split(store.manifest, store.candidates(), SplitConfig(val_fraction=0.2))
     table = pd.read_csv(dataset[1], dtype=str, keep_default_na=False).set_index("image")
     assert {i: "train" for i in split.train} | {i: "val" for i in split.val} | {i: "test" for i in split.test} == table["split"].to_dict()
     assert config.val_fraction == 0  # never carved from training rows, which may hold empty cells
     without = {k: v for k, v in store.manifest.items() if k != "splits"}
-    drawn, _, patients = custom_split(without, store.candidates(), SplitConfig(train_fraction=0.6, seed=3))
+    drawn, _, patients = manifest_split(without, store.candidates(), SplitConfig(train_fraction=0.6, seed=3))
     test_patients = {patients[i] for i in drawn.test}
     assert drawn.test and not test_patients & {patients[i] for i in drawn.train}
 
@@ -204,3 +208,14 @@ def test_custom_data_runs_through_the_workflow(dataset: tuple[Path, Path], tmp_p
     assert "ingest" in snakemake(tmp_path, config, "--dry-run").stdout
     full = snakemake(tmp_path, {**config, "methods": ["fedavg-full"]}, "--until", "train")
     assert full.returncode != 0 and "reads the true labels of missing classes" in full.stderr
+
+
+def test_the_schema_and_config_name_every_registered_source() -> None:
+    """The registry is where a dataset is added; the schema's dataset names and sections must follow."""
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())["properties"]
+    defaults = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    assert schema["dataset"]["enum"] == list(SOURCES)
+    assert SOURCES["ich"].layout == (rsna.LABEL_FILE, rsna.IMAGE_DIR) and SOURCES["chestxray14"].layout == (nih.LABEL_FILE, nih.IMAGE_DIR)
+    for source in SOURCES.values():
+        if source.section:
+            assert source.section in schema and source.section in defaults

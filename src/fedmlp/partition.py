@@ -18,6 +18,7 @@ through :func:`fedmlp.loader.observed_labels`, which keeps the annotated columns
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Mapping
@@ -96,6 +97,23 @@ def site_clients(train_ids: list[str], sites: Mapping[str, str], classes: list[s
          "annotated_classes": [c for c in classes if c not in unassessed.get(site, [])]}
         for client, site in enumerate(names)
     ]
+
+
+def manifest_split(manifest: dict[str, Any], image_ids: list[str], config: SplitConfig) -> tuple[Split, SplitConfig, dict[str, str] | None]:
+    """The split of a store whose manifest records one (custom data, :mod:`fedmlp.sources.custom`): the labels CSV's split column as given (its val rows the validation
+    set, ``split.val_fraction`` not applied: the training rows may hold empty cells), else the seeded
+    random split, by patient when the CSV has a patient column. Returns the split, the settings it
+    followed, and the image → patient map for the validation set carved next."""
+    splits, patients = manifest.get("splits"), manifest.get("patients")
+    if splits:
+        split = Split(**{name: [i for i in image_ids if splits[i] == name] for name in ("train", "test", "val")})
+        if not split.train or not split.test:
+            empty = "train" if not split.train else "test"
+            raise FedmlpError(f"{manifest.get('labels_file')}: column 'split' names no {empty} image")
+        return split, dataclasses.replace(config, val_fraction=0.0), patients
+    if patients:
+        return patient_split(image_ids, patients, config), config, patients
+    return random_split(image_ids, config), config, None
 
 
 def official_split(image_ids: list[str], train_list: list[str], test_list: list[str]) -> Split:

@@ -12,8 +12,8 @@ rule ingest:
     threads: 2
     params:
         settings=json_arg(config["preprocess"]),
-        source=lambda wildcards: source_settings(wildcards.dataset),
-        images=custom_images,
+        source=source_settings,
+        images=raw_fingerprint,
         raw=raw_root,
         out=parent_of("manifest"),
         code=CODE["ingest"],

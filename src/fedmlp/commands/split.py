@@ -15,9 +15,8 @@ log = logging.getLogger("fedmlp")
 def cmd_split(args: argparse.Namespace) -> None:
     from fedmlp.atomic import write_json
     from fedmlp.config import SplitConfig, from_json, to_dict
-    from fedmlp.partition import carve_validation, official_split, random_split
+    from fedmlp.partition import carve_validation, manifest_split, official_split, random_split
     from fedmlp.sources import nih
-    from fedmlp.sources.custom import custom_split
     from fedmlp.store import ImageStore
 
     config = from_json(SplitConfig, args.settings, "split")
@@ -32,7 +31,7 @@ def cmd_split(args: argparse.Namespace) -> None:
         if config.val_fraction > 0:  # the official split is by patient: so is the validation set
             patients = nih.patients(nih.read_data_entry(args.raw / nih.LABEL_FILE))
     elif store.manifest.get("dataset") == "custom":  # the labels CSV's split column, else by its patients (if any)
-        split, config, patients = custom_split(store.manifest, candidates, config)
+        split, config, patients = manifest_split(store.manifest, candidates, config)
     else:
         split = random_split(candidates, config)
     split = carve_validation(split, config, patients)
@@ -46,8 +45,15 @@ def cmd_split(args: argparse.Namespace) -> None:
 def cmd_partition(args: argparse.Namespace) -> None:
     from fedmlp.atomic import write_json
     from fedmlp.config import FederationConfig, from_json
-    from fedmlp.partition import (check_partition, check_room_for_clients, keep_stored, partition, partition_artifact, read_split,
-                                  site_clients)
+    from fedmlp.partition import (
+        check_partition,
+        check_room_for_clients,
+        keep_stored,
+        partition,
+        partition_artifact,
+        read_split,
+        site_clients,
+    )
     from fedmlp.sources.custom import check_assessed
     from fedmlp.store import ImageStore
 

@@ -18,7 +18,6 @@ anything is written.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -30,11 +29,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from fedmlp.config import CustomConfig, PreprocessConfig, SplitConfig
+from fedmlp.config import CustomConfig, PreprocessConfig
 from fedmlp.dicom import MIN_SIDE, read_ct
 from fedmlp.errors import FedmlpError, one_line
 from fedmlp.ingest import Candidates, Decoded, file_kind, write_store
-from fedmlp.partition import Split, patient_split, random_split
 from fedmlp.windowing import channels, resize, to_uint8, window
 
 log = logging.getLogger(__name__)
@@ -274,23 +272,6 @@ def check_assessed(manifest: dict[str, Any], what: str) -> None:
                           "whose empty cells are unknown, not negative; use federation.partition: site and a method that masks them")
 
 
-def custom_split(manifest: dict[str, Any], image_ids: list[str], config: SplitConfig) -> tuple[Split, SplitConfig, dict[str, str] | None]:
-    """The split of a custom store: the labels CSV's split column as given (its val rows the validation
-    set, ``split.val_fraction`` not applied: the training rows may hold empty cells), else the seeded
-    random split, by patient when the CSV has a patient column. Returns the split, the settings it
-    followed, and the image → patient map for the validation set carved next."""
-    splits, patients = manifest.get("splits"), manifest.get("patients")
-    if splits:
-        split = Split(**{name: [i for i in image_ids if splits[i] == name] for name in SPLITS})
-        if not split.train or not split.test:
-            empty = "train" if not split.train else "test"
-            raise FedmlpError(f"{manifest.get('labels_file')}: column 'split' names no {empty} image")
-        return split, dataclasses.replace(config, val_fraction=0.0), patients
-    if patients:
-        return patient_split(image_ids, patients, config), config, patients
-    return random_split(image_ids, config), config, None
-
-
 def images_fingerprint(labels: Path, root: Path) -> str:
     """Path, size and modification time of every image the labels CSV lists: the ingest rule's param,
     so that a changed, added or replaced image reruns ingest (Snakemake tracks the CSV as an input).
@@ -307,6 +288,15 @@ def images_fingerprint(labels: Path, root: Path) -> str:
         except OSError:
             digest.update(f"{name.strip()}\0missing\n".encode())
     return digest.hexdigest()[:16]
+
+
+def check_settings(settings: dict[str, Any]) -> None:
+    """The custom section as the workflow plans with it: root and labels set, root a directory."""
+    for key in ("root", "labels"):
+        if not settings.get(key):
+            raise FedmlpError(f"config key 'custom.{key}': required with dataset custom (docs/custom-data.md)")
+    if not Path(settings["root"]).is_dir():
+        raise FedmlpError(f"config key 'custom.root': {settings['root']} is not a directory")
 
 
 def candidates(config: CustomConfig) -> tuple[Candidates, Table]:
