@@ -192,13 +192,14 @@ def test_custom_data_runs_through_the_workflow(dataset: tuple[Path, Path], tmp_p
         "methods": ["fedavg-partial", "fedavg-masked"],
         "seeds": [0],
         "preprocess": {"size": 16},
-        "federation": {"partition": "site"},
+        "federation": {"partition": "site", "annotated_per_client": [1, 2]},  # not used by site: one setting
         "model": {"width": 4},
         "train": {"rounds": 2, "batch_size": 8},
     }
     result = snakemake(tmp_path, config)
     assert result.returncode == 0, result.stderr[-3000:]
     [partition_file] = (tmp_path / "results/runs/custom/header16").rglob("partition.json")
+    assert partition_file.parent.name == "site"  # the setting's name: the sites name the clients
     partition = json.loads(partition_file.read_text())
     assert [c["annotated_classes"] for c in partition["clients"]] == list(SITES.values())
     summary = pd.read_csv(tmp_path / "results" / "summary.csv")
