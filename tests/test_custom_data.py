@@ -220,3 +220,19 @@ def test_the_schema_and_config_name_every_registered_source() -> None:
     for source in SOURCES.values():
         if source.section:
             assert source.section in schema and source.section in defaults
+
+
+def test_other_partitions_are_refused_where_sites_left_classes_unassessed(store: ImageStore, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    """iid would hand a client classes whose empty cells it would read as negatives; site is accepted."""
+    from fedmlp.cli import main
+
+    split, out = tmp_path / "split.json", tmp_path / "partition.json"
+    assert main(["split", "--store", str(store.root), "--out", str(split)]) == 0
+    iid = main(["partition", "--store", str(store.root), "--split", str(split), "--settings", '{"partition": "iid", "n_clients": 3}',
+                "--out", str(out)])
+    assert iid != 0 and not out.exists()
+    assert "federation.partition': iid: the labels CSV leaves classes unassessed" in capsys.readouterr().err
+    assert main(["partition", "--store", str(store.root), "--split", str(split), "--settings", '{"partition": "site"}', "--out", str(out)]) == 0
+    clients = json.loads(out.read_text())["clients"]
+    assert {i for c in clients for i in c["images"]} == {i for i in store.image_ids if store.manifest["splits"][i] == "train"}

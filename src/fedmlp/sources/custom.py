@@ -43,7 +43,7 @@ SPLITS = ("train", "val", "test")
 ONE_SITE = "all"  # the site of every image when the table has no site column
 PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom")
-VALUES = {"1": 1, "0": 0, "": None}
+VALUES = ("1", "0", "")  # a class cell: present, absent, not assessed
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,11 @@ def _image_id(value: str, where: str, root: Path) -> str:
     if posix.suffix.lower() not in PILLOW_SUFFIXES + DICOM_SUFFIXES:
         raise FedmlpError(f"{where}: {value!r} is not a PNG, JPEG, TIFF or DICOM file name "
                           f"({', '.join(PILLOW_SUFFIXES + DICOM_SUFFIXES)})")
-    if file_kind(root / posix) == "missing":
+    kind = file_kind(root / posix)  # never opened here: a FIFO would block the reader
+    if kind == "missing":
         raise FedmlpError(f"{where}: {value!r} not found under {root}")
+    if kind is not None:
+        raise FedmlpError(f"{where}: {value!r} is {kind}, not a regular file")
     return posix.as_posix()
 
 
@@ -139,7 +142,7 @@ def read_table(path: Path, root: Path, partial_blanks: str) -> Table:
             row = int(bad.to_numpy().argmax())
             raise FedmlpError(f"{path}: line {row + 2}, column 'split': {frame[SPLIT].iloc[row]!r} is not one of {', '.join(SPLITS)}")
     cells = frame[classes].to_numpy()
-    bad = ~np.isin(cells, list(VALUES))
+    bad = ~np.isin(cells, VALUES)
     if bad.any():
         row, column = map(int, np.argwhere(bad)[0])
         raise FedmlpError(f"{path}: line {row + 2}, column {classes[column]!r}: {cells[row, column]!r} is not 1, 0 or empty")
