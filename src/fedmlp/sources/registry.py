@@ -33,6 +33,7 @@ class Source:
     classes: Callable[[dict[str, Any]], list[str]]  # from the source's config section
     ingest: Ingest
     section: str | None = None  # the config section ingest reads (None: none)
+    sections: tuple[str, ...] = ()  # every config section its data (generation, download, ingest) depends on: DVC's data params
     layout: tuple[str, str] | None = None  # label file and image directory under the raw directory (None: named by the section)
     fixed_prep: str | None = None  # the store name's prefix when preprocess.windowing does not apply (PNG radiographs)
     official_split: bool = False  # split.method official: the source's own patient-level lists
@@ -99,11 +100,11 @@ NIH_LAYOUT = ("Data_Entry_2017_v2020.csv", "images")  # fedmlp.sources.nih's
 
 
 SOURCES = {source.name: source for source in (
-    Source("synthetic-ich", "generated", _rsna_classes, _rsna_layout("synthetic-ich"), layout=RSNA_LAYOUT),
-    Source("ich", "downloaded", _rsna_classes, _rsna_layout("ich"), layout=RSNA_LAYOUT),
+    Source("synthetic-ich", "generated", _rsna_classes, _rsna_layout("synthetic-ich"), layout=RSNA_LAYOUT, sections=("synthetic",)),
+    Source("ich", "downloaded", _rsna_classes, _rsna_layout("ich"), layout=RSNA_LAYOUT, sections=("ich",)),
     Source("chestxray14", "downloaded", lambda settings: list(settings["classes"]), _chestxray14, section="chestxray14",
-           layout=NIH_LAYOUT, fixed_prep="png", official_split=True),
-    Source("custom", "user", _custom_classes, _custom, section="custom", check=_custom_check,
+           sections=("chestxray14",), layout=NIH_LAYOUT, fixed_prep="png", official_split=True),
+    Source("custom", "user", _custom_classes, _custom, section="custom", sections=("custom",), check=_custom_check,
            raw=lambda settings: settings["root"], inputs=lambda settings: {"raw_labels": settings["labels"]},
            fingerprint=_custom_fingerprint),
 )}
@@ -113,6 +114,11 @@ def get(name: str) -> Source:
     if name not in SOURCES:
         raise FedmlpError(f"config key 'dataset': {name!r} is not one of {', '.join(SOURCES)}")
     return SOURCES[name]
+
+
+def data_sections() -> list[str]:
+    """The config sections of every source's data, in registry order (the DVC data stage's params)."""
+    return list(dict.fromkeys(name for source in SOURCES.values() for name in source.sections))
 
 
 def named(arrives: str) -> list[str]:
