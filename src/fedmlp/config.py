@@ -80,6 +80,16 @@ class ChestXray14Config:
 
 
 @dataclass(frozen=True)
+class CustomConfig:
+    """Your own images and labels CSV (docs/custom-data.md); ``partial_blanks``: what the empty cells of
+    a class a site fills on some of its training images only mean (error, negative or unlabelled)."""
+
+    root: str | None = None
+    labels: str | None = None
+    partial_blanks: Literal["error", "negative", "unlabelled"] = "error"
+
+
+@dataclass(frozen=True)
 class PreprocessConfig:
     """``max_skipped_fraction``: ingest skips and lists unusable image files, and fails when they are
     more than this share of all image files (a systematic problem, not a few corrupt files)."""
@@ -105,7 +115,7 @@ class SplitConfig:
 @dataclass(frozen=True)
 class FederationConfig:
     n_clients: int = bounded(5, minimum=1, maximum=10_000)
-    partition: Literal["iid", "dirichlet", "paper"] = "iid"
+    partition: Literal["iid", "dirichlet", "paper", "site"] = "iid"
     dirichlet_alpha: float = bounded(0.5, exclusiveMinimum=0)
     annotated_per_client: int = bounded(1, minimum=1)
     annotated_classes: list[list[str]] | None = None

@@ -18,6 +18,7 @@ through :func:`fedmlp.loader.observed_labels`, which keeps the annotated columns
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Mapping
@@ -62,6 +63,57 @@ def random_split(image_ids: list[str], config: SplitConfig) -> Split:
         raise FedmlpError(f"config key 'split.train_fraction': {config.train_fraction} leaves an empty train or test set for {n} images")
     perm = np.random.RandomState(config.seed).permutation(n)
     return Split(train=[image_ids[i] for i in perm[n_test:]], test=[image_ids[i] for i in perm[:n_test]])
+
+
+def patient_split(image_ids: list[str], patients: Mapping[str, str], config: SplitConfig) -> Split:
+    """:func:`random_split` by patient: one seeded permutation of the patients (in order of first
+    appearance), whose images fill the test set until it holds ``ceil((1 - train_fraction) * N)`` images,
+    so that no patient is on both sides."""
+    if not 0 < config.train_fraction < 1:
+        raise FedmlpError(f"config key 'split.train_fraction': expected a number in (0, 1), got {config.train_fraction}")
+    members: dict[str, list[str]] = {}
+    for image in image_ids:
+        members.setdefault(patients[image], []).append(image)
+    names = list(members)
+    n_test = math.ceil((1 - config.train_fraction) * len(image_ids))
+    test: set[str] = set()
+    for index in np.random.RandomState(config.seed).permutation(len(names)):
+        if len(test) >= n_test:
+            break
+        test.update(members[names[index]])
+    if not test or len(test) == len(image_ids):
+        raise FedmlpError(f"config key 'split.train_fraction': {config.train_fraction} leaves an empty train or test set for "
+                          f"{len(names)} patients")
+    return Split(train=[i for i in image_ids if i not in test], test=[i for i in image_ids if i in test])
+
+
+def site_clients(train_ids: list[str], sites: Mapping[str, str], classes: list[str],
+                 unassessed: Mapping[str, list[str]]) -> list[dict[str, Any]]:
+    """``federation.partition: site``: one client per site (in order of first appearance), holding its
+    training images and annotating the classes it assessed (custom data, :mod:`fedmlp.sources.custom`)."""
+    names = list(dict.fromkeys(sites[i] for i in train_ids))
+    return [
+        {"id": client, "images": [i for i in train_ids if sites[i] == site],
+         "annotated_classes": [c for c in classes if c not in unassessed.get(site, [])]}
+        for client, site in enumerate(names)
+    ]
+
+
+def manifest_split(manifest: dict[str, Any], image_ids: list[str], config: SplitConfig) -> tuple[Split, SplitConfig, dict[str, str] | None]:
+    """The split of a store whose manifest records one (custom data, :mod:`fedmlp.sources.custom`): the labels CSV's split column as given (its val rows the validation
+    set, ``split.val_fraction`` not applied: the training rows may hold empty cells), else the seeded
+    random split, by patient when the CSV has a patient column. Returns the split, the settings it
+    followed, and the image → patient map for the validation set carved next."""
+    splits, patients = manifest.get("splits"), manifest.get("patients")
+    if splits:
+        split = Split(**{name: [i for i in image_ids if splits[i] == name] for name in ("train", "test", "val")})
+        if not split.train or not split.test:
+            empty = "train" if not split.train else "test"
+            raise FedmlpError(f"{manifest.get('labels_file')}: column 'split' names no {empty} image")
+        return split, dataclasses.replace(config, val_fraction=0.0), patients
+    if patients:
+        return patient_split(image_ids, patients, config), config, patients
+    return random_split(image_ids, config), config, None
 
 
 def official_split(image_ids: list[str], train_list: list[str], test_list: list[str]) -> Split:

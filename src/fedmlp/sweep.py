@@ -33,7 +33,9 @@ class Setting:
 
 
 def setting_name(federation: dict[str, Any]) -> str:
-    """The name of a setting whose annotated_per_client is one value."""
+    """The name of a setting whose annotated_per_client is one value; ``site``: the sites name the clients."""
+    if federation["partition"] == "site":
+        return "site"
     shape = "iid" if federation["partition"] == "iid" else f"dir{federation['dirichlet_alpha']:g}"
     if federation["annotated_classes"] is not None:
         listed = hashlib.sha256(json.dumps(federation["annotated_classes"]).encode()).hexdigest()[:6]
@@ -50,8 +52,8 @@ def split_name(name: str) -> tuple[str, int | None]:
 def _expand(federation: dict[str, Any], source: str, overrides: tuple[str, ...]) -> list[Setting]:
     per_client = federation["annotated_per_client"]
     values = per_client if isinstance(per_client, list) else [per_client]
-    if federation["annotated_classes"] is not None:
-        values = values[-1:]  # explicit lists override annotated_per_client: one setting
+    if federation["annotated_classes"] is not None or federation["partition"] == "site":
+        values = values[-1:]  # explicit lists (or the sites' own classes) override annotated_per_client: one setting
     out = []
     for value in values:
         fed = {**federation, "annotated_per_client": value}

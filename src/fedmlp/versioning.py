@@ -42,7 +42,7 @@ COMMANDS = {  # each stage runs its part of the DAG; Snakemake skips what is up 
 # default's, results/). replicates and seeds reach the data: with replicates: data each seed has its
 # own draw (resources/synthetic-ich/draw<s>/), and every stage's paths name it.
 PARAMS = {
-    "data": ("dataset", "seeds", "replicates", "ich", "chestxray14", "synthetic", "preprocess"),
+    "data": ("dataset", "seeds", "replicates", "preprocess"),  # and every source's own sections (fedmlp.sources.registry)
     "experiments": ("methods", "seeds", "replicates", "split", "federation", "sweep", "model", "train", "tuning"),
     "report": ("dataset", "methods", "seeds", "replicates", "preprocess", "federation", "sweep", "report", "tuning"),
 }
@@ -81,7 +81,9 @@ def method_sections() -> list[str]:
 
 
 def stage_params(stage: str) -> list[str]:
-    extra = method_sections() if stage == "experiments" else []
+    from fedmlp.sources.registry import data_sections
+
+    extra = method_sections() if stage == "experiments" else data_sections() if stage == "data" else []
     return [*PARAMS[stage], *extra]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fedmlp.fingerprint import RULE_COMMANDS, TRAINING_RULES, code_fingerprint, rule_roots
 from fedmlp.methods import registry
-from fedmlp.sources import nih, rsna
+from fedmlp.sources import registry as sources
 from fedmlp.sweep import federation_settings
 from fedmlp import tuning
 
@@ -49,11 +49,13 @@ ENV = "../envs/fedmlp.yaml"  # relative to workflow/rules/
 # for every seed, and the paths of before the key existed (DRAW and STORE_DRAW are empty).
 DATA_REPLICATES = config["replicates"] == "data"
 DRAW = "draw{draw}/" if DATA_REPLICATES else ""
-STORE_DRAW = DRAW if config["dataset"] == "synthetic-ich" else ""  # only generated data has its own store per draw
+SOURCE = sources.get(config["dataset"])  # what the rules know of the dataset (fedmlp.sources.registry)
+SOURCE_SETTINGS = config[SOURCE.section] if SOURCE.section else {}
+STORE_DRAW = DRAW if SOURCE.arrives == "generated" else ""  # only generated data has its own store per draw
 
 # Path patterns: each level names what the files below it depend on.
 RAW_SYNTHETIC = f"resources/synthetic-ich/{DRAW}raw"
-DOWNLOADED = "resources/{dataset}/raw/download.done"  # marker of a finished download (ich, chestxray14)
+DOWNLOADED = "resources/{dataset}/raw/download.done"  # marker of a finished download
 STORE = f"resources/{{dataset}}/{STORE_DRAW}store/{{prep}}"
 SPLIT = f"results/runs/{{dataset}}/{{prep}}/{DRAW}split.json"
 PARTITION = f"results/runs/{{dataset}}/{{prep}}/{DRAW}{{setting}}/partition.json"
@@ -148,7 +150,7 @@ def training_runtime(rounds):
 
 def prep_name():
     size = config["preprocess"]["size"]
-    return f"png{size}" if config["dataset"] == "chestxray14" else f"{config['preprocess']['windowing']}{size}"
+    return f"{SOURCE.fixed_prep or config['preprocess']['windowing']}{size}"
 
 
 def settings():
@@ -169,14 +171,17 @@ def check_config():
     from fedmlp.workflow_config import check_combinations
 
     dataset = config["dataset"]
+    if SOURCE.check:
+        SOURCE.check(SOURCE_SETTINGS)
     if dataset in USER_ROOT and config[dataset]["root"]:
-        label_file = Path(config[dataset]["root"]) / RAW_FILES[dataset][0]
+        label_file = Path(config[dataset]["root"]) / SOURCE.layout[0]
         if not label_file.is_file():
             raise FedmlpError(
                 f"config key '{dataset}.root': {label_file} not found (set it to an existing download, or null to download)"
             )
-    if config["split"]["method"] == "official" and dataset != "chestxray14":
-        raise FedmlpError(f"config key 'split.method': 'official' exists for chestxray14 only, not {dataset}")
+    if config["split"]["method"] == "official" and not SOURCE.official_split:
+        having = ", ".join(name for name, source in sources.SOURCES.items() if source.official_split)
+        raise FedmlpError(f"config key 'split.method': 'official' exists for {having} only, not {dataset}")
     check_combinations(config)
     tuning.check(
         config,
@@ -193,6 +198,10 @@ def check_config():
                     f"config key '{key}': {section['seed']} + seed {last} exceeds {SEED_MAX} (replicates: data adds the seed)"
                 )
     for name, setting in SETTING_SOURCES.items():
+        if setting.federation["partition"] == "site":  # the clients and their classes come from the labels CSV
+            if SOURCE.arrives != "user":
+                raise FedmlpError(f"config key '{setting.key('partition')}': site needs your own data (dataset custom: the sites of its labels CSV)")
+            continue
         try:
             assign_classes(classes(), from_dict(FederationConfig, setting.federation, "federation"))
         except FedmlpError as exc:
@@ -201,20 +210,18 @@ def check_config():
             raise FedmlpError(f"{exc} (setting {name}, from {setting.source})") from None
 
 
-USER_ROOT = ("ich", "chestxray14")  # datasets a user may point at an existing download (<dataset>.root)
-RAW_FILES = {  # label file and image directory of each raw layout, as the sources define them
-    "synthetic-ich": (rsna.LABEL_FILE, rsna.IMAGE_DIR),
-    "ich": (rsna.LABEL_FILE, rsna.IMAGE_DIR),
-    "chestxray14": (nih.LABEL_FILE, nih.IMAGE_DIR),
-}
+USER_ROOT = sources.named("downloaded")  # datasets a user may point at an existing download (<dataset>.root)
 
 
 def raw_root(wildcards):
     """The raw directory of a job's dataset (and draw, for generated data)."""
     dataset = wildcards.dataset
+    source = sources.get(dataset)
     if dataset in USER_ROOT and config[dataset]["root"]:
         return config[dataset]["root"]
-    if dataset == "synthetic-ich":
+    if source.raw:
+        return source.raw(config[source.section])
+    if source.arrives == "generated":
         return RAW_SYNTHETIC.format(**dict(wildcards.items()))
     return f"resources/{dataset}/raw"
 
@@ -222,15 +229,30 @@ def raw_root(wildcards):
 def raw_inputs(wildcards):
     """The raw data an ingest needs: generated files, a finished download, or the user's own copy."""
     dataset = wildcards.dataset
+    source = sources.get(dataset)
     if dataset in USER_ROOT and not config[dataset]["root"]:
         return {"raw": DOWNLOADED.format(dataset=dataset)}
-    labels, images = RAW_FILES[dataset]
+    if source.inputs:  # the images are fingerprinted by a param (raw_fingerprint)
+        return source.inputs(config[source.section])
+    labels, images = source.layout
     root = raw_root(wildcards)
     return {"raw_labels": f"{root}/{labels}", "raw_images": f"{root}/{images}"}
 
 
 def classes():
-    return list(config["chestxray14"]["classes"]) if config["dataset"] == "chestxray14" else list(rsna.CLASSES)
+    return SOURCE.classes(SOURCE_SETTINGS)
+
+
+def source_settings(wildcards):
+    """The config section the job's dataset's ingest reads ("{}" for one that reads none)."""
+    source = sources.get(wildcards.dataset)
+    return json_arg(config[source.section]) if source.section else "{}"
+
+
+def raw_fingerprint(wildcards):
+    """The fingerprint of the user's own images (paths, sizes, times; fedmlp.sources.custom), "" otherwise."""
+    source = sources.get(wildcards.dataset)
+    return source.fingerprint(config[source.section]) if source.fingerprint else ""
 
 
 def store_files(pattern=STORE):

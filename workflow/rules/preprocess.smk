@@ -1,5 +1,5 @@
 rule ingest:
-    """Decode, window and resize the DICOMs into the memory-mappable image store."""
+    """Decode, window and resize the images into the memory-mappable image store."""
     input:
         unpack(raw_inputs),
     output:
@@ -12,7 +12,8 @@ rule ingest:
     threads: 2
     params:
         settings=json_arg(config["preprocess"]),
-        source=json_arg(config["chestxray14"]) if config["dataset"] == "chestxray14" else "{}",
+        source=source_settings,
+        images=raw_fingerprint,
         raw=raw_root,
         out=parent_of("manifest"),
         code=CODE["ingest"],

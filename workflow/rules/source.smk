@@ -29,7 +29,7 @@ rule download:
     log:
         "logs/download/{dataset}.log",
     wildcard_constraints:
-        dataset="ich|chestxray14",
+        dataset="|".join(USER_ROOT),
     conda:
         ENV
     params:

@@ -9,26 +9,27 @@ from fedmlp.commands.common import count, declare_paths
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
-    from fedmlp.config import ChestXray14Config, PreprocessConfig, from_json
-    from fedmlp.ingest import ingest_chestxray14, ingest_ich
+    from fedmlp.commands.common import parse_json_option
+    from fedmlp.config import PreprocessConfig, from_json
+    from fedmlp.sources import registry
 
     preprocess = from_json(PreprocessConfig, args.settings, "preprocess")
-    if args.dataset == "chestxray14":
-        source = from_json(ChestXray14Config, args.source_settings, "chestxray14")
-        ingest_chestxray14(args.raw, args.out, preprocess, source.classes, workers=args.workers, report=args.report)
-    else:
-        ingest_ich(args.raw, args.out, preprocess, args.dataset, workers=args.workers, report=args.report)
+    settings = parse_json_option(args.source_settings, "--source-settings")
+    registry.get(args.dataset).ingest(args.raw, args.out, preprocess, settings, args.workers, args.report)
 
 
 def add_commands(add) -> None:
+    from fedmlp.sources.registry import SOURCES
+
     p = add("ingest", cmd_ingest, "decode, window and resize a raw dataset into an image store")
-    p.add_argument("--raw", type=Path, required=True, help="the raw directory (Kaggle RSNA layout, or ChestX-ray14's)")
+    p.add_argument("--raw", type=Path, required=True, help="the raw directory (Kaggle RSNA layout, or ChestX-ray14's; custom: its root)")
     p.add_argument("--out", type=Path, required=True, help="store directory to create")
-    p.add_argument("--dataset", default="synthetic-ich", choices=["synthetic-ich", "ich", "chestxray14"])
+    p.add_argument("--dataset", default="synthetic-ich", choices=list(SOURCES))
     p.add_argument("--settings", default="{}", metavar="JSON",
                    help="""the 'preprocess' config section, e.g. '{"windowing": "header", "size": 32}'""")
     p.add_argument("--source-settings", default="{}", metavar="JSON",
-                   help="""the 'chestxray14' config section (its classes), e.g. '{"classes": ["Effusion", "Nodule"]}'""")
+                   help="""the dataset's config section, e.g. '{"classes": ["Effusion", "Nodule"]}' for chestxray14 or """
+                        """'{"root": "/data/study", "labels": "/data/study/labels.csv"}' for custom""")
     p.add_argument("--workers", type=count(1, 256), default=1, help="decoding processes")
     p.add_argument("--report", type=Path, default=None,
                    help="CSV of the images left out and why (default: beside the store, OUT.skipped.csv); written even when ingest fails")

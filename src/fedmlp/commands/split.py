@@ -15,12 +15,13 @@ log = logging.getLogger("fedmlp")
 def cmd_split(args: argparse.Namespace) -> None:
     from fedmlp.atomic import write_json
     from fedmlp.config import SplitConfig, from_json, to_dict
-    from fedmlp.partition import carve_validation, official_split, random_split
+    from fedmlp.partition import carve_validation, manifest_split, official_split, random_split
     from fedmlp.sources import nih
     from fedmlp.store import ImageStore
 
     config = from_json(SplitConfig, args.settings, "split")
-    candidates = ImageStore.open(args.store).candidates()  # source order, unreadable images included
+    store = ImageStore.open(args.store)
+    candidates = store.candidates()  # source order, unreadable images included
     patients = None
     if config.method == "official":
         if args.raw is None:
@@ -29,6 +30,8 @@ def cmd_split(args: argparse.Namespace) -> None:
         split = official_split(candidates, *lists)
         if config.val_fraction > 0:  # the official split is by patient: so is the validation set
             patients = nih.patients(nih.read_data_entry(args.raw / nih.LABEL_FILE))
+    elif store.manifest.get("dataset") == "custom":  # the labels CSV's split column, else by its patients (if any)
+        split, config, patients = manifest_split(store.manifest, candidates, config)
     else:
         split = random_split(candidates, config)
     split = carve_validation(split, config, patients)
@@ -42,7 +45,16 @@ def cmd_split(args: argparse.Namespace) -> None:
 def cmd_partition(args: argparse.Namespace) -> None:
     from fedmlp.atomic import write_json
     from fedmlp.config import FederationConfig, from_json
-    from fedmlp.partition import check_partition, check_room_for_clients, keep_stored, partition, partition_artifact, read_split
+    from fedmlp.partition import (
+        check_partition,
+        check_room_for_clients,
+        keep_stored,
+        partition,
+        partition_artifact,
+        read_split,
+        site_clients,
+    )
+    from fedmlp.sources.custom import check_assessed
     from fedmlp.store import ImageStore
 
     config = from_json(FederationConfig, args.settings, "federation")
@@ -51,9 +63,17 @@ def cmd_partition(args: argparse.Namespace) -> None:
     stored = set(store.image_ids)
     # The paper's sampler works on positions in the split's training list, unreadable images included.
     train = split.train if config.partition == "paper" else [i for i in split.train if i in stored]
-    check_room_for_clients(len(train), len(split.val), config.n_clients)
-    labels = store.labels[store.rows(train)] if config.partition == "dirichlet" else None
-    clients = partition(train, labels, store.classes, config)
+    if config.partition == "site":
+        sites = store.manifest.get("sites")
+        if not isinstance(sites, dict):
+            raise FedmlpError("config key 'federation.partition': site needs dataset custom with a 'site' column in its labels CSV")
+        clients = site_clients(train, sites, store.classes, store.manifest.get("unassessed") or {})
+        check_room_for_clients(len(train), len(split.val), len(clients))
+    else:
+        check_assessed(store.manifest, f"config key 'federation.partition': {config.partition}")
+        check_room_for_clients(len(train), len(split.val), config.n_clients)
+        labels = store.labels[store.rows(train)] if config.partition == "dirichlet" else None
+        clients = partition(train, labels, store.classes, config)
     artifact = keep_stored(partition_artifact(store.classes, clients, split.test, config, split.val), stored)
     check_partition(artifact, args.out, store.classes, stored)  # e.g. a client left without images that the store holds
     write_json(args.out, artifact)

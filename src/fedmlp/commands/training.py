@@ -59,6 +59,10 @@ def training_inputs(args: argparse.Namespace) -> TrainingInputs:
     if not 1 <= rounds <= MAX_ROUNDS:
         raise FedmlpError(f"method {args.method!r}: a schedule of {rounds} rounds; expected 1 to {MAX_ROUNDS} (check its config section)")
     store = ImageStore.open(args.store, require_verified=True)
+    if method.label_access == "full" or method.reads_hidden_labels():
+        from fedmlp.sources.custom import check_assessed
+
+        check_assessed(store.manifest, f"method {args.method!r} (it reads the true labels of missing classes)")
     partition = read_partition(args.partition, store)
     rt = runtime.resolve(train.device, train.precision, train.threads, train.deterministic)
     return TrainingInputs(store, partition, method, train, model_config, rt)
