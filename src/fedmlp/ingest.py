@@ -28,7 +28,7 @@ from fedmlp import store as store_files
 from fedmlp.atomic import atomic_dir, atomic_path, exclusive, write_json
 from fedmlp.config import PreprocessConfig
 from fedmlp.dicom import MIN_SIDE, read_ct
-from fedmlp.errors import FedmlpError
+from fedmlp.errors import FedmlpError, printable
 from fedmlp.progress import bar
 from fedmlp.sources import nih, rsna
 from fedmlp.windowing import channels, resize, to_uint8, window
@@ -292,7 +292,7 @@ def ich_candidates(raw_dir: Path) -> Candidates:
     ids = sorted(labelled & on_disk)
     labels_without_image = sorted(labelled - on_disk - {entry["image_id"] for entry in special})
     if labels_without_image:
-        log.warning("%d labelled images have no file in %s (first: %s)", len(labels_without_image), image_dir, labels_without_image[0])
+        log.warning("%d labelled images have no file in %s (first: %s)", len(labels_without_image), image_dir, printable(labels_without_image[0]))
     return Candidates(
         ids=ids,
         paths=[rsna.image_path(raw_dir, i) for i in ids],
