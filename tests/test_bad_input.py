@@ -415,6 +415,23 @@ def test_foreign_or_tampered_checkpoint(store: ImageStore, tmp_path: Path, eval_
     assert not (tmp_path / "out").exists()
 
 
+def test_a_class_without_test_positives_is_named_and_left_out_of_the_means(
+        store: ImageStore, federation: dict, tmp_path: Path, eval_inputs: list[str], caplog: pytest.LogCaptureFixture) -> None:
+    """Exit 0 (the other classes are scored), a warning per class naming it, and metrics.json lists the
+    class as undefined (the report shows that list), with finite means over the other classes."""
+    name = store.classes[0]
+    test = [i for i, row in zip(federation["test"], store.labels[store.rows(federation["test"])]) if row[0] == 0]
+    (tmp_path / "partition.json").write_text(json.dumps({**federation, "test": test}))
+    _write_checkpoint(tmp_path / "model.pt", store.classes)
+    with caplog.at_level("WARNING", logger="fedmlp"):
+        assert main(["evaluate", "--model", str(tmp_path / "model.pt"), *eval_inputs]) == 0
+    assert (f"class {name} has no positive in the test set ({len(test)} images): its AP, AUROC and BACC are undefined "
+            "and left out of the mean") in caplog.messages
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert name in metrics["undefined_classes"] and metrics["per_class"][name]["AP"] is None
+    assert len(metrics["undefined_classes"]) < len(store.classes) and np.isfinite(metrics["overall"]["mAP"])
+
+
 def test_checkpoint_load_names_the_file() -> None:
     with pytest.raises(FedmlpError, match="nowhere.pt: checkpoint not found"):
         checkpoint.load(Path("/nonexistent/nowhere.pt"))
