@@ -25,7 +25,7 @@ import pandas as pd
 from PIL import Image
 
 from fedmlp import store as store_files
-from fedmlp.atomic import atomic_dir, atomic_path, exclusive, write_json
+from fedmlp.atomic import atomic_dir, atomic_path, exclusive, require_free_space, write_json
 from fedmlp.config import PreprocessConfig
 from fedmlp.dicom import MIN_SIDE, read_ct
 from fedmlp.errors import FedmlpError, printable
@@ -103,7 +103,8 @@ def _shrink_npy(path: Path, n_rows: int) -> None:
 
 def _reserve(path: Path, store: Path) -> None:
     """Allocate the image array's blocks now, so that a full disk is a clear error before any
-    decoding instead of a crash (SIGBUS) while writing through the memory map."""
+    decoding instead of a crash (SIGBUS) while writing through the memory map. (The free-space check
+    before it, :func:`fedmlp.atomic.require_free_space`, cannot promise the space: others write too.)"""
     with open(path, "r+b") as handle:
         size = os.fstat(handle.fileno()).st_size
         try:
@@ -183,6 +184,8 @@ def _write_store(out_dir: Path, candidates: Candidates, decode: Callable[[Path],
     skipped = list(candidates.skipped)
     kept: list[str] = []
     repaired = 0
+    require_free_space(out_dir, "config key 'preprocess.size'", f"{len(ids):,} images of {n_channels} × {size} × {size} px in the image array",
+                       size=len(ids) * n_channels * size * size, advice="lower it, free some space, or write the store elsewhere")
     with atomic_dir(out_dir) as tmp:
         images = np.lib.format.open_memmap(tmp / store_files.IMAGES, mode="w+", dtype=np.uint8, shape=(len(ids), n_channels, size, size))
         _reserve(tmp / store_files.IMAGES, out_dir)
