@@ -30,7 +30,7 @@ from fedmlp.archives import extract_tar, extract_zip
 from fedmlp.cli import main
 from fedmlp.config import ModelConfig, to_dict
 from fedmlp.download import fetch, is_complete
-from fedmlp.errors import FedmlpError
+from fedmlp.errors import FedmlpError, one_line, printable
 from fedmlp.models import build_model
 from fedmlp.sources import nih, rsna
 from fedmlp.store import ImageStore
@@ -179,8 +179,11 @@ GOOD_RSNA = ["ID,Label", *label_rows(["ID_000000a01", "ID_000000a02"])]
         ("\n".join([*GOOD_RSNA, "ID_000000a01_epidural,1"]), r"stage_2_train.csv:2, 14: duplicate rows for ID_000000a01_epidural disagree on the label \(0 vs 1\)"),
         ("\n".join([*GOOD_RSNA, "ID_000000a01_hematoma,1"]), r"stage_2_train.csv:14: unknown subtype 'hematoma'"),
         ("\n".join([GOOD_RSNA[0], *GOOD_RSNA[2:]]), r"stage_2_train.csv:\d+: image ID_000000a01 has no row for subtype\(s\) epidural"),
+        ("\n".join(row for row in GOOD_RSNA if not row.split(",")[0].endswith("_subdural")),
+         r"stage_2_train.csv: no row for subtype\(s\) subdural in the whole file"),
     ],
-    ids=["empty", "header only", "renamed column", "word label", "label 2", "disagreeing duplicates", "unknown subtype", "missing row"],
+    ids=["empty", "header only", "renamed column", "word label", "label 2", "disagreeing duplicates", "unknown subtype", "missing row",
+         "a subtype missing everywhere"],
 )
 def test_bad_rsna_label_file(tmp_path: Path, labels: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
     raw = _rsna_raw(tmp_path / "raw", labels)
@@ -190,6 +193,34 @@ def test_bad_rsna_label_file(tmp_path: Path, labels: str, message: str, capsys: 
     assert line.startswith("fedmlp ingest: error: ") and str(raw / rsna.LABEL_FILE) in line
     assert re.search(message, line), line
     assert not (tmp_path / "store").exists()
+
+
+EVIL_ID = "ID_\x1b[31mred\x1b[0m\x07"  # colours the terminal red, then rings its bell
+EVIL_SHOWN = "ID_\\x1b[31mred\\x1b[0m\\x07"
+
+
+def test_control_characters_of_a_label_id_are_escaped_in_the_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = _rsna_raw(tmp_path / "raw", "\n".join([*GOOD_RSNA, *(f"{EVIL_ID}_{s},0" for s in rsna.SUBTYPES[:-1])]))
+    assert main(["ingest", "--dataset", "ich", "--raw", str(raw), "--out", str(tmp_path / "store")]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"image {EVIL_SHOWN} has no row for subtype(s) any" in line, line
+    assert "\x1b" not in line and "\x07" not in line
+
+
+def test_control_characters_of_a_label_id_are_escaped_in_the_log(tmp_path: Path) -> None:
+    """A labelled image without a file is a warning naming the first one: escaped too (every log message is)."""
+    raw = _rsna_raw(tmp_path / "raw", "\n".join([*GOOD_RSNA, *(f"{EVIL_ID}_{s},0" for s in rsna.SUBTYPES)]))
+    result = subprocess.run([f"{bin_dir()}/fedmlp", "--log-level", "WARNING", "ingest", "--dataset", "ich", "--raw", str(raw),
+                             "--out", str(tmp_path / "store")], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "FEDMLP_PROGRESS": "0"})
+    assert result.returncode == 0, result.stderr
+    assert f"1 labelled images have no file in {raw / rsna.IMAGE_DIR} (first: {EVIL_SHOWN})" in result.stderr
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+
+
+def test_printable_escapes_control_characters_only() -> None:
+    assert printable("a\x1b[2Jb\nc\td\x7f\x9b\u202eé ü") == "a\\x1b[2Jb\\nc\\td\\x7f\\x9b\\u202eé ü"
+    assert one_line("first\nsecond \x1b[0m") == "first second \\x1b[0m"
 
 
 NIH_HEADER = "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Sex,View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
@@ -368,8 +399,10 @@ def test_checkpoint_with_code_is_refused_and_never_run(store: ImageStore, tmp_pa
         (lambda p, c: _write_checkpoint(p, c, meta={"classes": c}), "no model description"),
         (lambda p, c: torch.save(torchvision.models.resnet18().state_dict(), p), "not a fedmlp checkpoint (format 1 expected)"),
         (lambda p, c: (_write_checkpoint(p, c), p.write_bytes(p.read_bytes()[:5000])), "not a fedmlp checkpoint, or truncated or corrupt"),
+        (lambda p, c: p.write_bytes(b""), "empty file (0 bytes), not a fedmlp checkpoint"),
     ],
-    ids=["wrong class count", "wrong architecture", "unknown architecture", "tampered metadata", "foreign state dict", "truncated"],
+    ids=["wrong class count", "wrong architecture", "unknown architecture", "tampered metadata", "foreign state dict", "truncated",
+         "empty"],
 )
 def test_foreign_or_tampered_checkpoint(store: ImageStore, tmp_path: Path, eval_inputs: list[str], make, message: str,
                                         capsys: pytest.CaptureFixture[str]) -> None:
@@ -379,6 +412,23 @@ def test_foreign_or_tampered_checkpoint(store: ImageStore, tmp_path: Path, eval_
     line = one_error_line(capsys.readouterr().err)
     assert f"{path}: " in line and message in line, line
     assert not (tmp_path / "out").exists()
+
+
+def test_a_class_without_test_positives_is_named_and_left_out_of_the_means(
+        store: ImageStore, federation: dict, tmp_path: Path, eval_inputs: list[str], caplog: pytest.LogCaptureFixture) -> None:
+    """Exit 0 (the other classes are scored), a warning per class naming it, and metrics.json lists the
+    class as undefined (the report shows that list), with finite means over the other classes."""
+    name = store.classes[0]
+    test = [i for i, row in zip(federation["test"], store.labels[store.rows(federation["test"])]) if row[0] == 0]
+    (tmp_path / "partition.json").write_text(json.dumps({**federation, "test": test}))
+    _write_checkpoint(tmp_path / "model.pt", store.classes)
+    with caplog.at_level("WARNING", logger="fedmlp"):
+        assert main(["evaluate", "--model", str(tmp_path / "model.pt"), *eval_inputs]) == 0
+    assert (f"class {name} has no positive in the test set ({len(test)} images): its AP, AUROC and BACC are undefined "
+            "and left out of the mean") in caplog.messages
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert name in metrics["undefined_classes"] and metrics["per_class"][name]["AP"] is None
+    assert len(metrics["undefined_classes"]) < len(store.classes) and np.isfinite(metrics["overall"]["mAP"])
 
 
 def test_checkpoint_load_names_the_file() -> None:

@@ -6,12 +6,15 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
+import pydicom
 import pytest
 from conftest import bin_dir
 from pydicom.data import get_testdata_file
@@ -93,13 +96,14 @@ def test_killed_ingest_leaves_only_temporaries_the_rerun_removes(slow_raw: Path,
 
 
 def test_interrupted_synth_leaves_no_label_file(tmp_path: Path) -> None:
-    """The label file is written last and atomically: without it the raw dataset is visibly incomplete."""
+    """The slices are written into a temporary directory and the label file last, both renamed into
+    place at the end: an interruption leaves neither, nor any DICOM."""
     process = start("synth", "--out", str(tmp_path), "--settings", json.dumps({"n_images": 400, "image_size": 128}))
-    wait_for(lambda: (tmp_path / rsna.IMAGE_DIR).is_dir() and len(os.listdir(tmp_path / rsna.IMAGE_DIR)) > 20, process)
+    wait_for(lambda: any(len(os.listdir(t)) > 20 for t in temporaries(tmp_path)), process)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130 and err.strip() == "fedmlp synth: interrupted"
-    assert not (tmp_path / rsna.LABEL_FILE).exists() and temporaries(tmp_path) == []
+    assert not (tmp_path / rsna.LABEL_FILE).exists() and not (tmp_path / rsna.IMAGE_DIR).exists() and temporaries(tmp_path) == []
 
 
 def test_atomic_write_interrupted_keeps_the_old_file(tmp_path: Path) -> None:
@@ -139,15 +143,78 @@ def test_full_disk_during_ingest(raw_dataset: Path) -> None:
     result = in_private_mount(f"fedmlp --log-level ERROR ingest --raw {raw_dataset} --out \"$MNT/store\" --settings '{{\"size\": 64}}'"
                               " ; code=$?; ls -A \"$MNT\"; exit $code", "size=128k")
     assert result.returncode == 2
-    assert result.stderr.strip().endswith("/store: no space left on device (the image array needs 0.3 MiB)")
-    assert len(result.stderr.strip().splitlines()) == 1 and result.stdout.strip() == "", "nothing left in the full directory"
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("fedmlp ingest: error: config key 'preprocess.size': 80 images of 1 × 64 × 64 px in the image array "
+                           "need at least 327,680 bytes (320.0 KiB) in ") and "free; lower it" in line, line
+    assert result.stdout.strip() == "", "nothing left in the full directory"
 
 
-def test_full_disk_while_writing_files() -> None:
-    result = in_private_mount("fedmlp --log-level ERROR synth --out \"$MNT/raw\" --settings '{\"n_images\": 40}'", "size=64k")
+def test_full_disk_before_writing_files() -> None:
+    result = in_private_mount("fedmlp --log-level ERROR synth --out \"$MNT/raw\" --settings '{\"n_images\": 40}' ; code=$?; "
+                              "ls -A \"$MNT\"; exit $code", "size=64k")
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("fedmlp synth: error: ") and "/raw: no space left on device; free some space" in line
+    assert line.startswith("fedmlp synth: error: config key 'synthetic.n_images': 40 DICOM slices of 128 × 128 px"), line
+    assert result.stdout.strip() == "", "refused before writing anything"
+
+
+def _free(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+def test_synth_refuses_a_dataset_larger_than_the_free_space(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The largest allowed dataset (1,000,000 slices of 1024 px, about 2.1 TB) on a disk with less free."""
+    needed = 1_000_000 * (2 * 1024 * 1024 + 4096)  # each slice rounded up to a 4 KiB block at least
+    if _free(tmp_path) >= needed:
+        pytest.skip("this disk has room for the largest synthetic dataset")
+    settings = json.dumps({"n_images": 1_000_000, "image_size": 1024})
+    assert main(["synth", "--out", str(tmp_path / "raw"), "--settings", settings]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    found = re.fullmatch(r"fedmlp synth: error: config key 'synthetic.n_images': 1,000,000 DICOM slices of 1024 × 1024 px "
+                         r"\(synthetic.image_size\) need at least ([\d,]+) bytes \(.*\) in (.*), which has ([\d,]+) bytes \(.*\) free; "
+                         r"lower it, free some space, or write elsewhere", line)
+    assert found, line
+    assert int(found[1].replace(",", "")) >= 2 * 10**12 > int(found[3].replace(",", "")), "bytes needed against bytes free"
+    assert Path(found[2]) == tmp_path and list(tmp_path.iterdir()) == [], "nothing written"
+
+
+def test_bench_refuses_a_store_larger_than_the_free_space(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    needed = 1_000_000 * 3 * 1024 * 1024
+    if _free(tmp_path) >= needed:
+        pytest.skip("this disk has room for the largest bench store")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    args = ["bench", "--stage", "loader", "--images", "1000000", "--size", "1024", "--channels", "3", "--device", "cpu"]
+    assert main(args) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"fedmlp bench: error: --images: 1,000,000 images of 3 × 1024 × 1024 px (--channels, --size) in the "
+                           f"temporary store need at least {needed:,} bytes (2.9 TiB) in {tmp_path}, which has "), line
+    assert "free; lower them" in line and "--store" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_while_synth_writes_leaves_the_old_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The disk fills half way (after the free-space check passed: others write too): no partial set of
+    DICOMs is left, and the dataset written before stays whole."""
+    out = tmp_path / "raw"
+    assert main(["synth", "--out", str(out), "--settings", json.dumps({"n_images": 12, "image_size": 32})]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    calls = []
+
+    def fill_up(self, filename, **kwargs) -> None:
+        calls.append(filename)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filename))
+        original(self, filename, **kwargs)
+
+    original = pydicom.Dataset.save_as
+    monkeypatch.setattr(pydicom.Dataset, "save_as", fill_up)
+    assert main(["synth", "--out", str(out), "--settings", json.dumps({"n_images": 20, "image_size": 48})]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("fedmlp synth: error: ") and "no space left on device; free some space" in line, line
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert temporaries(out) == [] and temporaries(tmp_path) == []
 
 
 def test_read_only_results(store: ImageStore) -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, hamming_loss, precision_score, recall_score, roc_auc_score
 
-from fedmlp.metrics import best_val_round, evaluate, f1_thresholds, ranking_metrics
+from fedmlp.metrics import best_val_round, evaluate, f1_thresholds, ranking_metrics, undefined_warnings
 
 
 @pytest.fixture()
@@ -57,6 +57,17 @@ def test_class_absent_from_test_set_is_reported_not_nan(arrays: tuple[np.ndarray
     assert all(np.isfinite(v) for v in result["overall"].values())
     keep = [0, 1, 3]
     assert result["overall"]["mAP"] == pytest.approx(average_precision_score(y[:, keep], p[:, keep], average="macro"))
+
+
+def test_each_undefined_class_is_named_with_why(arrays: tuple[np.ndarray, np.ndarray]) -> None:
+    y, p = arrays
+    y = y.copy()
+    y[:, 2], y[:, 3] = 0, 1
+    messages = undefined_warnings(evaluate(y, p, ["a", "b", "c", "d"]))
+    assert [m.split(" in the test set")[0] for m in messages] == ["class c has no positive", "class d has no negative"]
+    everything = evaluate(np.zeros_like(y), p, ["a", "b", "c", "d"])
+    assert np.isnan(everything["overall"]["mAP"])
+    assert undefined_warnings(everything)[-1].startswith("no class has both label values in the test set")
 
 
 def test_thresholds_maximise_validation_f1_per_class() -> None:

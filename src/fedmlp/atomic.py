@@ -263,6 +263,33 @@ def write_text(path: Path, text: str, *, now: bool = False) -> None:
         tmp.write_text(text)
 
 
+def binary_size(n: int) -> str:
+    """``1.9 TiB``: a byte count as people read it (the exact count goes beside it in messages)."""
+    value, unit = float(n), "bytes"
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        value /= 1024
+        if value < 1024:
+            break
+    return f"{value:.1f} {unit}" if n >= 1024 else f"{n} bytes"
+
+
+def require_free_space(target: Path, setting: str, what: str, *, size: int, count: int = 1,
+                       advice: str = "lower it, free some space, or write elsewhere") -> None:
+    """Refuse, before writing anything, ``count`` files of at least ``size`` bytes each under
+    ``target`` that its file system has no room for (each file rounded up to the file system's
+    block), naming ``setting`` (the config key or option that asked for them) and the bytes needed
+    against the bytes free. A lower bound, so a size that fits is never refused; writing can still
+    run out (others write too), which the writers' own clean-up covers."""
+    directory = next(p for p in (Path(target).absolute(), *Path(target).absolute().parents) if p.exists())
+    stats = os.statvfs(directory)
+    block = stats.f_frsize or 4096
+    needed = count * -(-size // block) * block
+    free = stats.f_bavail * stats.f_frsize  # what an unprivileged process may use, as shutil.disk_usage says
+    if needed > free:
+        raise FedmlpError(f"{setting}: {what} need at least {needed:,} bytes ({binary_size(needed)}) in {directory}, which has "
+                          f"{free:,} bytes ({binary_size(free)}) free; {advice}")
+
+
 def _overwrites(output: Path, source: Path) -> bool:
     """``output`` is ``source`` (the same path, or the same file through a hard link), or something that
     exists inside the directory ``source`` (a file of a store; a new file beside them overwrites nothing)."""

@@ -129,6 +129,13 @@ def open_store(settings: BenchSettings) -> Iterator[ImageStore]:
     if settings.store is not None:
         yield ImageStore.open(settings.store)
         return
+    from fedmlp.atomic import require_free_space
+
+    # at the largest options (1,000,000 images of 3 × 1024 × 1024 px) about 3 TB: refused at once, not once the disk is full
+    require_free_space(Path(tempfile.gettempdir()), "--images", f"{settings.images:,} images of {settings.channels} × {settings.size} "
+                       f"× {settings.size} px (--channels, --size) in the temporary store",
+                       size=settings.images * settings.channels * settings.size * settings.size,
+                       advice="lower them, free some space, point TMPDIR elsewhere, or bench an existing store with --store")
     with tempfile.TemporaryDirectory(prefix="fedmlp-bench-") as tmp:
         write_random_store(Path(tmp), settings.images, settings.channels, settings.size, settings.seed)
         yield ImageStore.open(Path(tmp))

@@ -43,7 +43,10 @@ def load(path: Path) -> tuple[Classifier, dict[str, Any]]:
     except FileNotFoundError:
         raise FedmlpError(f"{path}: checkpoint not found") from None
     except Exception as exc:
-        raise FedmlpError(f"{path}: not a fedmlp checkpoint, or truncated or corrupt ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        if Path(path).is_file() and Path(path).stat().st_size == 0:
+            raise FedmlpError(f"{path}: empty file (0 bytes), not a fedmlp checkpoint (a copy or download that did not finish?)") from None
+        first = (str(exc).strip().splitlines() or ["no detail"])[0]  # torch raises some errors without a message
+        raise FedmlpError(f"{path}: not a fedmlp checkpoint, or truncated or corrupt ({type(exc).__name__}: {first})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "meta" not in payload:
         raise FedmlpError(f"{path}: not a fedmlp checkpoint (format {FORMAT} expected)")
     meta, state = payload["meta"], payload.get("state_dict")

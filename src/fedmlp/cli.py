@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 
 from fedmlp.commands import MODULES
-from fedmlp.errors import FedmlpError, describe_os_error, one_line
+from fedmlp.errors import FedmlpError, describe_os_error, one_line, printable
 
 log = logging.getLogger("fedmlp")
 LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -48,9 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class PrintableFormatter(logging.Formatter):
+    """Log messages carry image IDs, file names and file contents: their control characters are
+    escaped (:func:`fedmlp.errors.printable`); a traceback appended after the message keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+
 def configure_logging(level: str, library_level: str) -> None:
     """fedmlp's loggers at ``level``; the root logger, and so every other library, at ``library_level``."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(handlers=[handler])
     logging.getLogger().setLevel(library_level)
     log.setLevel(level)
 

@@ -21,9 +21,22 @@ HINTS = {
 }
 
 
+# C0 and C1 control characters (ESC starts a terminal escape sequence, CR rewrites the line), and the
+# Unicode bidirectional overrides and isolates, which reorder what a terminal shows.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: object) -> str:
+    """``text`` with every control character written as its Python escape (``\\x1b``, ``\\n``, ``\\u202e``).
+
+    For user-controlled strings in messages (an image ID from a label file, a column name, a file
+    name): printed raw, ``ID_\\x1b[31m...`` would colour or rewrite the user's terminal or log viewer."""
+    return CONTROL.sub(lambda found: found[0].encode("unicode_escape").decode("ascii"), str(text))
+
+
 def one_line(message: object) -> str:
-    """Messages from libraries sometimes span lines; the CLI promises one."""
-    return " ".join(str(message).split())
+    """Messages from libraries sometimes span lines; the CLI promises one, with no control characters."""
+    return printable(" ".join(str(message).split()))
 
 
 def describe_os_error(exc: OSError, where: Path | str | None = None) -> str:
@@ -37,5 +50,5 @@ def describe_os_error(exc: OSError, where: Path | str | None = None) -> str:
         code = int(found[1]) if found else None
     reason = os.strerror(code).lower() if code is not None else one_line(exc)
     hint = HINTS.get(code)
-    text = f"{path}: {reason}" if path is not None else reason
+    text = f"{printable(path)}: {reason}" if path is not None else reason
     return f"{text}; {hint}" if hint else text

@@ -25,10 +25,10 @@ import pandas as pd
 from PIL import Image
 
 from fedmlp import store as store_files
-from fedmlp.atomic import atomic_dir, atomic_path, exclusive, write_json
+from fedmlp.atomic import atomic_dir, atomic_path, exclusive, require_free_space, write_json
 from fedmlp.config import PreprocessConfig
 from fedmlp.dicom import MIN_SIDE, read_ct
-from fedmlp.errors import FedmlpError
+from fedmlp.errors import FedmlpError, printable
 from fedmlp.progress import bar
 from fedmlp.sources import nih, rsna
 from fedmlp.windowing import channels, resize, to_uint8, window
@@ -103,7 +103,8 @@ def _shrink_npy(path: Path, n_rows: int) -> None:
 
 def _reserve(path: Path, store: Path) -> None:
     """Allocate the image array's blocks now, so that a full disk is a clear error before any
-    decoding instead of a crash (SIGBUS) while writing through the memory map."""
+    decoding instead of a crash (SIGBUS) while writing through the memory map. (The free-space check
+    before it, :func:`fedmlp.atomic.require_free_space`, cannot promise the space: others write too.)"""
     with open(path, "r+b") as handle:
         size = os.fstat(handle.fileno()).st_size
         try:
@@ -183,6 +184,8 @@ def _write_store(out_dir: Path, candidates: Candidates, decode: Callable[[Path],
     skipped = list(candidates.skipped)
     kept: list[str] = []
     repaired = 0
+    require_free_space(out_dir, "config key 'preprocess.size'", f"{len(ids):,} images of {n_channels} × {size} × {size} px in the image array",
+                       size=len(ids) * n_channels * size * size, advice="lower it, free some space, or write the store elsewhere")
     with atomic_dir(out_dir) as tmp:
         images = np.lib.format.open_memmap(tmp / store_files.IMAGES, mode="w+", dtype=np.uint8, shape=(len(ids), n_channels, size, size))
         _reserve(tmp / store_files.IMAGES, out_dir)
@@ -292,7 +295,7 @@ def ich_candidates(raw_dir: Path) -> Candidates:
     ids = sorted(labelled & on_disk)
     labels_without_image = sorted(labelled - on_disk - {entry["image_id"] for entry in special})
     if labels_without_image:
-        log.warning("%d labelled images have no file in %s (first: %s)", len(labels_without_image), image_dir, labels_without_image[0])
+        log.warning("%d labelled images have no file in %s (first: %s)", len(labels_without_image), image_dir, printable(labels_without_image[0]))
     return Candidates(
         ids=ids,
         paths=[rsna.image_path(raw_dir, i) for i in ids],

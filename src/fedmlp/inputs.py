@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from fedmlp.errors import FedmlpError, one_line
+from fedmlp.errors import FedmlpError, one_line, printable
 
 
 def read_json(path: Path) -> Any:
@@ -38,7 +38,7 @@ def read_csv(path: Path, columns: Sequence[str], numeric: Sequence[str] = (), al
         raise FedmlpError(f"{path}: cannot read CSV ({type(exc).__name__}: {one_line(exc)})") from None
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise FedmlpError(f"{path}:1: missing column(s) {', '.join(missing)} (found {', '.join(map(str, frame.columns))})")
+        raise FedmlpError(f"{path}:1: missing column(s) {', '.join(missing)} (found {printable(', '.join(map(str, frame.columns)))})")
     if frame.empty:
         raise FedmlpError(f"{path}: no rows after the header")
     for column in numeric:

@@ -70,6 +70,20 @@ def best_val_round(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None
             "test_AUROC": float(best["test_AUROC"])}
 
 
+def undefined_warnings(result: Mapping[str, Any]) -> list[str]:
+    """One warning per class of an :func:`evaluate` result that its macro averages leave out, naming
+    the class and why; and one more when that is every class (the averages are then NaN)."""
+    n, per_class, undefined = result["n_images"], result["per_class"], result["undefined_classes"]
+    messages = []
+    for name in undefined:
+        which = "no positive" if per_class[name]["positives"] == 0 else "no negative"
+        messages.append(f"class {name} has {which} in the test set ({n} images): its AP, AUROC and BACC are undefined "
+                        "and left out of the mean")
+    if undefined and len(undefined) == len(per_class):
+        messages.append("no class has both label values in the test set: mAP, AUROC, BACC, F1, precision and recall are NaN")
+    return messages
+
+
 def evaluate(y_true: np.ndarray, y_prob: np.ndarray, classes: list[str], thresholds: Mapping[str, float] | None = None) -> dict[str, Any]:
     """Overall and per-class metrics; predictions are ``y_prob >= thresholds[class]`` (default
     :data:`FIXED_THRESHOLD` for every class)."""

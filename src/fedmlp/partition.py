@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedmlp.config import FederationConfig, SplitConfig, to_dict
-from fedmlp.errors import FedmlpError
+from fedmlp.errors import FedmlpError, printable
 from fedmlp.inputs import id_list, read_json, require
 from fedmlp.seeding import numpy_rng
 
@@ -120,7 +120,7 @@ def official_split(image_ids: list[str], train_list: list[str], test_list: list[
     """ChestX-ray14's patient-level split (``train_val_list.txt`` / ``test_list.txt``), kept to the given images."""
     train, test = set(train_list), set(test_list)
     if train & test:
-        raise FedmlpError(f"the official split lists share {len(train & test)} images (first: {sorted(train & test)[0]})")
+        raise FedmlpError(f"the official split lists share {len(train & test)} images (first: {printable(sorted(train & test)[0])})")
     return Split(train=[i for i in image_ids if i in train], test=[i for i in image_ids if i in test])
 
 

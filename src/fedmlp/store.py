@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from fedmlp.atomic import write_json
-from fedmlp.errors import FedmlpError, one_line
+from fedmlp.errors import FedmlpError, one_line, printable
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ class ImageStore(ImageView):
         rows = index.get_indexer(image_ids)
         if (rows < 0).any():
             missing = image_ids[int(np.argmax(rows < 0))]
-            raise FedmlpError(f"image {missing} is not in the store {self.root}")
+            raise FedmlpError(f"image {printable(missing)} is not in the store {self.root}")
         return rows
 
     def candidates(self) -> list[str]:

@@ -37,7 +37,7 @@ def score(model, store, partition: dict, rounds: list[dict], run: dict, device: 
     from fedmlp import runtime
     from fedmlp.atomic import atomic_path, write_json
     from fedmlp.inference import predict_proba
-    from fedmlp.metrics import best_val_round, evaluate, f1_thresholds
+    from fedmlp.metrics import best_val_round, evaluate, f1_thresholds, undefined_warnings
 
     test_ids, val_ids = partition["test"], partition.get("val", [])
     rt = runtime.resolve(device, "fp32", threads)
@@ -49,6 +49,8 @@ def score(model, store, partition: dict, rounds: list[dict], run: dict, device: 
     rows = store.rows(test_ids)
     probs = predict_proba(model, store, rows, rt)
     result = evaluate(store.labels[rows], probs, store.classes, thresholds)
+    for message in undefined_warnings(result):  # metrics.json lists them (undefined_classes); the report says so per setting
+        log.warning("%s", message)
     result["threshold_source"] = "validation" if val_ids else "fixed"
     result["best_val"] = best_val_round(rounds)
     result["run"] = run

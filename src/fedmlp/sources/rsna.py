@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from fedmlp.atomic import atomic_path
-from fedmlp.errors import FedmlpError, one_line
+from fedmlp.errors import FedmlpError, one_line, printable
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +69,20 @@ def read_labels(path: Path) -> IchLabels:
             rows = frame[(frame["image_id"] == image_id) & (frame["subtype"] == subtype)]
             lines = ", ".join(str(i + 2) for i in rows.index)
             values = " vs ".join(str(v) for v in rows["label"])
-            raise FedmlpError(f"{path}:{lines}: duplicate rows for {image_id}_{subtype} disagree on the label ({values})")
+            raise FedmlpError(f"{path}:{lines}: duplicate rows for {printable(image_id)}_{subtype} disagree on the label ({values})")
     duplicated_images = sorted(frame.loc[keyed, "image_id"].unique())
     frame = frame.drop_duplicates(["image_id", "subtype"])
+    absent = [s for s in SUBTYPES if s not in set(frame["subtype"])]
+    if absent:  # not one image has it: no NaN in the pivot below would show it
+        raise FedmlpError(f"{path}: no row for subtype(s) {', '.join(absent)} in the whole file (every image needs one row "
+                          f"per subtype: {', '.join(SUBTYPES)}); is the file complete?")
     table = frame.pivot(index="image_id", columns="subtype", values="label")
     incomplete = table.isna().any(axis=1)
     if incomplete.any():
         image_id = table.index[incomplete.to_numpy().argmax()]
         lacking = [s for s in SUBTYPES if s not in table.columns or pd.isna(table.loc[image_id, s])]
         line = int(frame.index[(frame["image_id"] == image_id).to_numpy().argmax()]) + 2
-        raise FedmlpError(f"{path}:{line}: image {image_id} has no row for subtype(s) {', '.join(lacking)}")
+        raise FedmlpError(f"{path}:{line}: image {printable(image_id)} has no row for subtype(s) {', '.join(lacking)}")
     table = table.reindex(columns=list(SUBTYPES)).astype("int8")
     table.columns.name = None
     return IchLabels(table=table, duplicate_rows=duplicate_rows, duplicated_images=duplicated_images)

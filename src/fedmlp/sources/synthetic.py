@@ -18,7 +18,6 @@ have multi-valued WindowCenter/WindowWidth. Everything is a pure function of the
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from scipy import integrate, optimize, stats
 from scipy.ndimage import gaussian_filter
 
-from fedmlp.atomic import exclusive
+from fedmlp.atomic import atomic_dir, exclusive, require_free_space
 from fedmlp.config import SyntheticConfig
 from fedmlp.errors import FedmlpError
 from fedmlp.progress import bar
@@ -336,6 +335,16 @@ def image_ids(n: int, rng: np.random.Generator) -> list[str]:
     return list(ids)
 
 
+DICOM_HEADER_BYTES = 700  # at least, beside the pixel data: 780-800 bytes measured on these files
+
+
+def require_room(config: SyntheticConfig, out_dir: Path) -> None:
+    """Refuse at once a dataset the disk cannot hold (1,000,000 slices of 1024 px are about 2 TB)."""
+    size = config.image_size
+    require_free_space(out_dir, "config key 'synthetic.n_images'", f"{config.n_images:,} DICOM slices of {size} × {size} px "
+                       "(synthetic.image_size)", size=2 * size * size + DICOM_HEADER_BYTES, count=config.n_images)
+
+
 MARKER = ".fedmlp-synthetic"  # not a declared output: Snakemake's cleanup before a rerun leaves it
 
 
@@ -366,17 +375,18 @@ def generate(config: SyntheticConfig, out_dir: Path) -> pd.DataFrame:
 def _generate(config: SyntheticConfig, out_dir: Path) -> pd.DataFrame:
     ids = image_ids(config.n_images, numpy_rng(config.seed, "ids"))
     labels = draw_labels(config, numpy_rng(config.seed, "labels"))
+    require_room(config, out_dir)
     claim(out_dir)
-    image_dir = out_dir / rsna.IMAGE_DIR
-    if image_dir.is_dir():
-        shutil.rmtree(image_dir)  # ours (claim checked): no DICOM of an earlier, larger dataset stays behind
-    image_dir.mkdir(parents=True, exist_ok=True)
-    for index, image_id in enumerate(bar(ids, desc="synthetic DICOM", unit="img")):
-        rng = numpy_rng(config.seed, "image", index)
-        hu = render(labels[index], config.image_size, rng)
-        with pydicom.config.disable_value_validation():  # for the Kaggle-style SOPInstanceUID
-            ds = dicom_dataset(image_id, hu, index, config.seed, rng, config)
-            ds.save_as(rsna.image_path(out_dir, image_id), enforce_file_format=True)
+    # The slices go into a temporary directory beside stage_2_train/, which replaces the old one whole
+    # (no DICOM of an earlier, larger dataset stays) only once every slice is written; a failure (a
+    # full disk) or an interruption removes it, so no partial set of DICOMs is ever left.
+    with atomic_dir(out_dir / rsna.IMAGE_DIR) as image_dir:
+        for index, image_id in enumerate(bar(ids, desc="synthetic DICOM", unit="img")):
+            rng = numpy_rng(config.seed, "image", index)
+            hu = render(labels[index], config.image_size, rng)
+            with pydicom.config.disable_value_validation():  # for the Kaggle-style SOPInstanceUID
+                ds = dicom_dataset(image_id, hu, index, config.seed, rng, config)
+                ds.save_as(image_dir / f"{image_id}.dcm", enforce_file_format=True)
     table = pd.DataFrame(labels, index=pd.Index(ids, name="image_id"), columns=list(rsna.CLASSES))
     table["any"] = table.max(axis=1)
     repeat = ids[: config.duplicated_images]
