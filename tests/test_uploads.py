@@ -222,6 +222,33 @@ def test_without_min_sites_a_hostile_site_stops_the_run_in_one_line(store: Image
     assert not (tmp_path / "out/model.pt").exists()
 
 
+def seen_by_the_server_step(monkeypatch: pytest.MonkeyPatch, method_name: str) -> list[tuple]:
+    """(round, selected, answered, failures) of every server step a run of ``method_name`` makes."""
+    cls = type(registry.create(method_name, {}))
+    aggregate, seen = cls.aggregate, []
+
+    def recording(self, server, updates):
+        seen.append((server.round, list(server.selected), list(server.answered), list(server.failures)))
+        return aggregate(self, server, updates)
+
+    monkeypatch.setattr(cls, "aggregate", recording)
+    return seen
+
+
+def test_the_server_step_sees_which_site_was_refused_in_flower(store: ImageStore, federation: dict, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = seen_by_the_server_step(monkeypatch, "fedavg-partial")
+    nodes = node_configs(tmp_path, store, federation)
+    config = run_config(tmp_path, store, "fedavg-partial", **{"min-sites": 2})
+    job = Job.from_run_config(config)
+    serve(job, ServerSettings.from_run_config(config), HostileTransport(job, nodes, nan_in("head.weight")))
+    assert [(r, s, a) for r, s, a, _ in seen] == [(0, [0, 1, 2], [0, 1, 2]), (1, [0, 1, 2], [0, 1]), (2, [0, 1], [0, 1])]
+    assert seen[0][3] == [] and seen[2][3] == []
+    (failure,) = seen[1][3]
+    assert (failure.client_id, failure.exchange, failure.refused) == (2, "train", True)
+    assert failure.reason.startswith("upload refused: weights['head.weight'] has")
+
+
 HOSTILE_SITE = '''
 """Our ClientApp, except that a site with node config poison="nan" or "images" alters its training uploads."""
 import dataclasses

@@ -28,6 +28,7 @@ import torch
 from fedmlp.compute import Compute, Passes
 from fedmlp.config import ModelConfig, TrainConfig
 from fedmlp.errors import FedmlpError
+from fedmlp.failures import Roster
 from fedmlp.inference import predict_proba
 from fedmlp.loader import ClientData, make_client, n_batches
 from fedmlp.methods.base import GATES, LocalContext, Method, ServerContext, broadcast_of
@@ -237,22 +238,27 @@ def visits(tasks: list[int]) -> list[int]:
     return out
 
 
-def server_round(method: Method, train: TrainConfig, global_model: Classifier, client_ids: list[int], round_index: int, seed: int,
+def server_round(method: Method, train: TrainConfig, global_model: Classifier, roster: Roster, round_index: int, seed: int,
                  runtime: Runtime, answer_prepare: Callable[[list[int], Broadcast], list[Upload]],
                  answer_train: Callable[[list[int], Broadcast], list[Upload]], guard: Guard) -> list[Upload]:
     """The server's side of one round: its exchanges, then the aggregate loaded into ``global_model``.
     ``answer_prepare``/``answer_train`` deliver a broadcast to the given clients (a training task list
-    may repeat a client; see :func:`visits`) and return their uploads in that order: in this process
-    (:func:`run`) or over a network (:mod:`fedmlp.flower`). Every upload passes ``guard`` first (a
-    refused site is a failed site: its policy drops it from ``client_ids`` or stops the run), and
-    the aggregate is checked before it is loaded."""
-    server = server_context(method, train, global_model, client_ids, round_index, seed, runtime)
+    may repeat a client; see :func:`visits`) and return the uploads of those that answered, in that
+    order: in this process (:func:`run`) or over a network (:mod:`fedmlp.flower`); a site that does
+    not answer goes to ``roster``'s failure policy. Every upload passes ``guard`` first (whose
+    ``on_refused`` is ``roster.refuse``: a refused site is a failed site), and the aggregate is
+    checked before it is loaded. The round's :class:`~fedmlp.methods.base.ServerContext` records
+    the training tasks, the sites whose uploads were accepted and every failure of the round."""
+    server = server_context(method, train, global_model, roster.client_ids, round_index, seed, runtime)
+    roster.failures = server.failures
 
     def screened_prepare(ids: list[int], broadcast: Broadcast) -> list[Upload]:
         return guard.screen(exchange_of(broadcast, training=False), broadcast, answer_prepare(ids, broadcast))
 
     broadcast = exchange(method, server, global_model, screened_prepare)
-    updates = guard.screen("train", broadcast, answer_train(method.select_clients(server), broadcast))
+    server.selected = method.select_clients(server)
+    updates = guard.screen("train", broadcast, answer_train(list(server.selected), broadcast))
+    server.answered = sorted({u.client_id for u in updates})
     if not updates:
         raise FedmlpError(f"round {round_index + 1}: no upload to aggregate")
     combined = updates if train.aggregation.clip_norm is None else clip_updates(updates, broadcast.weights, train.aggregation.clip_norm)
@@ -333,7 +339,8 @@ def run(
         on_record(record)
     test, val = Scored.of(store, partition["test"]), Scored.of(store, partition.get("val", []))
     sizes = {c.client_id: n_batches(len(c), train.batch_size) * train.local_epochs for c in clients}
-    guard = guard_for(method, train, global_model, {c.client_id: len(c) for c in clients})
+    roster = Roster(client_ids, len(clients))
+    guard = guard_for(method, train, global_model, {c.client_id: len(c) for c in clients}, on_refused=roster.refuse)
     total = method.n_rounds(train)
 
     def answer_prepare(ids: list[int], broadcast: Broadcast) -> list[Upload]:
@@ -347,7 +354,7 @@ def run(
             with bar(total=steps, desc=f"{method.name} round {round_index + 1}/{total}", unit="batch", transient=True) as progress:
                 return [site.train_client(i, broadcast, visit, progress.update) for i, visit in zip(tasks, visits(tasks))]
 
-        updates = server_round(method, train, global_model, client_ids, round_index, seed, runtime, answer_prepare, answer_train, guard)
+        updates = server_round(method, train, global_model, roster, round_index, seed, runtime, answer_prepare, answer_train, guard)
         last = round_index == rounds[-1]
         record = round_record(round_index, updates, global_model, store, test, val, runtime,
                               last or (round_index + 1) % train.eval_every == 0)
