@@ -32,6 +32,13 @@ class UploadRefused(SiteFailure):
 REFUSED = "upload refused: "  # how a refusal's reason begins
 
 
+def check_min_sites(min_sites: int | None, n_sites: int, key: str) -> int:
+    """``min_sites`` (None or 0: unset, given as 0) if it is 1 to ``n_sites``; else an error naming ``key``."""
+    if min_sites and not 1 <= min_sites <= n_sites:
+        raise FedmlpError(f"{key}: expected 1 to {n_sites} (the partition's clients), got {min_sites}")
+    return min_sites or 0
+
+
 def site_name(client_id: int) -> str:
     return f"site {client_id}"
 

@@ -28,7 +28,7 @@ import torch
 from fedmlp.compute import Compute, Passes
 from fedmlp.config import ModelConfig, TrainConfig
 from fedmlp.errors import FedmlpError
-from fedmlp.failures import Roster
+from fedmlp.failures import Roster, check_min_sites
 from fedmlp.inference import predict_proba
 from fedmlp.loader import ClientData, make_client, n_batches
 from fedmlp.methods.base import GATES, LocalContext, Method, ServerContext, broadcast_of
@@ -36,7 +36,7 @@ from fedmlp.methods.messages import CENSUS, Broadcast, Upload
 from fedmlp.metrics import ranking_metrics
 from fedmlp.models import Classifier, build_model
 from fedmlp.progress import bar
-from fedmlp.resume import BadResumeState, ResumePoint, check_state
+from fedmlp.resume import BadResumeState, ResumePoint, check_roster, check_state
 from fedmlp.robust import clip_updates, combiner
 from fedmlp.runtime import Runtime
 from fedmlp.seeding import int_seed, torch_generator
@@ -213,6 +213,7 @@ class RunResult:
     round_rows: list[dict[str, Any]]  # whatever ``on_round_end`` returned, in round order
     compute: Compute  # the clients' passes over the rounds trained (a resumed run's earlier rounds included)
     gates: list[dict[str, Any]] = field(default_factory=list)  # gate_rows of every round, in round order
+    dropped: list[dict[str, Any]] = field(default_factory=list)  # sites the failure policy dropped (train.min_sites)
 
 
 GATE_FIELDS = ("round", "side", "unit", "gate", "rate")  # one gate's rate in one round for one client or server unit
@@ -310,13 +311,14 @@ def run(
     global_model = initial_model if initial_model is not None else init_model(model_config, len(store.classes), seed, runtime)
     global_model = global_model.to(runtime.device, memory_format=torch.channels_last)
     site = Site(method, clients, store, train, runtime, seed, global_model)
-    client_ids = [c.client_id for c in clients]
+    roster = Roster([c.client_id for c in clients], len(clients), check_min_sites(train.min_sites, len(clients), "config key 'train.min_sites'"))
     history: list[RoundRecord] = []
     round_rows: list[dict[str, Any]] = []
     gates: list[dict[str, Any]] = []
 
     def restore(saved: dict[str, Any]) -> None:  # checks first; the method's state is replaced whole or not at all
         check_state(saved, global_model.state_dict(), rounds, len(clients))
+        sites = check_roster(saved, roster.client_ids)
         records = [RoundRecord(**record) for record in saved["history"]]
         Passes(**saved.get("passes", {}))
         if not isinstance(saved.get("round_rows"), list) or not isinstance(saved.get("gates", []), list):
@@ -325,6 +327,7 @@ def run(
         history.extend(records)
         global_model.load_state_dict(saved["global"])
         site.load_states(saved["clients"])
+        roster.client_ids[:], roster.dropped[:] = sites, saved.get("dropped", [])
 
     saved = resume.load(restore) if resume is not None else None
     if saved is not None:
@@ -339,7 +342,6 @@ def run(
         on_record(record)
     test, val = Scored.of(store, partition["test"]), Scored.of(store, partition.get("val", []))
     sizes = {c.client_id: n_batches(len(c), train.batch_size) * train.local_epochs for c in clients}
-    roster = Roster(client_ids, len(clients))
     guard = guard_for(method, train, global_model, {c.client_id: len(c) for c in clients}, on_refused=roster.refuse)
     total = method.n_rounds(train)
 
@@ -375,8 +377,10 @@ def run(
                 "round_rows": round_rows,
                 "passes": asdict(site.passes),
                 "gates": gates,
+                "client_ids": list(roster.client_ids),
+                "dropped": list(roster.dropped),
             })
-    return RunResult(global_model, history, round_rows, site.compute(len(stage)), gates)
+    return RunResult(global_model, history, round_rows, site.compute(len(stage)), gates, roster.dropped)
 
 
 def history_rows(history: list[RoundRecord]) -> list[dict[str, Any]]:

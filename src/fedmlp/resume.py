@@ -98,6 +98,19 @@ def check_coordinator_state(payload: dict[str, Any], model_state: dict[str, torc
             raise BadResumeState("a recorded round without its number")
 
 
+def check_roster(payload: dict[str, Any], sites: list[int]) -> list[int]:
+    """The sites still in the run as saved (``client_ids``, with the ``dropped`` list beside it; a
+    state of before the failure policy has neither: every site of ``sites``)."""
+    if "client_ids" not in payload and "dropped" not in payload:
+        return list(sites)
+    saved, dropped = payload.get("client_ids"), payload.get("dropped")
+    if not isinstance(saved, list) or not isinstance(dropped, list):
+        raise BadResumeState("field 'client_ids' or 'dropped' missing or not a list")
+    if not set(saved) <= set(sites):
+        raise BadResumeState(f"saved with sites {saved}, not all of this run's {sites}")
+    return list(saved)
+
+
 @dataclass(frozen=True)
 class ResumePoint:
     """The file a run saves its state to between rounds. Only a file of ours is ever replaced or

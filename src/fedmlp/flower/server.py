@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fedmlp.errors import FedmlpError, one_line
-from fedmlp.failures import Roster, SiteFailure
+from fedmlp.failures import Roster, SiteFailure, check_min_sites
 from fedmlp.flower import codec
 from fedmlp.flower.job import Job, ServerSettings, code_fingerprint, preprocessing
 from fedmlp.methods.messages import Broadcast, Upload
@@ -211,11 +211,11 @@ class Coordinator:
         """Wait for the sites, learn who they are, check that their stores match the server's test
         store (classes, windowing, size) and that they run the same fedmlp code."""
         ours = preprocessing(store)
-        nodes = wait_for_nodes(self.transport, self.settings.num_sites, self.settings.connect_timeout, self.settings.required_sites)
+        nodes = wait_for_nodes(self.transport, self.settings.num_sites, self.settings.connect_timeout, self.roster.required)
         if len(nodes) < self.settings.num_sites:
             reason = f"{self.settings.num_sites - len(nodes)} of {self.settings.num_sites} sites not connected within " \
                      f"{self.settings.connect_timeout:.0f} s"
-            log.warning("%s; the run goes on with %d (min-sites %d)", reason, len(nodes), self.settings.min_sites)
+            log.warning("%s; the run goes on with %d (min-sites %d)", reason, len(nodes), self.roster.min_sites)
             self.roster.dropped.append({"client_id": None, "node_id": None, "round": 0, "exchange": "connect", "reason": reason})
         replies = self.transport.ask({n: ("hello", None) for n in nodes}, self.settings.round_timeout)
         failed = {}
@@ -249,10 +249,10 @@ class Coordinator:
         self.roster.client_ids[:] = sorted(self.node_of)
         self.outcome.sites.sort(key=lambda s: s.client_id)
         for node, reason in failed.items():  # a site that cannot even open its data: the same policy, before round 1
-            if len(self.node_of) < self.settings.required_sites:
+            if len(self.node_of) < self.roster.required:
                 raise SiteFailure(f"the site at node {node} failed to join (hello): {reason}")
             log.warning("the site at node %d failed to join (hello): %s; the run goes on with %d sites (min-sites %d)",
-                        node, reason, len(self.node_of), self.settings.min_sites)
+                        node, reason, len(self.node_of), self.roster.min_sites)
             self.roster.dropped.append({"client_id": None, "node_id": node, "round": 0, "exchange": "hello", "reason": reason})
         log.info("%d sites joined: %s", len(self.roster.client_ids),
                  ", ".join(f"client {s.client_id} (node {s.node_id}, {s.n_samples} images)" for s in self.outcome.sites))
@@ -265,6 +265,9 @@ class Coordinator:
         job, settings = self.job, self.settings
         method, train, model_config = job.method(), job.train, job.model_config
         runtime = job.runtime()
+        if not settings.min_sites and train.min_sites:  # the simulation's key, when the run config does not set its own
+            self.roster.min_sites = check_min_sites(train.min_sites, settings.num_sites, "config key 'train.min_sites'")
+            self.roster.setting = "config key 'train.min_sites'"
         store = ImageStore.open(Path(settings.test_store))
         test = federated.Scored.of(store, test_image_ids(settings, store))
         val = federated.Scored.of(store, val_image_ids(settings))
