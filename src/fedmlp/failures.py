@@ -5,7 +5,8 @@ A site fails an exchange when it does not answer (Flower: an error, a timeout), 
 refuses its upload (:mod:`fedmlp.uploads`). Without ``min-sites`` the first failure stops the run,
 with one line naming the site, the round and the exchange. With it, a failed site is dropped for
 the rest of the run while at least that many sites remain, and the drop is recorded. Every failure
-of a round is also told to the method's server step (:attr:`fedmlp.methods.base.ServerContext.failures`).
+of a round is also told to the method's server step (:class:`Failure`, in
+:attr:`fedmlp.methods.base.ServerContext.failures`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedmlp.errors import FedmlpError
-from fedmlp.methods.base import Failure
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,18 @@ class SiteFailure(FedmlpError):
 
 class UploadRefused(SiteFailure):
     """An upload the guard refused, and no failure policy lets the run go on without its site."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A site that did not give the server an upload it accepted in one exchange of a round
+    (:class:`Roster`): it failed to answer (``refused`` False: an error, no answer in time), or
+    its upload was refused by the server's checks (``refused`` True, :mod:`fedmlp.uploads`)."""
+
+    client_id: int
+    exchange: str  # census, prepare or train
+    reason: str  # one line, e.g. "upload refused: weights['head.weight'] has 640 non-finite value(s) (NaN or inf)"
+    refused: bool = False
 
 
 REFUSED = "upload refused: "  # how a refusal's reason begins

@@ -1,10 +1,10 @@
-"""The coordinator's side of a Flower run: the simulation's round, with the sites behind a transport.
+"""The coordinator's side of a Flower run: the simulation's round loop, with the sites behind a transport.
 
-Each round is :func:`fedmlp.federated.server_round` (the method's server half: client selection,
-broadcast payload, prepare exchange, aggregation) and :func:`fedmlp.federated.round_record` (loss
-and test and validation scores), exactly as in :func:`fedmlp.federated.run`; only the two exchanges
-differ: their broadcasts travel to the sites as Flower messages (:mod:`fedmlp.flower.codec`) and
-their uploads come back the same way, in the simulation's order.
+The run is :func:`fedmlp.federated.run_rounds`, the loop :func:`fedmlp.federated.run` runs too
+(selection, exchanges, upload checks, failure policy, aggregation, scoring, resume); the
+:class:`Coordinator` is its :class:`~fedmlp.federated.Sites`: broadcasts travel to the sites as
+Flower messages (:mod:`fedmlp.flower.codec`), uploads come back the same way, in the simulation's
+order, and the resume state holds, per site, the version of its state it last answered with.
 
 The server never opens a site's data. It knows each site by what the site says about itself in the
 ``hello`` exchange (client id, number of images, class list); with run config ``site-nodes`` (set by
@@ -17,7 +17,8 @@ Failure policy: a site whose ClientApp raises, that does not answer within ``rou
 seconds (a SuperNode that disappears is reported by the SuperLink once its heartbeats stop), or whose
 upload the server refuses (:mod:`fedmlp.uploads`: wrong keys, shapes or dtypes, NaN or inf, too
 large, more images than it declared at ``hello``, a payload other than the method's), fails
-the run with one line naming the site, the round and the exchange, unless ``min-sites`` is set and
+the run with one line naming the site, the round and the exchange (:class:`fedmlp.failures.Roster`,
+the simulation's policy too), unless ``min-sites`` (or, when it is 0, ``train.min_sites``) is set and
 at least that many sites remain: then the failed site is dropped for the rest of the run, and the
 drop is recorded (log, ``federation.json``, the checkpoint's meta). No round is ever averaged over
 fewer sites than the policy allows without saying so.
@@ -257,9 +258,33 @@ class Coordinator:
         log.info("%d sites joined: %s", len(self.roster.client_ids),
                  ", ".join(f"client {s.client_id} (node {s.node_id}, {s.n_samples} images)" for s in self.outcome.sites))
 
+    # --- the sites' part of the round loop (fedmlp.federated.Sites) ------------------------------
+
+    def check(self, saved: dict[str, Any]) -> None:
+        from fedmlp.resume import check_versions
+
+        check_versions(saved)
+        missing = sorted(set(saved["client_ids"]) - set(self.node_of))
+        if missing:  # not a bad state: the run cannot go on without that site (the failure policy's error)
+            raise SiteFailure(f"{self.settings.resume_state}: saved with sites {saved['client_ids']}; site {missing[0]} did not join")
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.versions = {int(k): tuple(v) for k, v in saved["versions"].items()}
+        self.saved_versions = dict(self.versions)
+        self.outcome.resumed_after = saved["round"]
+
+    def state(self) -> dict[str, Any]:
+        return {"versions": {str(k): list(v) for k, v in self.versions.items()}}
+
+    def end_round(self, record: Any, saved: bool) -> None:
+        self.outcome.rounds_done = record.round
+        if saved:  # the sites may forget the state versions before these
+            self.saved_versions = dict(self.versions)
+
     def run(self) -> Any:
+        """:func:`fedmlp.federated.run_rounds`, with the sites behind the transport; then the outputs."""
         from fedmlp import federated
-        from fedmlp.resume import ResumePoint, check_coordinator_state
+        from fedmlp.resume import ResumePoint
         from fedmlp.store import ImageStore
 
         job, settings = self.job, self.settings
@@ -275,45 +300,11 @@ class Coordinator:
 
         global_model = federated.init_model(model_config, len(store.classes), job.seed, runtime)
         rounds = range(method.n_rounds(train))
-        history: list[federated.RoundRecord] = []
         resume = ResumePoint(Path(settings.resume_state), settings.resume_key, every=settings.resume_every) if settings.resume_state else None
-        saved = resume.load(lambda state: check_coordinator_state(state, global_model.state_dict(), rounds)) if resume is not None else None
-        if saved is not None:
-            missing = sorted(set(saved["client_ids"]) - set(self.node_of))
-            if missing:
-                raise SiteFailure(f"{settings.resume_state}: saved with sites {saved['client_ids']}; site {missing[0]} did not join")
-            global_model.load_state_dict(saved["global"])
-            method.load_state_dict(saved["method"])
-            history = [federated.RoundRecord(**r) for r in saved["history"]]
-            self.versions = {int(k): tuple(v) for k, v in saved["versions"].items()}
-            self.saved_versions = dict(self.versions)
-            self.roster.client_ids[:] = saved["client_ids"]
-            self.roster.dropped[:] = saved["dropped"]
-            self.outcome.resumed_after = saved["round"]
-            rounds = range(saved["round"], rounds.stop)
-        total = method.n_rounds(train)
         guard = federated.guard_for(method, train, global_model, {s.client_id: s.n_samples for s in self.outcome.sites},
                                     on_refused=self.roster.refuse)
-        for round_index in rounds:
-            start = time.perf_counter()
-            last = round_index == rounds[-1]
-
-            def train_answer(tasks: list[int], broadcast: Broadcast, last: bool = last) -> list[Upload]:
-                return self.answer_train(tasks, broadcast, final=last)
-
-            updates = federated.server_round(method, train, global_model, self.roster, round_index, job.seed, runtime,
-                                             self.answer_prepare, train_answer, guard)
-            record = federated.round_record(round_index, updates, global_model, store, test, val, runtime,
-                                            last or (round_index + 1) % train.eval_every == 0)
-            history.append(record)
-            self.outcome.rounds_done = record.round
-            federated.log_round(method, record, total, time.perf_counter() - start)
-            if resume is not None and resume.due(record.round, last):
-                resume.save({"round": record.round, "global": {k: v.detach().cpu() for k, v in global_model.state_dict().items()},
-                             "method": method.state_dict(), "history": federated.history_rows(history),
-                             "versions": {str(k): list(v) for k, v in self.versions.items()},
-                             "client_ids": list(self.roster.client_ids), "dropped": list(self.roster.dropped)})
-                self.saved_versions = dict(self.versions)
+        history = federated.run_rounds(method, train, job.seed, runtime, global_model, rounds, self.roster, guard, self, store, test, val,
+                                       resume)
         self.write_outputs(global_model, history, store.classes, runtime.precision, rounds.stop)
         if resume is not None:
             resume.clear()

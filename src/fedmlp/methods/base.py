@@ -40,6 +40,7 @@ import torch
 
 from fedmlp.augment import augment
 from fedmlp.config import TrainConfig
+from fedmlp.failures import Failure
 from fedmlp.loader import Batch, ClientData, batches
 from fedmlp.methods.messages import Broadcast, PayloadSchema, Upload, Weights
 from fedmlp.models import Classifier
@@ -87,18 +88,6 @@ class LocalContext:
 
     def batches(self):
         return batches(self.store, self.client, self.train.batch_size, self.generator, self.runtime.device)
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A site that did not give the server an upload it accepted in one exchange of a round
-    (:mod:`fedmlp.failures`): it failed to answer (``refused`` False: an error, no answer in time), or
-    its upload was refused by the server's checks (``refused`` True, :mod:`fedmlp.uploads`)."""
-
-    client_id: int
-    exchange: str  # census, prepare or train
-    reason: str  # one line, e.g. "upload refused: weights['head.weight'] has 640 non-finite value(s) (NaN or inf)"
-    refused: bool = False
 
 
 @dataclass
