@@ -222,6 +222,65 @@ def test_without_min_sites_a_hostile_site_stops_the_run_in_one_line(store: Image
     assert not (tmp_path / "out/model.pt").exists()
 
 
+def seen_by_the_server_step(monkeypatch: pytest.MonkeyPatch, method_name: str) -> list[tuple]:
+    """(round, selected, answered, failures) of every server step a run of ``method_name`` makes."""
+    cls = type(registry.create(method_name, {}))
+    aggregate, seen = cls.aggregate, []
+
+    def recording(self, server, updates):
+        seen.append((server.round, list(server.selected), list(server.answered), list(server.failures)))
+        return aggregate(self, server, updates)
+
+    monkeypatch.setattr(cls, "aggregate", recording)
+    return seen
+
+
+def test_with_min_sites_the_simulation_drops_a_refused_site_and_its_server_step_sees_it(
+        store: ImageStore, federation: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedmlp.resume import ResumePoint
+
+    seen = seen_by_the_server_step(monkeypatch, "fedavg-masked")
+    train, model, rt = TrainConfig(**TRAIN, min_sites=2), ModelConfig(**MODEL), runtime.resolve("cpu", "fp32", 1)
+    resume = ResumePoint(tmp_path / "resume.pt", "k")
+    result = federated.run(store, federation, hostile("fedavg-masked", 1, 1, nan_in("head.weight")), train, model, 0, rt, resume=resume)
+    assert [(r, s, a) for r, s, a, _ in seen] == [(0, [0, 1, 2], [0, 1, 2]), (1, [0, 1, 2], [0, 2]), (2, [0, 2], [0, 2])]
+    (failure,) = seen[1][3]
+    assert (failure.client_id, failure.exchange, failure.refused) == (1, "train", True)
+    assert failure.reason.startswith("upload refused: weights['head.weight'] has")
+    (dropped,) = result.dropped
+    assert (dropped["client_id"], dropped["round"], dropped["exchange"]) == (1, 2, "train")
+    saved = resume.load()  # after round 2 (the last round is never saved): the drop is part of the state
+    assert saved["round"] == 2 and saved["client_ids"] == [0, 2] and saved["dropped"] == result.dropped
+    resumed = federated.run(store, federation, registry.create("fedavg-masked", {}), train, model, 0, rt, resume=resume)
+    assert resumed.dropped == result.dropped and seen[-1][1] == [0, 2]
+    assert all(torch.equal(a, b) for a, b in zip(result.model.state_dict().values(), resumed.model.state_dict().values()))
+
+
+def test_min_sites_of_the_simulation_bounds_the_drops_and_is_checked(store: ImageStore, federation: dict) -> None:
+    model, rt = ModelConfig(**MODEL), runtime.resolve("cpu", "fp32", 1)
+    with pytest.raises(UploadRefused, match=r"^site 1 failed in round 2 \(train\): upload refused: .*; 2 sites left, fewer than "
+                                            r"config key 'train.min_sites' 3$"):
+        federated.run(store, federation, hostile("fedavg-masked", 1, 1, nan_in("head.weight")), TrainConfig(**TRAIN, min_sites=3), model, 0, rt)
+    with pytest.raises(FedmlpError, match=r"^config key 'train.min_sites': expected 1 to 3 \(the partition's clients\), got 4$"):
+        federated.run(store, federation, registry.create("fedavg-masked", {}), TrainConfig(**TRAIN, min_sites=4), model, 0, rt)
+    with pytest.raises(FedmlpError, match=r"config key 'train.min_sites'"):
+        from_dict(TrainConfig, {"min_sites": 0}, "train")
+
+
+def test_the_server_step_sees_which_site_was_refused_in_flower(store: ImageStore, federation: dict, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = seen_by_the_server_step(monkeypatch, "fedavg-partial")
+    nodes = node_configs(tmp_path, store, federation)
+    config = run_config(tmp_path, store, "fedavg-partial", **{"min-sites": 2})
+    job = Job.from_run_config(config)
+    serve(job, ServerSettings.from_run_config(config), HostileTransport(job, nodes, nan_in("head.weight")))
+    assert [(r, s, a) for r, s, a, _ in seen] == [(0, [0, 1, 2], [0, 1, 2]), (1, [0, 1, 2], [0, 1]), (2, [0, 1], [0, 1])]
+    assert seen[0][3] == [] and seen[2][3] == []
+    (failure,) = seen[1][3]
+    assert (failure.client_id, failure.exchange, failure.refused) == (2, "train", True)
+    assert failure.reason.startswith("upload refused: weights['head.weight'] has")
+
+
 HOSTILE_SITE = '''
 """Our ClientApp, except that a site with node config poison="nan" or "images" alters its training uploads."""
 import dataclasses

@@ -167,6 +167,9 @@ class TrainConfig:
     eval_every: int = bounded(1, minimum=1, maximum=MAX_ROUNDS)  # the workflow default (schema) is 2: every round here, for library use and tests
     deterministic: bool = False
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    # the failure policy (fedmlp.failures): None stops the run at the first failed or refused site;
+    # a number drops such a site while at least this many remain (a Flower run's 'min-sites')
+    min_sites: int | None = bounded(None, minimum=1)
 
 
 @dataclass(frozen=True)

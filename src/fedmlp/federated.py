@@ -7,7 +7,8 @@ uploads into the new global model, which is scored on the test set and on the va
 the partition has one) for the per-round curves (the reported result is the final round's; the
 best-validation round is reported beside it, :func:`fedmlp.metrics.best_val_round`). Server and
 sites exchange nothing but :mod:`fedmlp.methods.messages`, so the same :class:`Site` serves a real
-deployment (:mod:`fedmlp.flower`).
+deployment (:mod:`fedmlp.flower`). The round loop itself (:func:`run_rounds`) is the Flower
+coordinator's too: only its :class:`Sites` differ (:class:`LocalSites` here).
 
 Random streams come from :mod:`fedmlp.seeding`, one per (client, round) and one per server round,
 so a run is a pure function of its inputs and seed.
@@ -20,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ import torch
 from fedmlp.compute import Compute, Passes
 from fedmlp.config import ModelConfig, TrainConfig
 from fedmlp.errors import FedmlpError
+from fedmlp.failures import Roster, check_min_sites
 from fedmlp.inference import predict_proba
 from fedmlp.loader import ClientData, make_client, n_batches
 from fedmlp.methods.base import GATES, LocalContext, Method, ServerContext, broadcast_of
@@ -35,7 +37,7 @@ from fedmlp.methods.messages import CENSUS, Broadcast, Upload
 from fedmlp.metrics import ranking_metrics
 from fedmlp.models import Classifier, build_model
 from fedmlp.progress import bar
-from fedmlp.resume import BadResumeState, ResumePoint, check_state
+from fedmlp.resume import BadResumeState, ResumePoint, check_clients, check_roster, check_state
 from fedmlp.robust import clip_updates, combiner
 from fedmlp.runtime import Runtime
 from fedmlp.seeding import int_seed, torch_generator
@@ -212,6 +214,7 @@ class RunResult:
     round_rows: list[dict[str, Any]]  # whatever ``on_round_end`` returned, in round order
     compute: Compute  # the clients' passes over the rounds trained (a resumed run's earlier rounds included)
     gates: list[dict[str, Any]] = field(default_factory=list)  # gate_rows of every round, in round order
+    dropped: list[dict[str, Any]] = field(default_factory=list)  # sites the failure policy dropped (train.min_sites)
 
 
 GATE_FIELDS = ("round", "side", "unit", "gate", "rate")  # one gate's rate in one round for one client or server unit
@@ -237,22 +240,27 @@ def visits(tasks: list[int]) -> list[int]:
     return out
 
 
-def server_round(method: Method, train: TrainConfig, global_model: Classifier, client_ids: list[int], round_index: int, seed: int,
+def server_round(method: Method, train: TrainConfig, global_model: Classifier, roster: Roster, round_index: int, seed: int,
                  runtime: Runtime, answer_prepare: Callable[[list[int], Broadcast], list[Upload]],
                  answer_train: Callable[[list[int], Broadcast], list[Upload]], guard: Guard) -> list[Upload]:
     """The server's side of one round: its exchanges, then the aggregate loaded into ``global_model``.
     ``answer_prepare``/``answer_train`` deliver a broadcast to the given clients (a training task list
-    may repeat a client; see :func:`visits`) and return their uploads in that order: in this process
-    (:func:`run`) or over a network (:mod:`fedmlp.flower`). Every upload passes ``guard`` first (a
-    refused site is a failed site: its policy drops it from ``client_ids`` or stops the run), and
-    the aggregate is checked before it is loaded."""
-    server = server_context(method, train, global_model, client_ids, round_index, seed, runtime)
+    may repeat a client; see :func:`visits`) and return the uploads of those that answered, in that
+    order: in this process (:func:`run`) or over a network (:mod:`fedmlp.flower`); a site that does
+    not answer goes to ``roster``'s failure policy. Every upload passes ``guard`` first (whose
+    ``on_refused`` is ``roster.refuse``: a refused site is a failed site), and the aggregate is
+    checked before it is loaded. The round's :class:`~fedmlp.methods.base.ServerContext` records
+    the training tasks, the sites whose uploads were accepted and every failure of the round."""
+    server = server_context(method, train, global_model, roster.client_ids, round_index, seed, runtime)
+    roster.failures = server.failures
 
     def screened_prepare(ids: list[int], broadcast: Broadcast) -> list[Upload]:
         return guard.screen(exchange_of(broadcast, training=False), broadcast, answer_prepare(ids, broadcast))
 
     broadcast = exchange(method, server, global_model, screened_prepare)
-    updates = guard.screen("train", broadcast, answer_train(method.select_clients(server), broadcast))
+    server.selected = method.select_clients(server)
+    updates = guard.screen("train", broadcast, answer_train(list(server.selected), broadcast))
+    server.answered = sorted({u.client_id for u in updates})
     if not updates:
         raise FedmlpError(f"round {round_index + 1}: no upload to aggregate")
     combined = updates if train.aggregation.clip_norm is None else clip_updates(updates, broadcast.weights, train.aggregation.clip_norm)
@@ -280,6 +288,132 @@ def log_round(method: Method, record: RoundRecord, total: int, seconds: float) -
              method.name, record.round, total, record.train_loss, record.test_mAP, record.test_AUROC, record.val_mAP, seconds)
 
 
+class Sites(Protocol):
+    """The part of a run's loop (:func:`run_rounds`) that differs between the simulation and a Flower
+    run: how the server reaches its sites, and what of theirs a resume state holds."""
+
+    def answer_prepare(self, ids: list[int], broadcast: Broadcast) -> list[Upload]: ...
+
+    def answer_train(self, tasks: list[int], broadcast: Broadcast, last: bool) -> list[Upload]: ...
+
+    def check(self, saved: dict[str, Any]) -> None:
+        """Raise :class:`~fedmlp.resume.BadResumeState` unless the sites' part of ``saved`` can be continued."""
+        ...
+
+    def restore(self, saved: dict[str, Any]) -> None: ...
+
+    def state(self) -> dict[str, Any]:
+        """The sites' part of a resume state."""
+        ...
+
+    def end_round(self, record: RoundRecord, saved: bool) -> None:
+        """After a round (``saved``: its state was just saved for resuming)."""
+        ...
+
+
+def run_rounds(method: Method, train: TrainConfig, seed: int, runtime: Runtime, global_model: Classifier, rounds: range,
+               roster: Roster, guard: Guard, sites: Sites, store: ImageStore, test: Scored, val: Scored,
+               resume: ResumePoint | None = None, on_record: Callable[[RoundRecord], None] | None = None) -> list[RoundRecord]:
+    """The round loop both :func:`run` and the Flower coordinator (:mod:`fedmlp.flower.server`) run:
+    resume (checked, then restored all or nothing), then each round (:func:`server_round`: selection,
+    exchanges, the guard, the failure policy of ``roster``, aggregation), its record (scored every
+    ``train.eval_every`` rounds and in the last), and the resume state after every ``resume.every``
+    rounds. ``on_record`` gets each round's record as it is completed, the restored rounds' first.
+    Returns the history of ``rounds`` (restored rounds included)."""
+    history: list[RoundRecord] = []
+
+    def restore(saved: dict[str, Any]) -> None:  # checks first; the method's state is replaced whole or not at all
+        check_state(saved, global_model.state_dict(), rounds)
+        sites.check(saved)
+        alive = check_roster(saved, roster.client_ids)
+        records = [RoundRecord(**record) for record in saved["history"]]
+        method.load_state_dict(saved["method"])
+        history.extend(records)
+        global_model.load_state_dict(saved["global"])
+        roster.client_ids[:], roster.dropped[:] = alive, saved.get("dropped", [])
+        sites.restore(saved)
+
+    saved = resume.load(restore) if resume is not None else None
+    if saved is not None:
+        rounds = range(saved["round"], rounds.stop)
+    for record in history if on_record is not None else ():
+        on_record(record)
+    total = method.n_rounds(train)
+    for round_index in rounds:
+        start = time.perf_counter()
+        last = round_index == rounds[-1]
+
+        def answer_train(tasks: list[int], broadcast: Broadcast, last: bool = last) -> list[Upload]:
+            return sites.answer_train(tasks, broadcast, last)
+
+        updates = server_round(method, train, global_model, roster, round_index, seed, runtime, sites.answer_prepare, answer_train, guard)
+        record = round_record(round_index, updates, global_model, store, test, val, runtime,
+                              last or (round_index + 1) % train.eval_every == 0)
+        history.append(record)
+        log_round(method, record, total, time.perf_counter() - start)
+        if on_record is not None:
+            on_record(record)
+        due = resume is not None and resume.due(record.round, last)
+        if due:
+            resume.save({
+                "round": record.round,
+                "global": {k: v.detach().cpu() for k, v in global_model.state_dict().items()},
+                "method": method.state_dict(),
+                "history": history_rows(history),
+                "client_ids": list(roster.client_ids),
+                "dropped": list(roster.dropped),
+                **sites.state(),
+            })
+        sites.end_round(record, due)
+    return history
+
+
+@dataclass
+class LocalSites:
+    """The simulation's sites (:class:`Sites`): every client's side in this process (one :class:`Site`)."""
+
+    method: Method
+    site: Site
+    clients: list[ClientData]
+    train: TrainConfig
+    on_round_end: RoundCallback | None = None
+    round_rows: list[dict[str, Any]] = field(default_factory=list)
+    gates: list[dict[str, Any]] = field(default_factory=list)
+
+    def answer_prepare(self, ids: list[int], broadcast: Broadcast) -> list[Upload]:
+        return [self.site.prepare(i, broadcast) for i in ids]
+
+    def answer_train(self, tasks: list[int], broadcast: Broadcast, last: bool) -> list[Upload]:
+        sizes = {c.client_id: n_batches(len(c), self.train.batch_size) * self.train.local_epochs for c in self.clients}
+        total = self.method.n_rounds(self.train)
+        with bar(total=sum(sizes[i] for i in tasks), desc=f"{self.method.name} round {broadcast.round + 1}/{total}", unit="batch",
+                 transient=True) as progress:
+            return [self.site.train_client(i, broadcast, visit, progress.update) for i, visit in zip(tasks, visits(tasks))]
+
+    def check(self, saved: dict[str, Any]) -> None:
+        check_clients(saved, len(self.clients))
+        Passes(**saved.get("passes", {}))
+        if not isinstance(saved.get("round_rows"), list) or not isinstance(saved.get("gates", []), list):
+            raise BadResumeState("field 'round_rows' or 'gates' missing or not a list")
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.site.load_states(saved["clients"])
+        self.round_rows = saved["round_rows"]
+        if "passes" not in saved:  # a state saved before passes were counted: the rounds before it are not
+            log.warning("resume state without pass counts: the run's compute leaves out rounds 1 to %d", saved["round"])
+        restored = Passes(**saved.get("passes", {}))
+        self.site.passes.forward_backward, self.site.passes.forward_only = restored.forward_backward, restored.forward_only
+        self.gates = saved.get("gates", [])  # absent in resume states of before the gate log
+
+    def state(self) -> dict[str, Any]:
+        return {"clients": self.site.state_list(), "round_rows": self.round_rows, "passes": asdict(self.site.passes), "gates": self.gates}
+
+    def end_round(self, record: RoundRecord, saved: bool) -> None:
+        self.gates.extend(gate_rows(record.round, self.site.take_gates(), self.method.server_gates()))
+        if self.on_round_end is not None:
+            self.round_rows.extend(self.on_round_end(record.round, self.clients, self.site.state_list()))
+
+
 def run(
     store: ImageStore,
     partition: dict[str, Any],
@@ -295,81 +429,20 @@ def run(
     on_record: Callable[[RoundRecord], None] | None = None,
 ) -> RunResult:
     """Train ``rounds`` (default: all of the method's rounds) from ``initial_model`` (default: the
-    seed's initialisation). Round indices are absolute, so a run split into stages (FedMLP's warm-up,
-    then stage 2) draws the same random streams as one uninterrupted run. With ``resume``, the state
-    after every ``resume.every`` rounds is saved, and a saved state of the same run is continued.
-    ``on_record`` gets each round's record as it is completed, the restored rounds' first on resume."""
-    rounds = stage = rounds if rounds is not None else range(method.n_rounds(train))
+    seed's initialisation), by :func:`run_rounds` with the sites in this process. Round indices are
+    absolute, so a run split into stages (FedMLP's warm-up, then stage 2) draws the same random
+    streams as one uninterrupted run. With ``resume``, the state after every ``resume.every`` rounds
+    is saved, and a saved state of the same run is continued."""
+    rounds = rounds if rounds is not None else range(method.n_rounds(train))
     clients = build_clients(store, partition, method)
     global_model = initial_model if initial_model is not None else init_model(model_config, len(store.classes), seed, runtime)
     global_model = global_model.to(runtime.device, memory_format=torch.channels_last)
-    site = Site(method, clients, store, train, runtime, seed, global_model)
-    client_ids = [c.client_id for c in clients]
-    history: list[RoundRecord] = []
-    round_rows: list[dict[str, Any]] = []
-    gates: list[dict[str, Any]] = []
-
-    def restore(saved: dict[str, Any]) -> None:  # checks first; the method's state is replaced whole or not at all
-        check_state(saved, global_model.state_dict(), rounds, len(clients))
-        records = [RoundRecord(**record) for record in saved["history"]]
-        Passes(**saved.get("passes", {}))
-        if not isinstance(saved.get("round_rows"), list) or not isinstance(saved.get("gates", []), list):
-            raise BadResumeState("field 'round_rows' or 'gates' missing or not a list")
-        method.load_state_dict(saved["method"])
-        history.extend(records)
-        global_model.load_state_dict(saved["global"])
-        site.load_states(saved["clients"])
-
-    saved = resume.load(restore) if resume is not None else None
-    if saved is not None:
-        round_rows = saved["round_rows"]
-        if "passes" not in saved:  # a state saved before passes were counted: the rounds before it are not
-            log.warning("resume state without pass counts: the run's compute leaves out rounds 1 to %d", saved["round"])
-        restored = Passes(**saved.get("passes", {}))
-        site.passes.forward_backward, site.passes.forward_only = restored.forward_backward, restored.forward_only
-        gates = saved.get("gates", [])  # absent in resume states of before the gate log
-        rounds = range(saved["round"], rounds.stop)
-    for record in history if on_record is not None else ():
-        on_record(record)
-    test, val = Scored.of(store, partition["test"]), Scored.of(store, partition.get("val", []))
-    sizes = {c.client_id: n_batches(len(c), train.batch_size) * train.local_epochs for c in clients}
-    guard = guard_for(method, train, global_model, {c.client_id: len(c) for c in clients})
-    total = method.n_rounds(train)
-
-    def answer_prepare(ids: list[int], broadcast: Broadcast) -> list[Upload]:
-        return [site.prepare(i, broadcast) for i in ids]
-
-    for round_index in rounds:
-        start = time.perf_counter()
-
-        def answer_train(tasks: list[int], broadcast: Broadcast) -> list[Upload]:
-            steps = sum(sizes[i] for i in tasks)
-            with bar(total=steps, desc=f"{method.name} round {round_index + 1}/{total}", unit="batch", transient=True) as progress:
-                return [site.train_client(i, broadcast, visit, progress.update) for i, visit in zip(tasks, visits(tasks))]
-
-        updates = server_round(method, train, global_model, client_ids, round_index, seed, runtime, answer_prepare, answer_train, guard)
-        last = round_index == rounds[-1]
-        record = round_record(round_index, updates, global_model, store, test, val, runtime,
-                              last or (round_index + 1) % train.eval_every == 0)
-        history.append(record)
-        gates.extend(gate_rows(record.round, site.take_gates(), method.server_gates()))
-        log_round(method, record, total, time.perf_counter() - start)
-        if on_record is not None:
-            on_record(record)
-        if on_round_end is not None:
-            round_rows.extend(on_round_end(record.round, clients, site.state_list()))
-        if resume is not None and resume.due(record.round, last):
-            resume.save({
-                "round": record.round,
-                "global": {k: v.detach().cpu() for k, v in global_model.state_dict().items()},
-                "clients": site.state_list(),
-                "method": method.state_dict(),
-                "history": history_rows(history),
-                "round_rows": round_rows,
-                "passes": asdict(site.passes),
-                "gates": gates,
-            })
-    return RunResult(global_model, history, round_rows, site.compute(len(stage)), gates)
+    sites = LocalSites(method, Site(method, clients, store, train, runtime, seed, global_model), clients, train, on_round_end)
+    roster = Roster([c.client_id for c in clients], len(clients), check_min_sites(train.min_sites, len(clients), "config key 'train.min_sites'"))
+    guard = guard_for(method, train, global_model, {c.client_id: len(c) for c in clients}, on_refused=roster.refuse)
+    history = run_rounds(method, train, seed, runtime, global_model, rounds, roster, guard, sites, store,
+                         Scored.of(store, partition["test"]), Scored.of(store, partition.get("val", [])), resume, on_record)
+    return RunResult(global_model, history, sites.round_rows, sites.site.compute(len(rounds)), sites.gates, roster.dropped)
 
 
 def history_rows(history: list[RoundRecord]) -> list[dict[str, Any]]:

@@ -61,12 +61,12 @@ def _non_finite(weights: object) -> str | None:
                  if isinstance(w, torch.Tensor) and w.is_floating_point() and not torch.isfinite(w).all()), None)
 
 
-def check_state(payload: dict[str, Any], model_state: dict[str, torch.Tensor], rounds: range, n_clients: int | None = None) -> None:
+def check_state(payload: dict[str, Any], model_state: dict[str, torch.Tensor], rounds: range) -> None:
     """Raise :class:`BadResumeState` unless ``payload`` can continue a run of ``rounds`` with a model of
-    ``model_state``'s shapes (and ``n_clients`` client states, where the file holds them): every field
-    there, the saved round inside the stage and matching the history, every tensor finite."""
-    fields = {"round": int, "global": dict, "method": dict, "history": list} | ({"clients": list} if n_clients is not None else {})
-    for name, kind in fields.items():
+    ``model_state``'s shapes: every field there, the saved round inside the stage and matching the
+    history, every tensor finite. (The sites' part is checked by :func:`check_clients` in the
+    simulation, :func:`check_versions` in a Flower run, and :func:`check_roster`.)"""
+    for name, kind in {"round": int, "global": dict, "method": dict, "history": list}.items():
         if not isinstance(payload.get(name), kind) or (kind is int and isinstance(payload[name], bool)):
             raise BadResumeState(f"field {name!r} missing or not a {kind.__name__}")
     saved = payload["round"]
@@ -74,8 +74,9 @@ def check_state(payload: dict[str, Any], model_state: dict[str, torch.Tensor], r
         raise BadResumeState(f"saved after round {saved}, outside this stage's rounds {rounds.start} to {rounds.stop - 1}")
     if len(payload["history"]) != saved - rounds.start:
         raise BadResumeState(f"{len(payload['history'])} recorded rounds for a state saved after round {saved}")
-    if n_clients is not None and len(payload["clients"]) != n_clients:
-        raise BadResumeState(f"{len(payload['clients'])} client states, the partition has {n_clients} clients")
+    for record in payload["history"]:
+        if not isinstance(record, dict) or not isinstance(record.get("round"), int):
+            raise BadResumeState("a recorded round without its number")
     weights = payload["global"]
     if set(weights) != set(model_state):
         raise BadResumeState("its model weights are not this run's model's (other parameter names)")
@@ -87,15 +88,32 @@ def check_state(payload: dict[str, Any], model_state: dict[str, torch.Tensor], r
         raise BadResumeState(f"model weight {broken} holds NaN or infinite values")
 
 
-def check_coordinator_state(payload: dict[str, Any], model_state: dict[str, torch.Tensor], rounds: range) -> None:
-    """:func:`check_state` for the coordinator of ``fedmlp federate``, which also saves its sites' ids, state versions and drops."""
-    check_state(payload, model_state, rounds)
+def check_clients(payload: dict[str, Any], n_clients: int) -> None:
+    """The simulation's part: one client state per client of the partition."""
+    if not isinstance(payload.get("clients"), list):
+        raise BadResumeState("field 'clients' missing or not a list")
+    if len(payload["clients"]) != n_clients:
+        raise BadResumeState(f"{len(payload['clients'])} client states, the partition has {n_clients} clients")
+
+
+def check_versions(payload: dict[str, Any]) -> None:
+    """A Flower coordinator's part (``fedmlp federate``): its sites' ids, state versions and drops."""
     for name, kind in (("client_ids", list), ("dropped", list), ("versions", dict)):
         if not isinstance(payload.get(name), kind):
             raise BadResumeState(f"field {name!r} missing or not a {kind.__name__}")
-    for record in payload["history"]:
-        if not isinstance(record, dict) or not isinstance(record.get("round"), int):
-            raise BadResumeState("a recorded round without its number")
+
+
+def check_roster(payload: dict[str, Any], sites: list[int]) -> list[int]:
+    """The sites still in the run as saved (``client_ids``, with the ``dropped`` list beside it; a
+    state of before the failure policy has neither: every site of ``sites``)."""
+    if "client_ids" not in payload and "dropped" not in payload:
+        return list(sites)
+    saved, dropped = payload.get("client_ids"), payload.get("dropped")
+    if not isinstance(saved, list) or not isinstance(dropped, list):
+        raise BadResumeState("field 'client_ids' or 'dropped' missing or not a list")
+    if not set(saved) <= set(sites):
+        raise BadResumeState(f"saved with sites {saved}, not all of this run's {sites}")
+    return list(saved)
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,10 @@ label entries allow (declared images × classes × local epochs); when its loss 
 training upload); or when its payload is not what the method declares for that exchange
 (:attr:`fedmlp.methods.base.Method.payloads`, :class:`~fedmlp.methods.messages.Entry`).
 
-A refused site is a failed site (:class:`Guard`, ``on_refused``): in the simulation the run stops
-with the refusal (a method bug caught at its source); in a Flower run the coordinator's failure
-policy applies (``min-sites``). Nothing non-finite reaches the global model or a resume state.
+A refused site is a failed site (:class:`Guard`, ``on_refused``): both round loops hand it to the
+failure policy they share (:class:`fedmlp.failures.Roster`): the run stops, or with ``min-sites``
+(``train.min_sites`` in the simulation) the site is dropped. Nothing non-finite reaches the global
+model or a resume state.
 """
 
 from __future__ import annotations
@@ -26,13 +27,10 @@ import torch
 
 from fedmlp.config import AggregationConfig
 from fedmlp.errors import FedmlpError
+from fedmlp.failures import UploadRefused
 from fedmlp.methods.messages import CENSUS, Broadcast, Entry, PayloadSchema, Upload, Weights
 
 SIZE_FACTOR = 4  # an upload may be at most this many times the broadcast's bytes (weights and payload tensors)
-
-
-class UploadRefused(FedmlpError):
-    """An upload the guard refused, and no failure policy lets the run go on without its site."""
 
 
 def exchange_of(broadcast: Broadcast, training: bool) -> str:
@@ -176,7 +174,7 @@ RefusalPolicy = Callable[[dict[int, str], int, str], None]  # (client id → rea
 
 
 def stop_run(refused: dict[int, str], round_number: int, exchange: str) -> None:
-    """The simulation's policy: no site may be refused (a method bug, caught where it arises)."""
+    """The policy without ``min-sites``, for a guard used alone: no site may be refused."""
     client_id, reason = next(iter(refused.items()))
     raise UploadRefused(f"site {client_id} failed in round {round_number} ({exchange}): upload refused: {reason}")
 

@@ -32,6 +32,7 @@ def cmd_federate(args: argparse.Namespace) -> None:
     from fedmlp.atomic import write_text
     from fedmlp.commands.common import read_json
     from fedmlp.commands.training import resume_point, training_inputs
+    from fedmlp.failures import check_min_sites
     from fedmlp.flower.app import write_app
     from fedmlp.flower.local import LocalRun, run_federation
 
@@ -40,8 +41,8 @@ def cmd_federate(args: argparse.Namespace) -> None:
     if partition.get("classes") != inputs.store.classes:
         raise FedmlpError(f"{args.partition}: partition classes {partition.get('classes')} do not match the store's {inputs.store.classes}")
     n_sites = len(partition["clients"])
-    if args.min_sites and not 1 <= args.min_sites <= n_sites:
-        raise FedmlpError(f"--min-sites: expected 1 to {n_sites} (the partition's clients), got {args.min_sites}")
+    check_min_sites(args.min_sites, n_sites, "--min-sites")
+    check_min_sites(inputs.train.min_sites, n_sites, "config key 'train.min_sites'")
     test_store = (args.test_store or args.store).resolve()
     out_federation = args.out_federation or args.out_model.parent / "federation.json"
     for path in (args.out_model, args.out_rounds, out_federation):
@@ -80,7 +81,7 @@ def cmd_federate(args: argparse.Namespace) -> None:
         raise (SiteFailed if (outcome or {}).get("site_failure") else FedmlpError)(f"{error} (logs in {work / 'logs'})")
     write_text(out_federation, outcome_file.read_text())
     if outcome.get("dropped"):
-        log.warning("sites dropped during the run (min-sites %d): %s", args.min_sites,
+        log.warning("sites dropped during the run (min-sites %d): %s", args.min_sites or inputs.train.min_sites,
                     "; ".join(f"client {d['client_id']} in round {d['round']} ({d['exchange']}): {d['reason']}" for d in outcome["dropped"]))
     log.info("federate: %d sites, %d rounds in %.1f s (start %.1f s, run %.1f s, stop %.1f s); wrote %s, %s, %s",
              len(outcome["sites"]), outcome["rounds_done"], seconds, run.seconds.get("start", 0), run.seconds.get("run", 0),

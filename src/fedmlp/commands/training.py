@@ -142,6 +142,8 @@ def train_and_save(args: argparse.Namespace, inputs: TrainingInputs, rounds: ran
     if live is not None:
         live.close()
     meta = checkpoint_meta(inputs.model_config, inputs.store.classes, args.method, args.seed, rounds.stop, inputs.runtime.precision)
+    if result.dropped:  # train.min_sites let the run go on without them (as a Flower run's checkpoint says)
+        meta["dropped_sites"] = result.dropped
     checkpoint.save(args.out_model, result.model, meta)
     compute = result.compute if earlier is None else earlier + result.compute
     write_compute(args, compute)

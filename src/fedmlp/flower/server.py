@@ -1,10 +1,10 @@
-"""The coordinator's side of a Flower run: the simulation's round, with the sites behind a transport.
+"""The coordinator's side of a Flower run: the simulation's round loop, with the sites behind a transport.
 
-Each round is :func:`fedmlp.federated.server_round` (the method's server half: client selection,
-broadcast payload, prepare exchange, aggregation) and :func:`fedmlp.federated.round_record` (loss
-and test and validation scores), exactly as in :func:`fedmlp.federated.run`; only the two exchanges
-differ: their broadcasts travel to the sites as Flower messages (:mod:`fedmlp.flower.codec`) and
-their uploads come back the same way, in the simulation's order.
+The run is :func:`fedmlp.federated.run_rounds`, the loop :func:`fedmlp.federated.run` runs too
+(selection, exchanges, upload checks, failure policy, aggregation, scoring, resume); the
+:class:`Coordinator` is its :class:`~fedmlp.federated.Sites`: broadcasts travel to the sites as
+Flower messages (:mod:`fedmlp.flower.codec`), uploads come back the same way, in the simulation's
+order, and the resume state holds, per site, the version of its state it last answered with.
 
 The server never opens a site's data. It knows each site by what the site says about itself in the
 ``hello`` exchange (client id, number of images, class list); with run config ``site-nodes`` (set by
@@ -17,7 +17,8 @@ Failure policy: a site whose ClientApp raises, that does not answer within ``rou
 seconds (a SuperNode that disappears is reported by the SuperLink once its heartbeats stop), or whose
 upload the server refuses (:mod:`fedmlp.uploads`: wrong keys, shapes or dtypes, NaN or inf, too
 large, more images than it declared at ``hello``, a payload other than the method's), fails
-the run with one line naming the site, the round and the exchange, unless ``min-sites`` is set and
+the run with one line naming the site, the round and the exchange (:class:`fedmlp.failures.Roster`,
+the simulation's policy too), unless ``min-sites`` (or, when it is 0, ``train.min_sites``) is set and
 at least that many sites remain: then the failed site is dropped for the rest of the run, and the
 drop is recorded (log, ``federation.json``, the checkpoint's meta). No round is ever averaged over
 fewer sites than the policy allows without saying so.
@@ -33,15 +34,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fedmlp.errors import FedmlpError, one_line
+from fedmlp.failures import Roster, SiteFailure, check_min_sites
 from fedmlp.flower import codec
 from fedmlp.flower.job import Job, ServerSettings, code_fingerprint, preprocessing
 from fedmlp.methods.messages import Broadcast, Upload
 
 log = logging.getLogger(__name__)
-
-
-class SiteFailure(FedmlpError):
-    """A site failed and the failure policy stops the run."""
 
 
 @dataclass
@@ -75,7 +73,6 @@ class Outcome:
     status: str = "running"
     error: str | None = None
     sites: list[SiteInfo] = field(default_factory=list)
-    dropped: list[dict[str, Any]] = field(default_factory=list)
     rounds_done: int = 0
     resumed_after: int | None = None
     site_failure: bool = False  # the run stopped by the failure policy (not by a bad input or setting)
@@ -129,27 +126,13 @@ class Coordinator:
         self.job, self.settings, self.transport = job, settings, transport
         self.outcome = Outcome()
         self.node_of: dict[int, int] = {}
-        self.client_ids: list[int] = []  # shrinks in place when a site is dropped (the round's ServerContext shares it)
+        self.roster = Roster([], settings.num_sites, settings.min_sites, "run config 'min-sites'",
+                             name=lambda c: f"site {c} (node {self.node_of[c]})", detail=lambda c: {"node_id": self.node_of[c]})
         self.versions: dict[int, tuple[int, int]] = {}  # per client: the state version its last answer left
         self.saved_versions: dict[int, tuple[int, int]] = {}  # the same, as of the last resume point
         self.resuming = False
 
     # --- exchanges ---------------------------------------------------------------------------
-
-    def _fail(self, failed: dict[int, str], round_number: int, exchange: str) -> None:
-        """Apply the failure policy to the sites in ``failed`` (client id → reason)."""
-        alive = [c for c in self.client_ids if c not in failed]
-        for client_id, reason in failed.items():
-            where = f"site {client_id} (node {self.node_of[client_id]})"
-            what = f"failed in round {round_number} ({exchange})"
-            if len(alive) < self.settings.required_sites:
-                policy = (f"; {len(alive)} sites left, fewer than run config 'min-sites' {self.settings.min_sites}"
-                          if self.settings.min_sites else "")
-                raise SiteFailure(f"{where} {what}: {reason}{policy}")
-            log.warning("%s %s: %s; dropped, the run continues with %d sites (min-sites %d)", where, what, reason,
-                        len(alive), self.settings.min_sites)
-            self.outcome.dropped.append({"client_id": client_id, "node_id": self.node_of[client_id], "round": round_number, "exchange": exchange, "reason": reason})
-        self.client_ids[:] = alive
 
     def _ask(self, kind: str, contents: dict[int, Any], round_number: int) -> dict[int, Any]:
         """Contents per client id → reply contents per client id, after the failure policy."""
@@ -166,7 +149,7 @@ class Coordinator:
             else:
                 failed[client_id] = reply.error
         if failed:
-            self._fail(failed, round_number, kind)
+            self.roster.fail(failed, round_number, kind)
         return answers
 
     def _control(self, client_id: int, **extra: Any) -> dict[str, Any]:
@@ -197,7 +180,7 @@ class Coordinator:
                 continue
             decoded[client_id] = uploads
         if refused:
-            self._fail(refused, broadcast.round + 1, exchange)
+            self.roster.fail(refused, broadcast.round + 1, exchange)
         return decoded
 
     def answer_prepare(self, ids: list[int], broadcast: Broadcast) -> list[Upload]:
@@ -229,12 +212,12 @@ class Coordinator:
         """Wait for the sites, learn who they are, check that their stores match the server's test
         store (classes, windowing, size) and that they run the same fedmlp code."""
         ours = preprocessing(store)
-        nodes = wait_for_nodes(self.transport, self.settings.num_sites, self.settings.connect_timeout, self.settings.required_sites)
+        nodes = wait_for_nodes(self.transport, self.settings.num_sites, self.settings.connect_timeout, self.roster.required)
         if len(nodes) < self.settings.num_sites:
             reason = f"{self.settings.num_sites - len(nodes)} of {self.settings.num_sites} sites not connected within " \
                      f"{self.settings.connect_timeout:.0f} s"
-            log.warning("%s; the run goes on with %d (min-sites %d)", reason, len(nodes), self.settings.min_sites)
-            self.outcome.dropped.append({"client_id": None, "node_id": None, "round": 0, "exchange": "connect", "reason": reason})
+            log.warning("%s; the run goes on with %d (min-sites %d)", reason, len(nodes), self.roster.min_sites)
+            self.roster.dropped.append({"client_id": None, "node_id": None, "round": 0, "exchange": "connect", "reason": reason})
         replies = self.transport.ask({n: ("hello", None) for n in nodes}, self.settings.round_timeout)
         failed = {}
         for node in nodes:
@@ -264,25 +247,52 @@ class Coordinator:
             self.outcome.sites.append(SiteInfo(client_id, node, int(info["n_samples"]), json.loads(str(info["annotated"]))))
         if len(self.node_of) + len(failed) > self.settings.num_sites:
             raise SiteFailure(f"{len(self.node_of) + len(failed)} sites connected, run config 'num-sites' is {self.settings.num_sites}")
-        self.client_ids = sorted(self.node_of)
+        self.roster.client_ids[:] = sorted(self.node_of)
         self.outcome.sites.sort(key=lambda s: s.client_id)
         for node, reason in failed.items():  # a site that cannot even open its data: the same policy, before round 1
-            if len(self.node_of) < self.settings.required_sites:
+            if len(self.node_of) < self.roster.required:
                 raise SiteFailure(f"the site at node {node} failed to join (hello): {reason}")
             log.warning("the site at node %d failed to join (hello): %s; the run goes on with %d sites (min-sites %d)",
-                        node, reason, len(self.node_of), self.settings.min_sites)
-            self.outcome.dropped.append({"client_id": None, "node_id": node, "round": 0, "exchange": "hello", "reason": reason})
-        log.info("%d sites joined: %s", len(self.client_ids),
+                        node, reason, len(self.node_of), self.roster.min_sites)
+            self.roster.dropped.append({"client_id": None, "node_id": node, "round": 0, "exchange": "hello", "reason": reason})
+        log.info("%d sites joined: %s", len(self.roster.client_ids),
                  ", ".join(f"client {s.client_id} (node {s.node_id}, {s.n_samples} images)" for s in self.outcome.sites))
 
+    # --- the sites' part of the round loop (fedmlp.federated.Sites) ------------------------------
+
+    def check(self, saved: dict[str, Any]) -> None:
+        from fedmlp.resume import check_versions
+
+        check_versions(saved)
+        missing = sorted(set(saved["client_ids"]) - set(self.node_of))
+        if missing:  # not a bad state: the run cannot go on without that site (the failure policy's error)
+            raise SiteFailure(f"{self.settings.resume_state}: saved with sites {saved['client_ids']}; site {missing[0]} did not join")
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.versions = {int(k): tuple(v) for k, v in saved["versions"].items()}
+        self.saved_versions = dict(self.versions)
+        self.outcome.resumed_after = saved["round"]
+
+    def state(self) -> dict[str, Any]:
+        return {"versions": {str(k): list(v) for k, v in self.versions.items()}}
+
+    def end_round(self, record: Any, saved: bool) -> None:
+        self.outcome.rounds_done = record.round
+        if saved:  # the sites may forget the state versions before these
+            self.saved_versions = dict(self.versions)
+
     def run(self) -> Any:
+        """:func:`fedmlp.federated.run_rounds`, with the sites behind the transport; then the outputs."""
         from fedmlp import federated
-        from fedmlp.resume import ResumePoint, check_coordinator_state
+        from fedmlp.resume import ResumePoint
         from fedmlp.store import ImageStore
 
         job, settings = self.job, self.settings
         method, train, model_config = job.method(), job.train, job.model_config
         runtime = job.runtime()
+        if not settings.min_sites and train.min_sites:  # the simulation's key, when the run config does not set its own
+            self.roster.min_sites = check_min_sites(train.min_sites, settings.num_sites, "config key 'train.min_sites'")
+            self.roster.setting = "config key 'train.min_sites'"
         store = ImageStore.open(Path(settings.test_store))
         test = federated.Scored.of(store, test_image_ids(settings, store))
         val = federated.Scored.of(store, val_image_ids(settings))
@@ -290,46 +300,11 @@ class Coordinator:
 
         global_model = federated.init_model(model_config, len(store.classes), job.seed, runtime)
         rounds = range(method.n_rounds(train))
-        history: list[federated.RoundRecord] = []
         resume = ResumePoint(Path(settings.resume_state), settings.resume_key, every=settings.resume_every) if settings.resume_state else None
-        saved = resume.load(lambda state: check_coordinator_state(state, global_model.state_dict(), rounds)) if resume is not None else None
-        if saved is not None:
-            missing = sorted(set(saved["client_ids"]) - set(self.node_of))
-            if missing:
-                raise SiteFailure(f"{settings.resume_state}: saved with sites {saved['client_ids']}; site {missing[0]} did not join")
-            global_model.load_state_dict(saved["global"])
-            method.load_state_dict(saved["method"])
-            history = [federated.RoundRecord(**r) for r in saved["history"]]
-            self.versions = {int(k): tuple(v) for k, v in saved["versions"].items()}
-            self.saved_versions = dict(self.versions)
-            self.client_ids[:] = saved["client_ids"]
-            self.outcome.dropped = list(saved["dropped"])
-            self.outcome.resumed_after = saved["round"]
-            rounds = range(saved["round"], rounds.stop)
-        total = method.n_rounds(train)
         guard = federated.guard_for(method, train, global_model, {s.client_id: s.n_samples for s in self.outcome.sites},
-                                    on_refused=lambda refused, round_number, exchange: self._fail(
-                                        {c: f"upload refused: {reason}" for c, reason in refused.items()}, round_number, exchange))
-        for round_index in rounds:
-            start = time.perf_counter()
-            last = round_index == rounds[-1]
-
-            def train_answer(tasks: list[int], broadcast: Broadcast, last: bool = last) -> list[Upload]:
-                return self.answer_train(tasks, broadcast, final=last)
-
-            updates = federated.server_round(method, train, global_model, self.client_ids, round_index, job.seed, runtime,
-                                             self.answer_prepare, train_answer, guard)
-            record = federated.round_record(round_index, updates, global_model, store, test, val, runtime,
-                                            last or (round_index + 1) % train.eval_every == 0)
-            history.append(record)
-            self.outcome.rounds_done = record.round
-            federated.log_round(method, record, total, time.perf_counter() - start)
-            if resume is not None and resume.due(record.round, last):
-                resume.save({"round": record.round, "global": {k: v.detach().cpu() for k, v in global_model.state_dict().items()},
-                             "method": method.state_dict(), "history": federated.history_rows(history),
-                             "versions": {str(k): list(v) for k, v in self.versions.items()},
-                             "client_ids": list(self.client_ids), "dropped": self.outcome.dropped})
-                self.saved_versions = dict(self.versions)
+                                    on_refused=self.roster.refuse)
+        history = federated.run_rounds(method, train, job.seed, runtime, global_model, rounds, self.roster, guard, self, store, test, val,
+                                       resume)
         self.write_outputs(global_model, history, store.classes, runtime.precision, rounds.stop)
         if resume is not None:
             resume.clear()
@@ -341,15 +316,15 @@ class Coordinator:
         from fedmlp.commands.training import checkpoint_meta, write_rounds
 
         meta = checkpoint_meta(self.job.model_config, classes, self.job.method_name, self.job.seed, n_rounds, precision)
-        if self.outcome.dropped:
-            meta["dropped_sites"] = self.outcome.dropped
+        if self.roster.dropped:
+            meta["dropped_sites"] = self.roster.dropped
         write_rounds(Path(self.settings.out_rounds), federated.history_rows(history))
         checkpoint.save(Path(self.settings.out_model), model, meta)
 
     def report(self, seconds: float) -> dict[str, Any]:
         o = self.outcome
         return {"status": o.status, "error": o.error, "method": self.job.method_name, "seed": self.job.seed,
-                "sites": [vars(s) for s in o.sites], "dropped": o.dropped, "rounds_done": o.rounds_done,
+                "sites": [vars(s) for s in o.sites], "dropped": self.roster.dropped, "rounds_done": o.rounds_done,
                 "resumed_after": o.resumed_after, "site_failure": o.site_failure, "seconds": round(seconds, 1)}
 
 

@@ -5,7 +5,13 @@ which clients train this round (:meth:`Method.select_clients`, repeats allowed),
 broadcast besides the weights (:meth:`Method.broadcast_payload`), an optional census before the
 broadcast (:meth:`Method.census`, :meth:`Method.server_census`), an optional prepare exchange
 (:meth:`Method.prepares`, :meth:`Method.server_prepare`), and the server step
-(:meth:`Method.aggregate`). Server-side state lives in ``self.server`` (a dataclass of tensors and
+(:meth:`Method.aggregate`). Each of these sees the round's :class:`ServerContext`, which also says
+which sites the round asked to train (``selected``), whose training uploads were accepted
+(``answered``, filled before :meth:`Method.aggregate`) and which sites failed or were refused in
+any exchange of the round so far, and why (``failures``, :class:`Failure`): a failed site's upload
+is simply absent from the list a step receives, so a method that must tell "site 3 failed" from
+"site 3 was not asked" reads these (as Flower's strategies receive their failures). No method of
+ours changes its behaviour on them. Server-side state lives in ``self.server`` (a dataclass of tensors and
 plain values) and is saved for resuming by the loop, not by each method.
 
 Client side (sees only :class:`LocalContext`: its own data, its own state, the broadcast): the
@@ -34,6 +40,7 @@ import torch
 
 from fedmlp.augment import augment
 from fedmlp.config import TrainConfig
+from fedmlp.failures import Failure
 from fedmlp.loader import Batch, ClientData, batches
 from fedmlp.methods.messages import Broadcast, PayloadSchema, Upload, Weights
 from fedmlp.models import Classifier
@@ -90,10 +97,13 @@ class ServerContext:
     round: int
     total_rounds: int
     global_model: Classifier  # the global model before this round's update (read only)
-    client_ids: list[int]
+    client_ids: list[int]  # the sites still in the run (a site dropped by the failure policy is gone from then on)
     generator: torch.Generator  # the server's random stream for this round
     runtime: Runtime
     combine: Callable[[list[Upload]], Weights] | None = None  # the federation's average (train.aggregation); None: weighted_average
+    selected: list[int] = field(default_factory=list)  # this round's training tasks (select_clients), in order, repeats kept
+    answered: list[int] = field(default_factory=list)  # the clients whose training uploads were accepted (sorted, once each)
+    failures: list[Failure] = field(default_factory=list)  # this round's failed or refused sites so far, in every exchange
     averaged: bool = field(default=False, init=False)  # whether the server step used :meth:`average` (robust rules need it)
 
     def average(self, updates: list[Upload]) -> Weights:
