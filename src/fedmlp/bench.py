@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from fedmlp import store as store_files
 from fedmlp.augment import random_affine
@@ -96,11 +97,22 @@ class BenchResult:
     # stage's operation count (operations()). None for the loader, which runs no model.
     bound_images_per_second: float | None = None
     fraction_of_bound: float | None = None
+    # The arithmetic's limit: the stage's FLOPs per image (counted by torch.utils.flop_counter on a
+    # forward + backward and an inference forward, scaled by operations()) against the peak FLOP/s
+    # of the cores (a large matrix product in the same precision and threads). Per-operation
+    # overhead, memory traffic and unfavourable shapes are all inside the gap to this bound.
+    flops_per_image: float | None = None
+    peak_flops: float | None = None
+    arithmetic_bound_images_per_second: float | None = None
+    fraction_of_arithmetic_bound: float | None = None
 
     def summary(self) -> str:
         gpu = f", GPU peak {self.gpu_peak_memory_mb:.0f} MB" if self.gpu_peak_memory_mb is not None else ""
         bound = (f"; {self.fraction_of_bound:.2f} of the bound {self.bound_images_per_second:.1f} images/s"
                  if self.bound_images_per_second is not None else "")
+        if self.arithmetic_bound_images_per_second is not None:
+            bound += (f"; {self.fraction_of_arithmetic_bound:.3f} of the arithmetic bound {self.arithmetic_bound_images_per_second:.1f} "
+                      f"images/s ({self.flops_per_image / 1e9:.3g} GFLOP per image at {self.peak_flops / 1e9:.1f} GFLOP/s)")
         return (f"stage {self.stage}: {self.images_per_second:.1f} images/s ({self.images} images at {self.size} px in "
                 f"{self.seconds:.2f} s; {self.model}, batch {self.batch_size}, {self.device} {self.precision}, "
                 f"{self.threads} threads){bound}; peak RSS {self.peak_rss_mb:.0f} MB{gpu}")
@@ -223,6 +235,42 @@ def bound_images_per_second(stage: str, views: int, train_seconds: float, forwar
     return 1.0 / (backward_passes * train_seconds + forwards * forward_seconds)
 
 
+def step_flops_per_image(model_config: ModelConfig, n_classes: int, shape: tuple[int, ...]) -> tuple[float, float]:
+    """FLOPs per image of a forward + backward (with the loss) and of an inference forward, on a
+    batch of ``shape`` (B, C, H, W), counted by ``torch.utils.flop_counter`` on the meta device:
+    shapes only, nothing is computed. Counts the matrix products and convolutions (their
+    multiply-adds as two FLOPs each); elementwise work is left out, as it is of any peak FLOP/s."""
+    model = build_model(model_config, n_classes).to("meta", memory_format=torch.channels_last).train()
+    images = torch.empty(shape, device="meta")
+    with FlopCounterMode(display=False) as train_count:
+        F.binary_cross_entropy_with_logits(model(images).float(), torch.zeros(shape[0], n_classes, device="meta")).backward()
+    with FlopCounterMode(display=False) as forward_count, torch.inference_mode():
+        model(images)
+    return train_count.get_total_flops() / shape[0], forward_count.get_total_flops() / shape[0]
+
+
+def stage_flops_per_image(stage: str, views: int, train_flops: float, forward_flops: float) -> float:
+    backward_passes, forwards = operations(stage, views)
+    return backward_passes * train_flops + forwards * forward_flops
+
+
+def measured_peak_flops(runtime: Runtime, n: int = 2048, repeats: int = 3) -> float:
+    """FLOP/s of an ``n`` × ``n`` matrix product in the run's precision (bf16 or fp32) and threads,
+    the fastest of ``repeats`` after one untimed: about the most the cores compute."""
+    dtype = torch.bfloat16 if runtime.precision == "bf16" else torch.float32
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=generator).to(runtime.device, dtype) for _ in range(2))
+    torch.mm(a, b)
+    _synchronize(runtime)
+    fastest = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        _synchronize(runtime)
+        fastest = min(fastest, time.perf_counter() - start)
+    return 2 * n**3 / fastest
+
+
 def _synchronize(runtime: Runtime) -> None:
     if runtime.device.type == "cuda":
         torch.cuda.synchronize()
@@ -256,7 +304,7 @@ def run(settings: BenchSettings) -> BenchResult:
                                    train.augment, torch.Generator().manual_seed(settings.seed))
         # The stage and its bound alternate, and the fastest of each counts: on a shared machine the
         # ratio of the two is then far steadier than either figure alone.
-        seconds, bound = math.inf, None
+        seconds, bound, peak = math.inf, None, 0.0
         for _ in range(settings.repeats):
             ctx = _context(method, round_index, client, store, runtime, train, model_config, settings.seed, payload)
             _synchronize(runtime)
@@ -269,8 +317,15 @@ def run(settings: BenchSettings) -> BenchResult:
                 plain = plain_seconds_per_image(model_config, len(store.classes), both_views[: views * settings.batch_size], runtime,
                                                 max(1, settings.images // settings.batch_size))
                 bound = max(bound or 0.0, bound_images_per_second(settings.stage, views, *plain))
+                peak = max(peak, measured_peak_flops(runtime))
         shape = store.images.shape
+        flops = None
+        if settings.stage != "loader":
+            views = method.views(round_index)
+            flops = stage_flops_per_image(settings.stage, views, *step_flops_per_image(
+                model_config, len(store.classes), (views * settings.batch_size, *both_views.shape[1:])))
     images_per_second = settings.images / seconds
+    arithmetic = peak / flops if flops else None
     return BenchResult(
         stage=settings.stage,
         images=settings.images,
@@ -290,6 +345,10 @@ def run(settings: BenchSettings) -> BenchResult:
         torch_version=torch.__version__,
         bound_images_per_second=round(bound, 2) if bound is not None else None,
         fraction_of_bound=round(images_per_second / bound, 4) if bound is not None else None,
+        flops_per_image=flops,
+        peak_flops=round(peak, 1) if flops else None,
+        arithmetic_bound_images_per_second=round(arithmetic, 2) if arithmetic else None,
+        fraction_of_arithmetic_bound=round(images_per_second / arithmetic, 5) if arithmetic else None,
     )
 
 

@@ -8,6 +8,8 @@ on the CPU there is no copy to hide, and the thread only contends for the GIL (:
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,6 +21,9 @@ import torch
 from fedmlp.store import ImageStore, ImageView
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+FIRST_BATCH = "first training batch ready at Unix time"  # `fedmlp bench --scale` times a job's start-up by this DEBUG line
+_first_batch_seen = False
 
 
 @dataclass(frozen=True)
@@ -105,14 +110,26 @@ def batches(store: ImageView, client: ClientData, batch_size: int, generator: to
             positions = order[start : start + batch_size].sort().values
             if len(positions) < 2:
                 break
-            yield Batch(
+            batch = Batch(
                 positions=positions,
                 images=read_images(store, client.rows[positions.numpy()], device),
                 observed=client.observed[positions].to(device),
                 annotated=annotated,
             )
+            note_first_batch()
+            yield batch
 
     return ahead_on(device, produce())
+
+
+def note_first_batch() -> None:
+    """Log (DEBUG) when this process's first training batch is on the device, in Unix time: the
+    time from a job's start to its first batch, which ``fedmlp bench --scale`` reads from the real
+    ``fedmlp train`` command (docs/performance.md, "Paper scale on the CPU")."""
+    global _first_batch_seen
+    if not _first_batch_seen:
+        _first_batch_seen = True
+        log.debug("%s %.6f", FIRST_BATCH, time.time())
 
 
 def n_batches(n_images: int, batch_size: int) -> int:

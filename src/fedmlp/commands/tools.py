@@ -46,17 +46,36 @@ def refuse_foreign_output(output: Path) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    if (args.stage is None) == (args.scale is None):
+        raise FedmlpError("expected one of --stage (one client's round) or --scale (training jobs on growing stores)")
+    if args.scale is not None:
+        return bench_scale(args)
     from fedmlp import bench
 
     settings = bench.BenchSettings(
         stage=args.stage, size=args.size, images=args.images, model=args.model, precision=args.precision,
-        device=args.device, batch_size=args.batch_size, channels=args.channels, threads=args.threads, store=args.store,
+        device=args.device, batch_size=args.batch_size, channels=args.channels or 3, threads=args.threads, store=args.store,
         repeats=args.repeats,
     )
     result = bench.run(settings)
     print(result.summary())
     if args.json is not None:
         bench.write_json(result, args.json)
+
+
+def bench_scale(args: argparse.Namespace) -> None:
+    from fedmlp import bench_scale
+
+    if args.store is not None:
+        raise FedmlpError("--store: --scale writes its own stores, one per size")
+    settings = bench_scale.ScaleSettings(
+        sizes=tuple(args.scale), size=args.size, channels=args.channels or 1, model=args.model, precision=args.precision,
+        device=args.device, batch_size=args.batch_size, threads=args.threads, train_seconds=args.train_seconds,
+    )
+    result = bench_scale.run(settings)
+    print(result.summary())
+    if args.json is not None:
+        bench_scale.write_json(result, args.json)
 
 
 def cmd_dvc_yaml(args: argparse.Namespace) -> None:
@@ -127,9 +146,15 @@ def add_commands(add) -> None:
 
     add("methods", cmd_methods, "list the registered methods, their config sections and what each does")
 
-    p = add("bench", cmd_bench, "images/s, peak memory and fraction of the hardware's bound of the data path and of FedMLP's local rounds")
-    p.add_argument("--stage", choices=["loader", "1", "2"], required=True,
+    p = add("bench", cmd_bench, "images/s, peak memory and fraction of the hardware's bounds of the data path and of FedMLP's local rounds; "
+            "or (--scale) a training job's start-up, memory and loader throughput as the store grows")
+    p.add_argument("--stage", choices=["loader", "1", "2"], default=None,
                    help="loader: read and augment batches only; 1: a warm-up local round; 2: a stage-2 round (detection + local update)")
+    p.add_argument("--scale", type=count(20, 10_000_000), nargs="+", default=None, metavar="N",
+                   help="instead of --stage: for each N, a store of N random images, 'fedmlp train' on it (seconds to its first batch, "
+                        "peak memory), the loader's uint8 images/s and the store's verification; fitted linearly and extrapolated to 750,000")
+    p.add_argument("--train-seconds", type=float, default=10.0,
+                   help="--scale: how long each training job trains after its first batch before it is stopped (default 10)")
     p.add_argument("--size", type=count(16, 1024), default=224, help="image size in pixels of the generated store (default 224)")
     p.add_argument("--images", type=count(1, 1_000_000), default=256, help="images in the benched client (default 256)")
     p.add_argument("--model", choices=["resnet18", "compact-cnn"], default="resnet18")
@@ -137,7 +162,8 @@ def add_commands(add) -> None:
                    help="auto: bf16 on CUDA and on CPUs with AVX-512 BF16 or AMX, fp32 elsewhere")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--batch-size", type=count(2, 65536), default=32)
-    p.add_argument("--channels", type=int, choices=[1, 3], default=3, help="channels of the generated store (default 3)")
+    p.add_argument("--channels", type=int, choices=[1, 3], default=None,
+                   help="channels of the generated store (default 3; with --scale 1, as the ICH store)")
     p.add_argument("--threads", type=count(1, 1024), default=None, help="torch CPU threads (default: all cores)")
     p.add_argument("--store", type=Path, default=None, help="bench on an existing store instead of generated random images")
     p.add_argument("--repeats", type=int, default=3, help="time the stage and its bound this many times, alternately; the fastest counts")
