@@ -16,6 +16,7 @@ import yaml
 from conftest import REPO, bin_dir
 
 from fedmlp import dvc_views, fingerprint, versioning
+from fedmlp.store import VERIFIED
 
 GIT = ("git", "-c", "user.name=t", "-c", "user.email=t@t")
 VENV = Path(sys.executable).parent.parent
@@ -44,8 +45,9 @@ def copy_working_tree(target: Path) -> None:
 
 
 def artifacts(root: Path) -> dict[str, bytes]:
+    """Every output file; a store's verification record is this machine's note, not an output (.dvcignore'd)."""
     return {str(p.relative_to(root)): p.read_bytes() for top in ("resources", "results") for p in (root / top).rglob("*")
-            if p.is_file() and p.name != ".gitignore"}
+            if p.is_file() and p.name not in (".gitignore", VERIFIED)}
 
 
 def tiny_config(root: Path) -> None:
