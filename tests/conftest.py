@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from fedmlp.config import FederationConfig, PreprocessConfig, SplitConfig, SyntheticConfig
-from fedmlp.ingest import ingest_ich
+from fedmlp.config import FederationConfig, PreprocessConfig, SplitConfig
 from fedmlp.partition import carve_validation, partition, partition_artifact, random_split
 from fedmlp.sources import synthetic
+from fedmlp.sources.rsna import ingest_ich
+from fedmlp.sources.synthetic import SyntheticConfig
 from fedmlp.store import ImageStore
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,10 +18,10 @@ from httpserver import Files, serve
 from PIL import Image
 
 from fedmlp.cli import main
-from fedmlp.config import ChestXray14Config, PreprocessConfig
+from fedmlp.config import PreprocessConfig
 from fedmlp.errors import FedmlpError
-from fedmlp.ingest import ingest_chestxray14
 from fedmlp.sources import nih
+from fedmlp.sources.nih import ChestXray14Config, ingest_chestxray14
 from fedmlp.store import ImageStore
 
 DATA_ENTRY = Path(str(package_files("torchxrayvision") / "data" / "Data_Entry_2017_v2020.csv.gz"))

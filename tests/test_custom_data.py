@@ -16,12 +16,12 @@ from conftest import REPO
 from PIL import Image
 from test_workflow import snakemake
 
-from fedmlp.config import CustomConfig, PreprocessConfig, SplitConfig
+from fedmlp.config import PreprocessConfig, SplitConfig
 from fedmlp.errors import FedmlpError
 from fedmlp.partition import manifest_split
 from fedmlp.sources import nih, rsna
-from fedmlp.sources.custom import check_assessed, decode_image, ingest_custom, read_table
-from fedmlp.sources.registry import SOURCES
+from fedmlp.sources.custom import CustomConfig, check_assessed, decode_image, ingest_custom, read_table
+from fedmlp.sources.registry import sources
 from fedmlp.store import ImageStore
 
 CLASSES = ["effusion", "nodule", "fracture"]
@@ -212,14 +212,21 @@ def test_custom_data_runs_through_the_workflow(dataset: tuple[Path, Path], tmp_p
 
 
 def test_the_schema_and_config_name_every_registered_source() -> None:
-    """The registry is where a dataset is added; the schema's dataset names and sections must follow."""
-    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())["properties"]
+    """The registry is where a dataset is added: the schema's dataset names and sections derive from it,
+    and config/config.yaml lists every section with its defaults."""
+    from fedmlp.schema import dataclass_schema
+    from fedmlp.sources import registry
+    from fedmlp.workflow_config import workflow_schema
+
+    schema = workflow_schema(REPO / "workflow" / "schemas" / "config.schema.yaml")["properties"]
     defaults = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    assert schema["dataset"]["enum"] == list(SOURCES)
-    assert SOURCES["ich"].layout == (rsna.LABEL_FILE, rsna.IMAGE_DIR) and SOURCES["chestxray14"].layout == (nih.LABEL_FILE, nih.IMAGE_DIR)
-    for source in SOURCES.values():
-        if source.section:
-            assert source.section in schema and source.section in defaults
+    assert schema["dataset"]["enum"] == registry.names() == list(sources())
+    assert sources()["ich"].layout == (rsna.LABEL_FILE, rsna.IMAGE_DIR) and sources()["chestxray14"].layout == (nih.LABEL_FILE, nih.IMAGE_DIR)
+    for source in sources().values():
+        assert schema[source.section] == dataclass_schema(source.config) and source.section in defaults
+        assert source.parse(defaults[source.section]) == source.config()  # the shipped section is the dataclass's defaults
+        assert (source.download is not None) == (source.arrives == "downloaded")
+    assert registry.data_sections() == [source.section for source in sources().values()]
 
 
 def test_other_partitions_are_refused_where_sites_left_classes_unassessed(store: ImageStore, tmp_path: Path,

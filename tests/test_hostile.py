@@ -28,9 +28,10 @@ from test_bad_input import HEAD_CT, label_rows, one_error_line
 from test_workflow import TINY, snakemake
 
 from fedmlp.cli import main
-from fedmlp.config import FederationConfig, PreprocessConfig, SyntheticConfig, TrainConfig, from_json
+from fedmlp.config import FederationConfig, PreprocessConfig, TrainConfig, from_json
 from fedmlp.errors import FedmlpError
 from fedmlp.sources import rsna
+from fedmlp.sources.synthetic import SyntheticConfig
 from fedmlp.store import ImageStore
 from fedmlp.workflow_config import check_combinations, check_config_files, check_schema
 
@@ -365,7 +366,7 @@ def test_dataclass_bounds_match_the_workflow_schema() -> None:
     from fedmlp.schema import BOUNDS
 
     schema = yaml.safe_load(SCHEMA.read_text())["properties"]
-    pairs = [("synthetic", sections.SyntheticConfig), ("preprocess", sections.PreprocessConfig), ("split", sections.SplitConfig),
+    pairs = [("preprocess", sections.PreprocessConfig), ("split", sections.SplitConfig),
              ("federation", sections.FederationConfig), ("model", sections.ModelConfig), ("train", sections.TrainConfig)]
     pairs.append(("train.augment", sections.AugmentConfig))
     for section, cls in pairs:

@@ -12,8 +12,8 @@ from pydicom.data import get_testdata_file
 
 from fedmlp.config import PreprocessConfig
 from fedmlp.errors import FedmlpError
-from fedmlp.ingest import ingest_ich
 from fedmlp.sources import rsna
+from fedmlp.sources.rsna import ingest_ich
 from fedmlp.store import ImageStore, sha256
 
 

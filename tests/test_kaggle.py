@@ -12,10 +12,11 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from fedmlp.cli import main
-from fedmlp.config import IchConfig, PreprocessConfig
+from fedmlp.config import PreprocessConfig
 from fedmlp.errors import FedmlpError
-from fedmlp.ingest import ingest_ich
 from fedmlp.sources import kaggle, rsna
+from fedmlp.sources.kaggle import IchConfig
+from fedmlp.sources.rsna import ingest_ich
 from fedmlp.store import ImageStore
 
 SECRET = "s3cr3t-kaggle-key-0123456789"

@@ -10,10 +10,10 @@ import pandas as pd
 import pydicom
 import pytest
 
-from fedmlp.config import SyntheticConfig
 from fedmlp.dicom import read_ct
 from fedmlp.seeding import numpy_rng
 from fedmlp.sources import rsna, synthetic
+from fedmlp.sources.synthetic import SyntheticConfig
 
 
 def test_layout_and_label_file(raw_dataset: Path, synthetic_config: SyntheticConfig) -> None:

@@ -37,59 +37,6 @@ def bounded(default: Any, **bounds: float) -> Any:
 
 
 @dataclass(frozen=True)
-class SyntheticConfig:
-    """The synthetic head-CT source (docs/data.md). ``prevalence`` and ``cooccurrence`` are None when a
-    ``preset`` supplies them; a number for ``cooccurrence`` is the chance of one extra subtype, a
-    mapping the subtypes' loadings on a shared latent bleed (:mod:`fedmlp.sources.synthetic`)."""
-
-    n_images: int = bounded(2000, minimum=10, maximum=1_000_000)
-    image_size: int = bounded(128, minimum=32, maximum=1024)
-    seed: int = bounded(2024, minimum=0, maximum=SEED_MAX)
-    preset: Literal["rsna-slices"] | None = None
-    prevalence: dict[str, float] | None = bounded(
-        {"epidural": 0.2, "intraparenchymal": 0.2, "intraventricular": 0.2, "subarachnoid": 0.2, "subdural": 0.2},
-        minimum=0, maximum=1,
-    )
-    cooccurrence: float | dict[str, float] | None = bounded(0.3, minimum=0, maximum=1)
-    enrichment: float | None = bounded(None, exclusiveMinimum=0, exclusiveMaximum=1)
-    signed_as_unsigned_fraction: float = bounded(0.1, minimum=0, maximum=1)
-    multivalued_window_fraction: float = bounded(0.2, minimum=0, maximum=1)
-    duplicated_images: int = bounded(2, minimum=0, maximum=1_000_000)
-
-
-@dataclass(frozen=True)
-class IchConfig:
-    """RSNA ICH from Kaggle; ``root`` points at an existing download instead."""
-
-    root: str | None = None
-    competition: str = "rsna-intracranial-hemorrhage-detection"
-    keep_archives: bool = False
-
-
-@dataclass(frozen=True)
-class ChestXray14Config:
-    """NIH ChestX-ray14; ``root`` points at an existing download instead."""
-
-    root: str | None = None
-    classes: list[str] = field(
-        default_factory=lambda: ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax"]
-    )
-    archive_base_url: str = "https://nihcc.box.com/shared/static"
-    metadata_base_url: str | None = None
-    keep_archives: bool = False
-
-
-@dataclass(frozen=True)
-class CustomConfig:
-    """Your own images and labels CSV (docs/custom-data.md); ``partial_blanks``: what the empty cells of
-    a class a site fills on some of its training images only mean (error, negative or unlabelled)."""
-
-    root: str | None = None
-    labels: str | None = None
-    partial_blanks: Literal["error", "negative", "unlabelled"] = "error"
-
-
-@dataclass(frozen=True)
 class PreprocessConfig:
     """``max_skipped_fraction``: ingest skips and lists unusable image files, and fails when they are
     more than this share of all image files (a systematic problem, not a few corrupt files)."""

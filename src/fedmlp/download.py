@@ -27,6 +27,17 @@ CHUNK = 1 << 20
 RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
 
 
+def check_url(url: str | None, key: str) -> None:
+    """An http(s) URL with a host, or null; anything else would fail deep inside urllib."""
+    from urllib.parse import urlsplit
+
+    if url is None:
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise FedmlpError(f"config key '{key}': {url!r} is not an http:// or https:// URL")
+
+
 def md5sum(path: Path) -> str:
     digest = hashlib.md5()
     with open(path, "rb") as handle:

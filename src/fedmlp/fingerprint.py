@@ -5,7 +5,8 @@ The modules are found by following ``import fedmlp...`` / ``from fedmlp... impor
 (function-local ones included) from the rule's command module, without importing anything. Method
 modules are loaded by the registry at run time, not imported by name, so they are not in a
 command's closure: a training job adds its own method's module, and editing one method reruns that
-method's jobs only.
+method's jobs only. Dataset modules are loaded by the source registry the same way; the rules that
+go through it (download, ingest) follow every one of them.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ RULE_COMMANDS = {
 }
 TRAINING_RULES = ("train", "warmup", "pseudolabel", "teacher")  # these add their method's module
 ALL_METHODS_RULES = ("report",)  # these print every method's display name, so follow every method module
+SOURCE_RULES = ("download", "ingest")  # these reach their dataset's module through the source registry: follow every one
 
 
 def all_method_modules() -> tuple[str, ...]:
@@ -110,11 +112,19 @@ def all_method_modules() -> tuple[str, ...]:
                  if path.stem not in INFRASTRUCTURE and not path.stem.startswith("_"))
 
 
+def all_source_modules() -> tuple[str, ...]:
+    """Every dataset's module, as the source registry lists them (nothing heavy is imported)."""
+    from fedmlp.sources.registry import MODULES
+
+    return tuple(MODULES.values())
+
+
 def rule_roots(rule: str, *method_modules: str) -> tuple[str, ...]:
-    """The modules a rule's code params follow: its command module, plus the method's for training
-    and every method's for the report."""
+    """The modules a rule's code params follow: its command module, plus the method's for training,
+    every method's for the report and every dataset's for the rules that go through the source registry."""
     if rule in ALL_METHODS_RULES:
         method_modules = all_method_modules()
     elif rule not in TRAINING_RULES:
         method_modules = ()
-    return (f"{PACKAGE}.commands.{RULE_COMMANDS[rule]}", *method_modules)
+    source_modules = all_source_modules() if rule in SOURCE_RULES else ()
+    return (f"{PACKAGE}.commands.{RULE_COMMANDS[rule]}", *method_modules, *source_modules)

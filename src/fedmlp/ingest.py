@@ -16,22 +16,19 @@ import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from fedmlp import store as store_files
 from fedmlp.atomic import atomic_dir, atomic_path, exclusive, require_free_space, write_json
 from fedmlp.config import PreprocessConfig
-from fedmlp.dicom import MIN_SIDE, read_ct
-from fedmlp.errors import FedmlpError, printable
+from fedmlp.dicom import read_ct
+from fedmlp.errors import FedmlpError
 from fedmlp.progress import bar
-from fedmlp.sources import nih, rsna
-from fedmlp.windowing import channels, resize, to_uint8, window
+from fedmlp.windowing import resize, to_uint8, window
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +266,7 @@ def list_images(image_dir: Path, suffix: str) -> tuple[list[str], list[dict[str,
     return regular, special
 
 
-def _require_layout(raw_dir: Path, label_file: str, image_dir: str, hint: str) -> tuple[Path, Path]:
+def require_layout(raw_dir: Path, label_file: str, image_dir: str, hint: str) -> tuple[Path, Path]:
     """The label file and image directory of a raw layout, or an error naming the missing one."""
     labels, images = raw_dir / label_file, raw_dir / image_dir
     kind = file_kind(labels)
@@ -280,89 +277,3 @@ def _require_layout(raw_dir: Path, label_file: str, image_dir: str, hint: str) -
     if not images.is_dir():
         raise FedmlpError(f"{images}: image directory not found ({hint}: {label_file} + {image_dir}/)")
     return labels, images
-
-
-def ich_candidates(raw_dir: Path) -> Candidates:
-    """The Kaggle RSNA layout (also what the synthetic source writes): labels parsed by ID."""
-    label_path, image_dir = _require_layout(raw_dir, rsna.LABEL_FILE, rsna.IMAGE_DIR, "expected the Kaggle layout")
-    parsed = rsna.read_labels(label_path)
-    if parsed.duplicate_rows:
-        log.info("%s: %d duplicate rows (%d images listed more than once); identical duplicates are merged",
-                 label_path, parsed.duplicate_rows, len(parsed.duplicated_images))
-    regular, special = list_images(image_dir, ".dcm")
-    on_disk = {name[:-4] for name in regular}
-    labelled = set(parsed.table.index)
-    ids = sorted(labelled & on_disk)
-    labels_without_image = sorted(labelled - on_disk - {entry["image_id"] for entry in special})
-    if labels_without_image:
-        log.warning("%d labelled images have no file in %s (first: %s)", len(labels_without_image), image_dir, printable(labels_without_image[0]))
-    return Candidates(
-        ids=ids,
-        paths=[rsna.image_path(raw_dir, i) for i in ids],
-        labels=parsed.table[list(rsna.CLASSES)],
-        skipped=special + [{"image_id": i, "reason": f"{rsna.image_path(raw_dir, i)}: no rows in the label file {label_path}"}
-                           for i in sorted(on_disk - labelled)],
-        facts={
-            "labelled_without_image": len(labels_without_image),
-            "duplicate_label_rows": parsed.duplicate_rows,
-            "duplicated_images": parsed.duplicated_images,
-        },
-        unmatched=[{"image_id": i, "reason": f"listed in {label_path} but no file in {image_dir}"} for i in labels_without_image],
-    )
-
-
-def ingest_ich(raw_dir: Path, out_dir: Path, preprocess: PreprocessConfig, dataset: str, workers: int = 1,
-               report: Path | None = None) -> dict[str, Any]:
-    return write_store(
-        out_dir, ich_candidates(raw_dir), partial(decode_dicom, preprocess=preprocess), channels(preprocess.windowing),
-        preprocess.size, {"dataset": dataset, "windowing": preprocess.windowing}, workers, preprocess.max_skipped_fraction, report,
-    )
-
-
-def decode_png(path: Path, size: int) -> Decoded:
-    """A radiograph as one uint8 channel: RGBA/RGB/LA converted to grayscale, 16-bit scaled to 8."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(image, dtype=np.float32)
-                array = array / 257.0 if array.max() > 255 else array
-            else:
-                array = np.asarray(image.convert("L"), dtype=np.float32)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:  # truncated, corrupt or hostile files
-        return Decoded(None, f"{path}: unreadable image ({type(exc).__name__}: {exc})")
-    if min(array.shape) < MIN_SIDE:
-        return Decoded(None, f"{path}: {array.shape[0]} × {array.shape[1]} px is smaller than {MIN_SIDE} × {MIN_SIDE}; not a usable image")
-    return Decoded(to_uint8(resize(array[None], size)))
-
-
-def chestxray14_candidates(raw_dir: Path, classes: list[str]) -> Candidates:
-    """PA views of the label file, in file order, with their images under ``images/``."""
-    label_path, image_dir = _require_layout(raw_dir, nih.LABEL_FILE, nih.IMAGE_DIR, f"see {nih.HOMEPAGE}")
-    frame = nih.read_data_entry(label_path)
-    pa = nih.pa_rows(frame)
-    labels = nih.multi_hot(pa, classes, label_path).set_index("image_id")
-    regular, special = list_images(image_dir, ".png")
-    on_disk = set(regular)
-    present = [i for i in labels.index if i in on_disk]
-    unusable = {entry["image_id"] for entry in special}
-    absent = [i for i in labels.index if i not in on_disk and i not in unusable]
-    if absent:
-        log.warning("%d of %d PA images listed in %s have no file in %s", len(absent), len(labels), label_path, image_dir)
-    unlabelled = sorted(on_disk - set(frame["Image Index"]))
-    return Candidates(
-        ids=present,
-        paths=[image_dir / i for i in present],
-        labels=labels,
-        skipped=special + [{"image_id": i, "reason": f"{image_dir / i}: no row in the label file {label_path}"} for i in unlabelled],
-        facts={"pa_rows": len(pa), "labelled_without_image": len(absent), "views_left_out": int(len(frame) - len(pa))},
-        unmatched=[{"image_id": i, "reason": f"listed in {label_path} but no file in {image_dir}"} for i in absent],
-    )
-
-
-def ingest_chestxray14(raw_dir: Path, out_dir: Path, preprocess: PreprocessConfig, classes: list[str], workers: int = 1,
-                       report: Path | None = None) -> dict[str, Any]:
-    return write_store(
-        out_dir, chestxray14_candidates(raw_dir, classes), partial(decode_png, size=preprocess.size), 1, preprocess.size,
-        {"dataset": "chestxray14", "windowing": "none (PNG grayscale)"}, workers, preprocess.max_skipped_fraction, report,
-    )

@@ -3,7 +3,8 @@
 A method's settings are one dataclass in its module; each field's ``metadata`` (made with
 :func:`setting`) carries its description and bounds. The workflow schema
 (``workflow/schemas/config.schema.yaml``) holds the shared sections; :func:`fedmlp.workflow_config.workflow_schema` adds the
-method list and one section per method from the registry, so a new method needs no schema edit.
+method list and one section per method from the registry, so a new method needs no schema edit; the
+dataset names and each dataset's section come from the source registry (:mod:`fedmlp.sources.registry`) the same way.
 
 This module imports nothing of fedmlp: :mod:`fedmlp.config` uses it, and every command imports that,
 so an import of the method registry here would put the training code (methods, models, augmentation)
@@ -22,13 +23,21 @@ from typing import Any, Literal, get_args, get_origin
 BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 
 
-def setting(default: Any, description: str, **bounds: float) -> Any:
+def setting(default: Any, description: str = "", *, schema: dict[str, Any] | None = None, schema_default: bool = True,
+            **bounds: float) -> Any:
     """A dataclass field with its schema metadata: ``setting(0.999, "EMA decay", minimum=0, maximum=1)``.
-    A dataclass default is copied per instance."""
+    A dataclass default is copied per instance. ``schema``: the key's JSON schema where its Python type
+    cannot say it all (a pattern, an enum of list items, bounds per mapping key); it replaces the one
+    derived from the type, and the bounds then only serve :func:`fedmlp.config.from_dict`.
+    ``schema_default=False``: the schema gives no default, so the filled-in config leaves the key out."""
     unknown = set(bounds) - set(BOUNDS)
     if unknown:
         raise TypeError(f"unknown bound {sorted(unknown)[0]!r}")
-    metadata = {"description": description, **bounds}
+    metadata: dict[str, Any] = {**({"description": description} if description else {}), **bounds}
+    if schema is not None:
+        metadata["schema"] = schema
+    if not schema_default:
+        metadata["schema_default"] = False
     if dataclasses.is_dataclass(default) or isinstance(default, (list, dict)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -41,6 +50,8 @@ def _type_schema(hint: Any) -> dict[str, Any]:
     if origin in (types.UnionType, typing.Union):
         options = [o for o in get_args(hint) if o is not type(None)]
         inner = _type_schema(options[0]) if len(options) == 1 else {"anyOf": [_type_schema(o) for o in options]}
+        if set(inner) == {"type"} and isinstance(inner["type"], str):  # str | None: one type list, its bounds beside it
+            return {"type": [inner["type"], "null"]}
         return {"anyOf": [inner, {"type": "null"}]}
     if origin is Literal:
         values = list(get_args(hint))
@@ -67,14 +78,18 @@ def dataclass_schema(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     properties = {}
     for f in dataclasses.fields(cls):
-        prop = _type_schema(hints[f.name])
-        for bound in BOUNDS:
-            if bound in f.metadata:
-                target = prop["anyOf"][0] if "anyOf" in prop else prop
-                target[bound] = f.metadata[bound]
+        if "schema" in f.metadata:
+            prop = copy.deepcopy(f.metadata["schema"])
+        else:
+            prop = _type_schema(hints[f.name])
+            for bound in BOUNDS:
+                if bound in f.metadata:
+                    target = prop["anyOf"][0] if "anyOf" in prop else prop
+                    target[bound] = f.metadata[bound]
         if "description" in f.metadata:
             prop["description"] = f.metadata["description"]
-        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        if has_default and f.metadata.get("schema_default", True):
             prop["default"] = _default(f)
         properties[f.name] = prop
     schema: dict[str, Any] = {"type": "object", "additionalProperties": False, "default": {}, "properties": properties}

@@ -136,14 +136,22 @@ def expand_methods(config: dict[str, Any]) -> None:
 
 
 def workflow_schema(path: str | Path) -> dict[str, Any]:
-    """The workflow's schema file plus what the method registry defines: the allowed method names
-    and one section per method."""
+    """The workflow's schema file plus what the registries define: the dataset names and one section
+    per dataset (placed after ``replicates``, where the docs list them), the method names and one
+    section per method."""
     import yaml
 
     from fedmlp.methods import registry
     from fedmlp.schema import dataclass_schema, tuning_schema
+    from fedmlp.sources import registry as sources
 
     schema = yaml.safe_load(Path(path).read_text())
+    dataset = schema["properties"]["dataset"]
+    dataset["enum"] = sources.names()
+    dataset["description"] = f"{dataset['description']} {sources.dataset_description()}."
+    shared = list(schema["properties"].items())
+    at = [key for key, _ in shared].index("replicates") + 1
+    schema["properties"] = {**dict(shared[:at]), **sources.schema_sections(), **dict(shared[at:])}
     schema["properties"]["methods"]["anyOf"][1]["items"]["enum"] = registry.names()
     for section, cls in registry.sections().items():
         schema["properties"][section] = dataclass_schema(cls)
@@ -247,8 +255,8 @@ def check_combinations(config: dict[str, Any]) -> None:
     after ingest, so the partition stage checks those."""
     check_round_budget(config)
     if config["dataset"] == "synthetic-ich":  # a preset with prevalence or cooccurrence left set, say
-        from fedmlp.config import SyntheticConfig, from_dict
-        from fedmlp.sources.synthetic import label_model
+        from fedmlp.config import from_dict
+        from fedmlp.sources.synthetic import SyntheticConfig, label_model
 
         label_model(from_dict(SyntheticConfig, config["synthetic"], "synthetic"))
     for low, high in ordered_keys():

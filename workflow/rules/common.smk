@@ -50,7 +50,7 @@ ENV = "../envs/fedmlp.yaml"  # relative to workflow/rules/
 DATA_REPLICATES = config["replicates"] == "data"
 DRAW = "draw{draw}/" if DATA_REPLICATES else ""
 SOURCE = sources.get(config["dataset"])  # what the rules know of the dataset (fedmlp.sources.registry)
-SOURCE_SETTINGS = config[SOURCE.section] if SOURCE.section else {}
+SOURCE_SETTINGS = config[SOURCE.section]
 STORE_DRAW = DRAW if SOURCE.arrives == "generated" else ""  # only generated data has its own store per draw
 
 # Path patterns: each level names what the files below it depend on.
@@ -173,14 +173,14 @@ def check_config():
     dataset = config["dataset"]
     if SOURCE.check:
         SOURCE.check(SOURCE_SETTINGS)
-    if dataset in USER_ROOT and config[dataset]["root"]:
-        label_file = Path(config[dataset]["root"]) / SOURCE.layout[0]
+    if dataset in USER_ROOT and SOURCE_SETTINGS["root"]:
+        label_file = Path(SOURCE_SETTINGS["root"]) / SOURCE.layout[0]
         if not label_file.is_file():
             raise FedmlpError(
-                f"config key '{dataset}.root': {label_file} not found (set it to an existing download, or null to download)"
+                f"config key '{SOURCE.section}.root': {label_file} not found (set it to an existing download, or null to download)"
             )
     if config["split"]["method"] == "official" and not SOURCE.official_split:
-        having = ", ".join(name for name, source in sources.SOURCES.items() if source.official_split)
+        having = ", ".join(name for name, source in sources.sources().items() if source.official_split)
         raise FedmlpError(f"config key 'split.method': 'official' exists for {having} only, not {dataset}")
     check_combinations(config)
     tuning.check(
@@ -210,15 +210,15 @@ def check_config():
             raise FedmlpError(f"{exc} (setting {name}, from {setting.source})") from None
 
 
-USER_ROOT = sources.named("downloaded")  # datasets a user may point at an existing download (<dataset>.root)
+USER_ROOT = sources.named("downloaded")  # datasets a user may point at an existing download (<section>.root)
 
 
 def raw_root(wildcards):
     """The raw directory of a job's dataset (and draw, for generated data)."""
     dataset = wildcards.dataset
     source = sources.get(dataset)
-    if dataset in USER_ROOT and config[dataset]["root"]:
-        return config[dataset]["root"]
+    if dataset in USER_ROOT and config[source.section]["root"]:
+        return config[source.section]["root"]
     if source.raw:
         return source.raw(config[source.section])
     if source.arrives == "generated":
@@ -230,7 +230,7 @@ def raw_inputs(wildcards):
     """The raw data an ingest needs: generated files, a finished download, or the user's own copy."""
     dataset = wildcards.dataset
     source = sources.get(dataset)
-    if dataset in USER_ROOT and not config[dataset]["root"]:
+    if dataset in USER_ROOT and not config[source.section]["root"]:
         return {"raw": DOWNLOADED.format(dataset=dataset)}
     if source.inputs:  # the images are fingerprinted by a param (raw_fingerprint)
         return source.inputs(config[source.section])
@@ -240,13 +240,18 @@ def raw_inputs(wildcards):
 
 
 def classes():
-    return SOURCE.classes(SOURCE_SETTINGS)
+    return SOURCE.classes(SOURCE.parse(SOURCE_SETTINGS))
 
 
 def source_settings(wildcards):
     """The config section the job's dataset's ingest reads ("{}" for one that reads none)."""
     source = sources.get(wildcards.dataset)
-    return json_arg(config[source.section]) if source.section else "{}"
+    return json_arg(config[source.section]) if source.ingest_reads_section else "{}"
+
+
+def download_settings(wildcards):
+    """The config section of the job's dataset, which its download reads."""
+    return json_arg(config[sources.get(wildcards.dataset).section])
 
 
 def raw_fingerprint(wildcards):

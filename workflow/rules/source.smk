@@ -33,7 +33,7 @@ rule download:
     conda:
         ENV
     params:
-        settings=lambda wildcards: json_arg(config[wildcards.dataset]),
+        settings=download_settings,
         root=raw_root,
         code=CODE["download"],
     shell:

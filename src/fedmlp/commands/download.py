@@ -1,4 +1,4 @@
-"""``fedmlp download``: a real dataset, resumable and verified."""
+"""``fedmlp download``: a real dataset, resumable and verified (its source's download recipe)."""
 
 from __future__ import annotations
 
@@ -11,37 +11,23 @@ from fedmlp.errors import FedmlpError
 
 def cmd_download(args: argparse.Namespace) -> None:
     from fedmlp.atomic import write_text
-    from fedmlp.config import ChestXray14Config, IchConfig, from_json
+    from fedmlp.config import from_json
+    from fedmlp.sources import registry
 
-    if args.dataset == "ich":
-        from fedmlp.sources import kaggle
-
-        kaggle.download(args.out, from_json(IchConfig, args.settings, "ich"))
-    else:
-        from fedmlp.sources import nih
-
-        config = from_json(ChestXray14Config, args.settings, "chestxray14")
-        for key in ("archive_base_url", "metadata_base_url"):
-            check_url(getattr(config, key), f"chestxray14.{key}")
-        nih.download(args.out, config)
+    source = registry.get(args.dataset)
+    if source.download is None:
+        having = ", ".join(registry.named("downloaded"))
+        raise FedmlpError(f"dataset {args.dataset!r} is not downloaded (it is {source.summary}); fedmlp download takes {having}")
+    source.download(args.out, from_json(source.config, args.settings, source.section))
     if args.done is not None:
         write_text(args.done, f"{args.dataset} downloaded into {args.out}\n")
 
 
-def check_url(url: str | None, key: str) -> None:
-    """An http(s) URL with a host, or null; anything else would fail deep inside urllib."""
-    from urllib.parse import urlsplit
-
-    if url is None:
-        return
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise FedmlpError(f"config key '{key}': {url!r} is not an http:// or https:// URL")
-
-
 def add_commands(add) -> None:
+    from fedmlp.sources.registry import names
+
     p = add("download", cmd_download, "download a real dataset (ich: Kaggle; chestxray14: the NIH archives), resumably")
-    p.add_argument("dataset", choices=["ich", "chestxray14"])
+    p.add_argument("dataset", choices=names(), help="a dataset that is downloaded (the others are refused with the list)")
     p.add_argument("--out", type=Path, required=True, help="raw directory to fill")
     p.add_argument("--settings", default="{}", metavar="JSON",
                    help="""the dataset's config section ('ich' or 'chestxray14'), e.g. '{"root": null, "keep_archives": false}'""")

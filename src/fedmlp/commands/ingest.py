@@ -14,17 +14,18 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     from fedmlp.sources import registry
 
     preprocess = from_json(PreprocessConfig, args.settings, "preprocess")
-    settings = parse_json_option(args.source_settings, "--source-settings")
-    registry.get(args.dataset).ingest(args.raw, args.out, preprocess, settings, args.workers, args.report)
+    source = registry.get(args.dataset)
+    settings = source.parse(parse_json_option(args.source_settings, "--source-settings"))
+    source.ingest(args.raw, args.out, preprocess, settings, args.workers, args.report)
 
 
 def add_commands(add) -> None:
-    from fedmlp.sources.registry import SOURCES
+    from fedmlp.sources.registry import names
 
     p = add("ingest", cmd_ingest, "decode, window and resize a raw dataset into an image store")
     p.add_argument("--raw", type=Path, required=True, help="the raw directory (Kaggle RSNA layout, or ChestX-ray14's; custom: its root)")
     p.add_argument("--out", type=Path, required=True, help="store directory to create")
-    p.add_argument("--dataset", default="synthetic-ich", choices=list(SOURCES))
+    p.add_argument("--dataset", default="synthetic-ich", choices=names())
     p.add_argument("--settings", default="{}", metavar="JSON",
                    help="""the 'preprocess' config section, e.g. '{"windowing": "header", "size": 32}'""")
     p.add_argument("--source-settings", default="{}", metavar="JSON",

@@ -9,10 +9,10 @@ from fedmlp.commands.common import declare_paths
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from fedmlp.config import SyntheticConfig, from_json
+    from fedmlp.config import from_json
     from fedmlp.sources import synthetic
 
-    synthetic.generate(from_json(SyntheticConfig, args.settings, "synthetic"), args.out)
+    synthetic.generate(from_json(synthetic.SyntheticConfig, args.settings, "synthetic"), args.out)
 
 
 def add_commands(add) -> None:

@@ -23,16 +23,18 @@ import logging
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from fedmlp.config import CustomConfig, PreprocessConfig
+from fedmlp.config import PreprocessConfig
 from fedmlp.dicom import MIN_SIDE, read_ct
 from fedmlp.errors import FedmlpError, one_line
 from fedmlp.ingest import Candidates, Decoded, file_kind, write_store
+from fedmlp.schema import setting
+from fedmlp.sources.registry import Source
 from fedmlp.windowing import channels, resize, to_uint8, window
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,20 @@ ONE_SITE = "all"  # the site of every image when the table has no site column
 PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 VALUES = ("1", "0", "")  # a class cell: present, absent, not assessed
+
+
+
+@dataclass(frozen=True)
+class CustomConfig:
+    """Your own images and labels CSV (dataset custom, docs/custom-data.md)."""
+
+    root: str | None = setting(None, "The folder holding your images (PNG, JPEG, TIFF, DICOM), any nesting; required with dataset custom.")
+    labels: str | None = setting(None, "The labels CSV: a column image (path relative to root), one column per class with 1, 0 or empty, "
+                                       "optionally site, split (train/val/test) and patient; required with dataset custom (docs/custom-data.md).")
+    partial_blanks: Literal["error", "negative", "unlabelled"] = setting(
+        "error", "Empty cells of a class that a site fills on some of its training images but not others. error: a one-line error with "
+        "the counts; negative: they are 0; unlabelled: the site counts as not assessing that class at all. A class a site leaves empty on "
+        "all its training images is always one of its missing classes.")
 
 
 @dataclass(frozen=True)
@@ -324,3 +340,18 @@ def ingest_custom(config: CustomConfig, out_dir: Path, preprocess: PreprocessCon
         out_dir, found, partial(decode_image, preprocess=preprocess), channels(preprocess.windowing), preprocess.size,
         {"dataset": "custom", "windowing": preprocess.windowing}, workers, preprocess.max_skipped_fraction, report,
     )
+
+
+def _ingest(raw: Path, out: Path, preprocess: PreprocessConfig, config: CustomConfig, workers: int, report: Path | None) -> dict[str, Any]:
+    for key in ("root", "labels"):
+        if getattr(config, key) is None:
+            raise FedmlpError(f"config key 'custom.{key}': required with dataset custom (docs/custom-data.md)")
+    return ingest_custom(config, out, preprocess, workers=workers, report=report)
+
+
+SOURCE = Source(
+    "custom", "user", "your own folder of images and labels CSV (the custom section, docs/custom-data.md)", "custom", CustomConfig,
+    classes=lambda config: read_classes(Path(config.labels)), ingest=_ingest, ingest_reads_section=True, check=check_settings,
+    raw=lambda settings: settings["root"], inputs=lambda settings: {"raw_labels": settings["labels"]},
+    fingerprint=lambda settings: images_fingerprint(Path(settings["labels"]), Path(settings["root"])),
+)

@@ -1,4 +1,4 @@
-"""RSNA ICH through the Kaggle client (docs/data.md).
+"""Dataset ich: RSNA ICH through the Kaggle client (docs/data.md), in the RSNA layout (:mod:`fedmlp.sources.rsna`).
 
 Importing ``kaggle`` authenticates at import time and exits the process when there are no
 credentials, so the client is imported only inside :func:`_client`, after our own check. Credential
@@ -10,15 +10,27 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fedmlp.archives import extract_zip
-from fedmlp.config import IchConfig
 from fedmlp.errors import FedmlpError
+from fedmlp.schema import setting
 from fedmlp.sources import rsna
+from fedmlp.sources.registry import Source
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IchConfig:
+    """RSNA ICH from Kaggle (dataset ich); root points at an existing download instead."""
+
+    root: str | None = setting(None, "An existing download (stage_2_train/ and stage_2_train.csv); null downloads into resources/ich/raw "
+                                     "with your Kaggle credentials.")
+    competition: str = setting("rsna-intracranial-hemorrhage-detection", "The Kaggle competition to download.")
+    keep_archives: bool = setting(False, "Keep the downloaded zip after extraction (about 180 GB).")
 
 CREDENTIALS_HELP = "set KAGGLE_USERNAME and KAGGLE_KEY, or save kaggle.json in ~/.kaggle/ (https://www.kaggle.com/docs/api)"
 
@@ -92,3 +104,9 @@ def download(raw_dir: Path, config: IchConfig) -> None:
     log.info("%s: extracted %d training files", archive.name, count)
     if not config.keep_archives:
         archive.unlink()
+
+
+SOURCE = Source(
+    "ich", "downloaded", "RSNA ICH from Kaggle (the ich section)", "ich", IchConfig, classes=lambda config: list(rsna.CLASSES),
+    ingest=rsna.ingest_as("ich"), layout=(rsna.LABEL_FILE, rsna.IMAGE_DIR), download=download,
+)

@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
+from PIL import Image
 
 from fedmlp.archives import extract_tar
-from fedmlp.config import ChestXray14Config
-from fedmlp.download import fetch
+from fedmlp.config import PreprocessConfig
+from fedmlp.dicom import MIN_SIDE
+from fedmlp.download import check_url, fetch
 from fedmlp.errors import FedmlpError, one_line
+from fedmlp.ingest import Candidates, Decoded, list_images, require_layout, write_store
+from fedmlp.schema import setting
+from fedmlp.sources.registry import Source
+from fedmlp.windowing import resize, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +42,24 @@ FINDINGS = (
 # The paper used 8 of the 14 classes without saying which; the default is the original ChestX-ray8 eight.
 CHESTXRAY8 = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax")
 HOMEPAGE = "https://nihcc.app.box.com/v/ChestXray-NIHCC"
+URL = {"type": "string", "pattern": "^https?://[^/]"}
+
+
+@dataclass(frozen=True)
+class ChestXray14Config:
+    """NIH ChestX-ray14 (dataset chestxray14); root points at an existing download instead."""
+
+    root: str | None = setting(None, "An existing download (images/, Data_Entry_2017_v2020.csv, train_val_list.txt, test_list.txt); "
+                                     "null downloads into resources/chestxray14/raw.")
+    classes: list[str] = setting(
+        list(CHESTXRAY8), "The classes to use, in order. The paper used 8 of the 14 without naming them; the default is the original ChestX-ray8 eight.",
+        schema={"type": "array", "items": {"type": "string", "enum": list(FINDINGS)}, "minItems": 1, "uniqueItems": True},
+    )
+    archive_base_url: str = setting("https://nihcc.box.com/shared/static", "Where the 12 image archives are (NIH's static links; a mirror works too).",
+                                    schema=URL)
+    metadata_base_url: str | None = setting(None, "Where the label file and split lists are; null: put them into the raw directory by hand "
+                                                  "(they have no static links).", schema={**URL, "type": ["string", "null"]})
+    keep_archives: bool = setting(False, "Keep the 12 archives after extraction (45 GB).")
 
 
 @dataclass(frozen=True)
@@ -138,6 +165,8 @@ def download(raw_dir: Path, config: ChestXray14Config) -> None:
     (``.extracted/NAME``) and not fetched again, and is deleted unless ``keep_archives``. The label file
     and lists have no static links: they come from ``metadata_base_url`` when set, else they must
     be placed in ``raw_dir`` by hand (the error says so)."""
+    for key in ("archive_base_url", "metadata_base_url"):
+        check_url(getattr(config, key), f"chestxray14.{key}")
     done_dir = raw_dir / ".extracted"
     for archive in ARCHIVES:
         if (done_dir / archive.name).exists():
@@ -158,3 +187,63 @@ def download(raw_dir: Path, config: ChestXray14Config) -> None:
                 "or set config key 'chestxray14.metadata_base_url' to a server that has it"
             )
         fetch(f"{config.metadata_base_url.rstrip('/')}/{name}", raw_dir / name)
+
+
+def decode_png(path: Path, size: int) -> Decoded:
+    """A radiograph as one uint8 channel: RGBA/RGB/LA converted to grayscale, 16-bit scaled to 8."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                array = np.asarray(image, dtype=np.float32)
+                array = array / 257.0 if array.max() > 255 else array
+            else:
+                array = np.asarray(image.convert("L"), dtype=np.float32)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:  # truncated, corrupt or hostile files
+        return Decoded(None, f"{path}: unreadable image ({type(exc).__name__}: {exc})")
+    if min(array.shape) < MIN_SIDE:
+        return Decoded(None, f"{path}: {array.shape[0]} × {array.shape[1]} px is smaller than {MIN_SIDE} × {MIN_SIDE}; not a usable image")
+    return Decoded(to_uint8(resize(array[None], size)))
+
+
+def chestxray14_candidates(raw_dir: Path, classes: list[str]) -> Candidates:
+    """PA views of the label file, in file order, with their images under ``images/``."""
+    label_path, image_dir = require_layout(raw_dir, LABEL_FILE, IMAGE_DIR, f"see {HOMEPAGE}")
+    frame = read_data_entry(label_path)
+    pa = pa_rows(frame)
+    labels = multi_hot(pa, classes, label_path).set_index("image_id")
+    regular, special = list_images(image_dir, ".png")
+    on_disk = set(regular)
+    present = [i for i in labels.index if i in on_disk]
+    unusable = {entry["image_id"] for entry in special}
+    absent = [i for i in labels.index if i not in on_disk and i not in unusable]
+    if absent:
+        log.warning("%d of %d PA images listed in %s have no file in %s", len(absent), len(labels), label_path, image_dir)
+    unlabelled = sorted(on_disk - set(frame["Image Index"]))
+    return Candidates(
+        ids=present,
+        paths=[image_dir / i for i in present],
+        labels=labels,
+        skipped=special + [{"image_id": i, "reason": f"{image_dir / i}: no row in the label file {label_path}"} for i in unlabelled],
+        facts={"pa_rows": len(pa), "labelled_without_image": len(absent), "views_left_out": int(len(frame) - len(pa))},
+        unmatched=[{"image_id": i, "reason": f"listed in {label_path} but no file in {image_dir}"} for i in absent],
+    )
+
+
+def ingest_chestxray14(raw_dir: Path, out_dir: Path, preprocess: PreprocessConfig, classes: list[str], workers: int = 1,
+                       report: Path | None = None) -> dict[str, Any]:
+    return write_store(
+        out_dir, chestxray14_candidates(raw_dir, classes), partial(decode_png, size=preprocess.size), 1, preprocess.size,
+        {"dataset": "chestxray14", "windowing": "none (PNG grayscale)"}, workers, preprocess.max_skipped_fraction, report,
+    )
+
+
+def _ingest(raw: Path, out: Path, preprocess: PreprocessConfig, config: ChestXray14Config, workers: int, report: Path | None) -> dict:
+    return ingest_chestxray14(raw, out, preprocess, config.classes, workers=workers, report=report)
+
+
+SOURCE = Source(
+    "chestxray14", "downloaded", "NIH ChestX-ray14 (the chestxray14 section)", "chestxray14", ChestXray14Config,
+    classes=lambda config: list(config.classes), ingest=_ingest, ingest_reads_section=True, layout=(LABEL_FILE, IMAGE_DIR),
+    fixed_prep="png", official_split=True, download=download,
+)

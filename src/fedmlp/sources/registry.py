@@ -1,42 +1,55 @@
 """The datasets the workflow knows, one :class:`Source` each, as the method registry holds the methods.
 
-Everything the Snakemake rules (workflow/rules/common.smk), ``fedmlp ingest`` and the DVC stages need
-to know of a dataset is here: how its raw files arrive (generated, downloaded, or the user's own),
-their layout, its classes, the config section its ingest reads, how its store is named. The rules
-name no dataset. Adding a dataset: its module in :mod:`fedmlp.sources` (layout, labels, decoding,
-writing the store through :func:`fedmlp.ingest.write_store`), one entry in :data:`SOURCES`, and its
-config section in workflow/schemas/config.schema.yaml and config/config.yaml (tests/test_custom_data.py
-checks that the schema's dataset names are these).
+Each dataset is one module of :mod:`fedmlp.sources` that defines ``SOURCE = Source(...)``: how its
+raw files arrive (generated, downloaded, or the user's own), their layout, its classes, its config
+section's dataclass, how it is downloaded and ingested. Everything else is derived from it: the
+schema's ``dataset`` names and the dataset's section (:func:`fedmlp.workflow_config.workflow_schema`),
+what the Snakemake rules do with it (workflow/rules/common.smk names no dataset), ``fedmlp ingest``
+and ``fedmlp download``, the DVC data stage's params and the code fingerprints of the rules that go
+through here. Adding a dataset: its module, its line in :data:`MODULES`, and its section in
+config/config.yaml (docs/adding-a-dataset.md).
+
+The names are listed here, not found by importing the modules: the CLI lists them at start-up, which
+must not pay for Pillow, pydicom and scipy (about a second).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from fedmlp.config import ChestXray14Config, CustomConfig, PreprocessConfig, from_dict
 from fedmlp.errors import FedmlpError
 
-# The sources' modules are imported where they are used: the CLI lists the dataset names from here at
-# start-up, which must not pay for Pillow and pydicom. (Code fingerprints follow these imports too.)
+# Dataset name → its module, in the order the schema, the CLI and the docs list them.
+MODULES = {
+    "synthetic-ich": "fedmlp.sources.synthetic",
+    "ich": "fedmlp.sources.kaggle",
+    "chestxray14": "fedmlp.sources.nih",
+    "custom": "fedmlp.sources.custom",
+}
 
-# (raw directory, store directory, preprocess section, the source's own section, workers, skipped-images report)
-Ingest = Callable[[Path, Path, PreprocessConfig, dict[str, Any], int, "Path | None"], Any]
+# (raw directory, store directory, preprocess section, the source's parsed section, workers, skipped-images report)
+Ingest = Callable[[Path, Path, Any, Any, int, "Path | None"], Any]
 
 
 @dataclass(frozen=True)
 class Source:
     name: str
-    arrives: Literal["generated", "downloaded", "user"]  # generated per draw; downloaded (or <name>.root); the user's own
-    classes: Callable[[dict[str, Any]], list[str]]  # from the source's config section
+    arrives: Literal["generated", "downloaded", "user"]  # generated per draw; downloaded (or <section>.root); the user's own
+    summary: str  # one line for the schema's dataset description and the docs
+    section: str  # its config section: the schema's from ``config``, DVC's data params, what ``download`` and ``ingest`` read
+    config: type  # the dataclass of that section (fields made with fedmlp.schema.setting: descriptions, bounds)
+    classes: Callable[[Any], list[str]]  # from the parsed section
     ingest: Ingest
-    section: str | None = None  # the config section ingest reads (None: none)
-    sections: tuple[str, ...] = ()  # every config section its data (generation, download, ingest) depends on: DVC's data params
+    ingest_reads_section: bool = False  # ingest reads the section (--source-settings): a changed value there reruns ingest
     layout: tuple[str, str] | None = None  # label file and image directory under the raw directory (None: named by the section)
     fixed_prep: str | None = None  # the store name's prefix when preprocess.windowing does not apply (PNG radiographs)
     official_split: bool = False  # split.method official: the source's own patient-level lists
+    download: Callable[[Path, Any], None] | None = None  # "downloaded": fill the raw directory from the parsed section
     # The user's own data ("user"): its section checked before planning, its raw directory and input
     # files, and a fingerprint of the images the inputs list (a param: a changed image reruns ingest).
     check: Callable[[dict[str, Any]], None] | None = None
@@ -44,83 +57,50 @@ class Source:
     inputs: Callable[[dict[str, Any]], dict[str, str]] | None = None
     fingerprint: Callable[[dict[str, Any]], str] | None = None
 
+    def parse(self, settings: Any) -> Any:
+        """The section as its dataclass; errors name the key (``custom.root``)."""
+        from fedmlp.config import from_dict
 
-def _rsna_layout(name: str) -> Ingest:
-    def ingest(raw: Path, out: Path, preprocess: PreprocessConfig, settings: dict[str, Any], workers: int, report: Path | None) -> Any:
-        from fedmlp.ingest import ingest_ich
-
-        return ingest_ich(raw, out, preprocess, name, workers=workers, report=report)
-
-    return ingest
+        return from_dict(self.config, settings, self.section)
 
 
-def _chestxray14(raw: Path, out: Path, preprocess: PreprocessConfig, settings: dict[str, Any], workers: int, report: Path | None) -> Any:
-    from fedmlp.ingest import ingest_chestxray14
-
-    classes = from_dict(ChestXray14Config, settings, "chestxray14").classes
-    return ingest_chestxray14(raw, out, preprocess, classes, workers=workers, report=report)
+def names() -> list[str]:
+    """Every dataset's name, without importing its module."""
+    return list(MODULES)
 
 
-def _custom(raw: Path, out: Path, preprocess: PreprocessConfig, settings: dict[str, Any], workers: int, report: Path | None) -> Any:
-    from fedmlp.sources.custom import ingest_custom
-
-    config = from_dict(CustomConfig, settings, "custom")
-    for key in ("root", "labels"):
-        if getattr(config, key) is None:
-            raise FedmlpError(f"config key 'custom.{key}': required with dataset custom (docs/custom-data.md)")
-    return ingest_custom(config, out, preprocess, workers=workers, report=report)
-
-
-def _rsna_classes(settings: dict[str, Any]) -> list[str]:
-    from fedmlp.sources.rsna import CLASSES
-
-    return list(CLASSES)
-
-
-def _custom_check(settings: dict[str, Any]) -> None:
-    from fedmlp.sources.custom import check_settings
-
-    check_settings(settings)
-
-
-def _custom_classes(settings: dict[str, Any]) -> list[str]:
-    from fedmlp.sources.custom import read_classes
-
-    return read_classes(Path(settings["labels"]))
-
-
-def _custom_fingerprint(settings: dict[str, Any]) -> str:
-    from fedmlp.sources.custom import images_fingerprint
-
-    return images_fingerprint(Path(settings["labels"]), Path(settings["root"]))
-
-
-RSNA_LAYOUT = ("stage_2_train.csv", "stage_2_train")  # fedmlp.sources.rsna's LABEL_FILE and IMAGE_DIR (tests check)
-NIH_LAYOUT = ("Data_Entry_2017_v2020.csv", "images")  # fedmlp.sources.nih's
-
-
-SOURCES = {source.name: source for source in (
-    Source("synthetic-ich", "generated", _rsna_classes, _rsna_layout("synthetic-ich"), layout=RSNA_LAYOUT, sections=("synthetic",)),
-    Source("ich", "downloaded", _rsna_classes, _rsna_layout("ich"), layout=RSNA_LAYOUT, sections=("ich",)),
-    Source("chestxray14", "downloaded", lambda settings: list(settings["classes"]), _chestxray14, section="chestxray14",
-           sections=("chestxray14",), layout=NIH_LAYOUT, fixed_prep="png", official_split=True),
-    Source("custom", "user", _custom_classes, _custom, section="custom", sections=("custom",), check=_custom_check,
-           raw=lambda settings: settings["root"], inputs=lambda settings: {"raw_labels": settings["labels"]},
-           fingerprint=_custom_fingerprint),
-)}
-
-
+@cache
 def get(name: str) -> Source:
-    if name not in SOURCES:
-        raise FedmlpError(f"config key 'dataset': {name!r} is not one of {', '.join(SOURCES)}")
-    return SOURCES[name]
+    if name not in MODULES:
+        raise FedmlpError(f"config key 'dataset': {name!r} is not one of {', '.join(MODULES)}")
+    source = importlib.import_module(MODULES[name]).SOURCE
+    if source.name != name:
+        raise TypeError(f"{MODULES[name]}.SOURCE is named {source.name!r}, listed as {name!r}")
+    return source
+
+
+def sources() -> dict[str, Source]:
+    """Every dataset's source (imports every source module)."""
+    return {name: get(name) for name in MODULES}
 
 
 def data_sections() -> list[str]:
-    """The config sections of every source's data, in registry order (the DVC data stage's params)."""
-    return list(dict.fromkeys(name for source in SOURCES.values() for name in source.sections))
+    """The config sections of every source, in registry order (the DVC data stage's params)."""
+    return [source.section for source in sources().values()]
 
 
 def named(arrives: str) -> list[str]:
     """The sources that arrive so ("downloaded": the download rule's datasets)."""
-    return [name for name, source in SOURCES.items() if source.arrives == arrives]
+    return [name for name, source in sources().items() if source.arrives == arrives]
+
+
+def schema_sections() -> dict[str, dict[str, Any]]:
+    """Each source's config section as JSON schema, from its dataclass (fedmlp.schema)."""
+    from fedmlp.schema import dataclass_schema
+
+    return {source.section: dataclass_schema(source.config) for source in sources().values()}
+
+
+def dataset_description() -> str:
+    """What the schema says of each dataset name."""
+    return "; ".join(f"{name}: {source.summary}" for name, source in sources().items())

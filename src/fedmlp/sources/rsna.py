@@ -7,13 +7,19 @@ splitting the ID, never by row position: the real file repeats 4 images (24 rows
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from fedmlp.atomic import atomic_path
+from fedmlp.config import PreprocessConfig
 from fedmlp.errors import FedmlpError, one_line, printable
+from fedmlp.ingest import Candidates, decode_dicom, list_images, require_layout, write_store
+from fedmlp.windowing import channels
 
 log = logging.getLogger(__name__)
 
@@ -100,3 +106,49 @@ def write_labels(table: pd.DataFrame, path: Path, repeat: list[str] = ()) -> Non
 
 def image_path(root: Path, image_id: str) -> Path:
     return root / IMAGE_DIR / f"{image_id}.dcm"
+
+
+def ich_candidates(raw_dir: Path) -> Candidates:
+    """The Kaggle RSNA layout (also what the synthetic source writes): labels parsed by ID."""
+    label_path, image_dir = require_layout(raw_dir, LABEL_FILE, IMAGE_DIR, "expected the Kaggle layout")
+    parsed = read_labels(label_path)
+    if parsed.duplicate_rows:
+        log.info("%s: %d duplicate rows (%d images listed more than once); identical duplicates are merged",
+                 label_path, parsed.duplicate_rows, len(parsed.duplicated_images))
+    regular, special = list_images(image_dir, ".dcm")
+    on_disk = {name[:-4] for name in regular}
+    labelled = set(parsed.table.index)
+    ids = sorted(labelled & on_disk)
+    labels_without_image = sorted(labelled - on_disk - {entry["image_id"] for entry in special})
+    if labels_without_image:
+        log.warning("%d labelled images have no file in %s (first: %s)", len(labels_without_image), image_dir, printable(labels_without_image[0]))
+    return Candidates(
+        ids=ids,
+        paths=[image_path(raw_dir, i) for i in ids],
+        labels=parsed.table[list(CLASSES)],
+        skipped=special + [{"image_id": i, "reason": f"{image_path(raw_dir, i)}: no rows in the label file {label_path}"}
+                           for i in sorted(on_disk - labelled)],
+        facts={
+            "labelled_without_image": len(labels_without_image),
+            "duplicate_label_rows": parsed.duplicate_rows,
+            "duplicated_images": parsed.duplicated_images,
+        },
+        unmatched=[{"image_id": i, "reason": f"listed in {label_path} but no file in {image_dir}"} for i in labels_without_image],
+    )
+
+
+def ingest_ich(raw_dir: Path, out_dir: Path, preprocess: PreprocessConfig, dataset: str, workers: int = 1,
+               report: Path | None = None) -> dict[str, Any]:
+    return write_store(
+        out_dir, ich_candidates(raw_dir), partial(decode_dicom, preprocess=preprocess), channels(preprocess.windowing),
+        preprocess.size, {"dataset": dataset, "windowing": preprocess.windowing}, workers, preprocess.max_skipped_fraction, report,
+    )
+
+
+def ingest_as(dataset: str) -> Callable[..., dict[str, Any]]:
+    """The ingest of a dataset in this layout (synthetic-ich, ich): DICOMs windowed by preprocess, no settings of its own."""
+
+    def ingest(raw: Path, out: Path, preprocess: PreprocessConfig, config: Any, workers: int, report: Path | None) -> dict[str, Any]:
+        return ingest_ich(raw, out, preprocess, dataset, workers=workers, report=report)
+
+    return ingest
