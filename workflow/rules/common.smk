@@ -200,7 +200,9 @@ def check_config():
     for name, setting in SETTING_SOURCES.items():
         if setting.federation["partition"] == "site":  # the clients and their classes come from the labels CSV
             if SOURCE.arrives != "user":
-                raise FedmlpError(f"config key '{setting.key('partition')}': site needs your own data (dataset custom: the sites of its labels CSV)")
+                raise FedmlpError(
+                    f"config key '{setting.key('partition')}': site needs your own data (dataset custom: the sites of its labels CSV)"
+                )
             continue
         try:
             assign_classes(classes(), from_dict(FederationConfig, setting.federation, "federation"))
