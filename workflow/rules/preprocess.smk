@@ -31,8 +31,12 @@ rule verify_stores:
             store_files(STORE.format(dataset=config["dataset"], prep=prep_name(), draw=seed))["images"]
             for seed in sorted(set(config["seeds"]) if STORE_DRAW else {0})
         ],
+    log:
+        "logs/verify_stores.log",  # what was verified, how large and how long (fedmlp verify's lines)
     localrule: True
+    conda:
+        ENV
     params:
         stores=lambda wildcards, input: [os.path.dirname(path) for path in input],
     shell:
-        "fedmlp verify {params.stores:q}"
+        "fedmlp verify {params.stores:q} > {log:q} 2>&1"
