@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +73,13 @@ def test_every_method_is_registered_with_a_summary() -> None:
     for spec in registry.specs().values():
         assert spec.summary, f"{spec.name}: no summary"
         assert (spec.section is None) == (spec.config is None), spec.name
+
+
+def test_listing_the_methods_imports_no_scipy_stats() -> None:
+    """Snakemake and every fedmlp job list the methods; scipy.stats (0.8 CPU-s) is for the jobs that score."""
+    code = "import sys; from fedmlp.methods import registry; registry.specs(); print('scipy.stats' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("name", NAMES)

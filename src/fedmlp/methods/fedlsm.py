@@ -36,7 +36,6 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from scipy import stats
 
 from fedmlp.config import from_dict
 from fedmlp.inference import predict_proba
@@ -224,6 +223,8 @@ class FedLSM(Method):
         confident = ctx.memo["confident"]
         if len(uncertain) == 0 or len(confident) == 0:
             return None
+        from scipy import stats  # here, not at the top: every job lists the methods (0.8 CPU-s, most jobs not FedLSM's)
+
         partners = confident[torch.randint(len(confident), (len(uncertain),), generator=ctx.generator)]
         lam = float(stats.beta.ppf(float(torch.rand((), generator=ctx.generator)), self.config.mixup_alpha, self.config.mixup_alpha))
         device = ctx.runtime.device
