@@ -306,6 +306,10 @@ class Sites(Protocol):
         """The sites' part of a resume state."""
         ...
 
+    def finish_round(self, record: RoundRecord) -> None:
+        """After a round, before its resume state is saved: what the round adds to that state."""
+        ...
+
     def end_round(self, record: RoundRecord, saved: bool) -> None:
         """After a round (``saved``: its state was just saved for resuming)."""
         ...
@@ -353,6 +357,7 @@ def run_rounds(method: Method, train: TrainConfig, seed: int, runtime: Runtime, 
         log_round(method, record, total, time.perf_counter() - start)
         if on_record is not None:
             on_record(record)
+        sites.finish_round(record)  # the round's gates and rows belong to the state saved after it
         due = resume is not None and resume.due(record.round, last)
         if due:
             resume.save({
@@ -408,10 +413,13 @@ class LocalSites:
     def state(self) -> dict[str, Any]:
         return {"clients": self.site.state_list(), "round_rows": self.round_rows, "passes": asdict(self.site.passes), "gates": self.gates}
 
-    def end_round(self, record: RoundRecord, saved: bool) -> None:
+    def finish_round(self, record: RoundRecord) -> None:
         self.gates.extend(gate_rows(record.round, self.site.take_gates(), self.method.server_gates()))
         if self.on_round_end is not None:
             self.round_rows.extend(self.on_round_end(record.round, self.clients, self.site.state_list()))
+
+    def end_round(self, record: RoundRecord, saved: bool) -> None:
+        pass
 
 
 def run(

@@ -276,6 +276,9 @@ class Coordinator:
     def state(self) -> dict[str, Any]:
         return {"versions": {str(k): list(v) for k, v in self.versions.items()}}
 
+    def finish_round(self, record: Any) -> None:
+        pass
+
     def end_round(self, record: Any, saved: bool) -> None:
         self.outcome.rounds_done = record.round
         if saved:  # the sites may forget the state versions before these
