@@ -1,12 +1,12 @@
 """Robust aggregation (``train.aggregation``): averages that one hostile client cannot steer alone.
 
 ``median`` and ``trimmed-mean`` replace the weighted mean of a method's server step (the server
-calls :meth:`fedmlp.methods.ServerContext.average`) by a coordinate-wise median, or a mean after
+calls :meth:`fedmlp.methods.base.ServerContext.average`) by a coordinate-wise median, or a mean after
 dropping the ``trim_fraction`` largest and smallest values of every coordinate. Both ignore the
 clients' aggregation weights: a weight is the client's own claim, which is what a hostile client
 would inflate. ``clip_norm`` scales each update (the client's model minus the broadcast) down to an
 L2 norm over all floating tensors, before any rule. Integer buffers (BatchNorm's
-``num_batches_tracked``) take the maximum, as in :func:`fedmlp.methods.weighted_average`.
+``num_batches_tracked``) take the maximum, as in :func:`fedmlp.methods.base.weighted_average`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from fedmlp.methods.messages import Upload, Weights
 def clip_updates(updates: list[Upload], reference: Weights, max_norm: float) -> list[Upload]:
     """Each upload whose update's L2 norm exceeds ``max_norm`` with its update scaled down to it."""
     out = []
+    floating = [k for k, v in reference.items() if v.is_floating_point()]
     for upload in updates:
-        floating = [k for k, v in reference.items() if v.is_floating_point()]
         norm = math.sqrt(sum(float((upload.weights[k].double() - reference[k].double()).pow(2).sum()) for k in floating))
         if norm <= max_norm:
             out.append(upload)
