@@ -368,8 +368,8 @@ def test_federation_on_loopback_gives_the_simulation_bytes(store: ImageStore, va
     print(f"{method}: fedmlp federate {seconds:.1f} s")
 
 
-FAULTY_SITE = '''
-"""A ClientApp that is ours except that the site with node config fail-in-round=N raises in that round's training."""
+# The start of a test ClientApp that is ours in every exchange but training (which each test adds).
+OURS_BUT_TRAIN = '''
 from flwr.clientapp import ClientApp
 
 from fedmlp.flower.client_app import app as ours
@@ -385,7 +385,10 @@ def hello(msg, context):
 @app.train("prepare")
 def prepare(msg, context):
     return ours(msg, context)
+'''
 
+FAULTY_SITE = '''"""Our ClientApp, except that the site with node config fail-in-round=N raises in that round's training."""
+''' + OURS_BUT_TRAIN + '''
 
 @app.train()
 def train(msg, context):

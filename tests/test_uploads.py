@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_flower import FLOWER_TRAIN, MODEL, TRAIN, flower_processes, node_configs, run_config
+from test_flower import FLOWER_TRAIN, MODEL, OURS_BUT_TRAIN, TRAIN, flower_processes, node_configs, run_config
 
 from fedmlp import checkpoint, federated, runtime
 from fedmlp.config import AggregationConfig, ModelConfig, TrainConfig, from_dict
@@ -281,29 +281,14 @@ def test_the_server_step_sees_which_site_was_refused_in_flower(store: ImageStore
     assert failure.reason.startswith("upload refused: weights['head.weight'] has")
 
 
-HOSTILE_SITE = '''
-"""Our ClientApp, except that a site with node config poison="nan" or "images" alters its training uploads."""
+HOSTILE_SITE = '''"""Our ClientApp, except that a site with node config poison="nan" or "images" alters its training uploads."""
 import dataclasses
 
 import torch
 from flwr.app import Message
-from flwr.clientapp import ClientApp
 
 from fedmlp.flower import codec
-from fedmlp.flower.client_app import app as ours
-
-app = ClientApp()
-
-
-@app.query("hello")
-def hello(msg, context):
-    return ours(msg, context)
-
-
-@app.train("prepare")
-def prepare(msg, context):
-    return ours(msg, context)
-
+''' + OURS_BUT_TRAIN + '''
 
 @app.train()
 def train(msg, context):
