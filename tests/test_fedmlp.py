@@ -304,7 +304,7 @@ def test_variants_select_differently(store: ImageStore, federation: dict) -> Non
 
 
 # Non-default values of every FedMLP key that is neither a warm-up key nor one the first detection reads.
-LATER_KEYS = {"lambda_cr": 0.25, "stage2_views": 2, "pseudo_weight": 0.5, "oracle_pseudolabels": True}
+LATER_KEYS = {"lambda_cr": 0.25, "stage2_views": 1, "pseudo_weight": 0.5, "oracle_pseudolabels": True}
 DETECTION_KEYS = {"selection": "fixed", "accumulate": False, "variant": "official-code", "confidence_low": 0.2,
                   "confidence_high": 0.8, "degree_scale": "prior", "tau0": {"min": 0.1, "max": 0.5, "fixed": 0.2}, "tau1": {"min": 0.1, "max": 0.5, "fixed": 0.2}}
 

@@ -136,7 +136,7 @@ def test_rerunning_ingest_rebuilds_the_store(tmp_path: Path) -> None:
         ({"federation": {**TINY["federation"], "annotated_per_client": [3, 4]}},
          {"partition": 1, "train": 3, "warmup": 1, "pseudolabel": 2, "teacher": 2, "report": 1, "all": 1}),
         ({"fedmlp": {**TINY["fedmlp"], "lambda_cr": 0.5}}, {"teacher": 4, "report": 1, "all": 1}),
-        ({"fedmlp": {**TINY["fedmlp"], "stage2_views": 2}}, {"teacher": 4, "report": 1, "all": 1}),
+        ({"fedmlp": {**TINY["fedmlp"], "stage2_views": 1}}, {"teacher": 4, "report": 1, "all": 1}),
         ({"fedmlp": {**TINY["fedmlp"], "tau1": {"max": 0.5}}}, {"pseudolabel": 4, "teacher": 4, "report": 1, "all": 1}),
         ({"fedmlp": {**TINY["fedmlp"], "lambda_dis": 0.5}}, {"warmup": 2, "pseudolabel": 4, "teacher": 4, "report": 1, "all": 1}),
     ],

@@ -67,7 +67,8 @@ class FedMLPConfig:
         "adaptive", "adaptive: fractions from the learning degrees; fixed: the published code's tau0.fixed / tau1.fixed.")
     accumulate: bool = setting(True, "true: each round adds to the pseudo-labels so far; false: re-detect from scratch each round.")
     variant: Literal["paper", "official-code"] = setting("paper", "official-code: the published code's stage 2 (see docs/method.md).")
-    stage2_views: int = setting(1, "Augmented views per image in stage 2 (the warm-up always uses 2); docs/method.md says why 1.",
+    stage2_views: int = setting(2, "Augmented views per image in stage 2 (the warm-up always uses 2); 2 chosen on validation "
+                                "(config/stage2-views.yaml, docs/method.md).",
                                 minimum=1, maximum=2)
     confidence_low: float = setting(0.3, "L: a prediction below it counts as confident.", minimum=0, maximum=1)
     confidence_high: float = setting(0.7, "U: a prediction above it counts as confident.", minimum=0, maximum=1)
