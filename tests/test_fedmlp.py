@@ -358,7 +358,7 @@ BATCH = type("B", (), {"images": torch.zeros(3, 1, 2, 2), "observed": torch.tens
 
 
 def _stage2_loss(settings: dict, pseudo: torch.Tensor = PSEUDO, oracle: torch.Tensor | None = None) -> torch.Tensor:
-    method = registry.create("fedmlp", {"warmup_rounds": 1, **settings})
+    method = registry.create("fedmlp", {"warmup_rounds": 1, "stage2_views": 1, **settings})  # the constructed logits are one view's
     return method.loss(_Stage2Context(LOGITS, pseudo, TEACHER, oracle), BATCH)
 
 
