@@ -146,3 +146,21 @@ def test_checkpoint_roundtrip_and_refusals(tmp_path: Path, store: ImageStore) ->
     torch.save({"format": 1, "state_dict": model.state_dict(), "meta": wrong}, tmp_path / "wrong.pt")
     with pytest.raises(FedmlpError, match="wrong.pt.*do not fit"):
         checkpoint.load(tmp_path / "wrong.pt")
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_cuda_autotunes_convolutions_unless_deterministic(monkeypatch: pytest.MonkeyPatch, deterministic: bool) -> None:
+    """On CUDA, cuDNN picks the fastest algorithm per shape (benchmark mode) unless train.deterministic
+    asks for reproducible kernels. No GPU here: CUDA's availability is the one thing stood in for."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        rt = runtime.resolve("cuda", "fp32", deterministic=deterministic)
+        assert rt.device.type == "cuda"
+        assert torch.backends.cudnn.benchmark is (not deterministic)
+        assert torch.backends.cudnn.deterministic is deterministic
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)

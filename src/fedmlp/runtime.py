@@ -55,6 +55,8 @@ def resolve(device: str = "auto", precision: str = "auto", threads: int | None =
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise FedmlpError("config key 'train.device': 'cuda' requested but no CUDA device is available")
+    if device == "cuda" and not deterministic:
+        torch.backends.cudnn.benchmark = True  # cuDNN times its algorithms per shape once and keeps the fastest
     if precision == "auto":
         native = torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_native_bf16()
         precision = "bf16" if native else "fp32"
