@@ -67,3 +67,37 @@ def test_every_json_option_shows_an_example() -> None:
     assert len(options) >= 12
     for name, action in options:
         assert action.metavar == "JSON" and "{" in (action.help or "") and "e.g." in action.help, (name, action.option_strings)
+
+
+def _pack(tmp_path: Path, runs: str) -> subprocess.CompletedProcess:
+    return subprocess.run([f"{bin_dir()}/fedmlp", "pack", "--runs", runs], capture_output=True, text=True, cwd=tmp_path)
+
+
+def test_a_pack_stops_at_its_first_failure_and_names_its_log(tmp_path: Path) -> None:
+    """fedmlp pack runs its commands in order, each writing to its own log; the first that fails stops
+    the pack with its status, in one line that names the run, its log and the log's last line."""
+    import json
+
+    def run(name: str, *extra: str) -> dict:
+        return {"argv": ["train", "--store", str(tmp_path / "none"), "--partition", str(tmp_path / "p.json"), "--method", "fedavg-full",
+                         "--seed", "0", "--out-model", str(tmp_path / f"{name}.pt"), "--out-rounds", str(tmp_path / f"{name}.csv"), *extra],
+                "log": f"logs/{name}.log"}
+
+    result = _pack(tmp_path, json.dumps([run("first"), run("second")]))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("fedmlp pack: error: run 1 of 2, fedmlp train, failed with exit 2 ")
+    assert f"(log: logs/first.log: fedmlp train: error: {tmp_path / 'none'}" in result.stderr
+    log = (tmp_path / "logs/first.log").read_text().splitlines()
+    assert log[0].startswith("fedmlp pack: run 1 of 2: fedmlp train --store ") and log[-1].startswith("fedmlp train: error: ")
+    assert not (tmp_path / "logs/second.log").exists() and not (tmp_path / "first.pt").exists()
+
+    result = _pack(tmp_path, json.dumps([run("usage", "--no-such-option")]))  # argparse's own exit is the run's status too
+    assert result.returncode == 2 and "run 1 of 1, fedmlp train, failed with exit 2" in result.stderr
+    assert "unrecognized arguments: --no-such-option" in (tmp_path / "logs/usage.log").read_text()
+
+
+def test_a_pack_refuses_what_is_not_a_list_of_training_commands(tmp_path: Path) -> None:
+    for runs in ("[]", "{", '[{"argv": ["report", "x"], "log": null}]', '[{"argv": "train", "log": null}]', '[{"argv": ["train"], "log": 3}]'):
+        result = _pack(tmp_path, runs)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, runs
+        assert result.stderr.startswith("fedmlp pack: error: --runs"), (runs, result.stderr)

@@ -45,6 +45,17 @@ def planned_rules(output: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
 
 
+def planned_commands(output: str, command: str) -> list[list[str]]:
+    """The fedmlp commands of one kind (train, teacher, ...) that a dry run with --printshellcmds
+    shows, as arguments: training jobs run theirs through ``fedmlp pack --runs JSON``."""
+    packs = re.findall(r"fedmlp pack --runs '([^']+)'", output)
+    return [run["argv"] for pack in packs for run in json.loads(pack) if run["argv"][0] == command]
+
+
+def option(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     workdir = tmp_path_factory.mktemp("workflow")
@@ -164,22 +175,48 @@ def test_each_seed_draws_its_own_data_and_training_replicates_share_one(tmp_path
     for name in ("split.json", "iid-k3-a2/partition.json", "iid-k3-a3/partition.json"):
         assert (draws[0] / name).read_bytes() != (draws[1] / name).read_bytes(), name
     planned = snakemake(data, two, "--dry-run", "--printshellcmds").stdout
-    trains = re.findall(r"fedmlp train --store (\S+) --partition (\S+) --method fedavg-masked --seed (\d+) .* --run '([^']+)'", planned)
-    assert sorted(seed for *_, seed, _ in trains) == ["0", "0", "1", "1"]  # two settings
-    for store, partition, seed, run in trains:
-        assert store == f"resources/synthetic-ich/draw{seed}/store/header24"
-        assert partition.startswith(f"results/runs/synthetic-ich/header24/draw{seed}/")
-        assert json.loads(run)["seed"] == int(seed)
+    trains = [argv for argv in planned_commands(planned, "train") if option(argv, "--method") == "fedavg-masked"]
+    assert sorted(option(argv, "--seed") for argv in trains) == ["0", "0", "1", "1"]  # two settings
+    for argv in trains:
+        seed = option(argv, "--seed")
+        assert option(argv, "--store") == f"resources/synthetic-ich/draw{seed}/store/header24"
+        assert option(argv, "--partition").startswith(f"results/runs/synthetic-ich/header24/draw{seed}/")
+        assert json.loads(option(argv, "--run"))["seed"] == int(seed)
 
     assert not [path for top in ("resources", "results", "logs") for path in (training / top).rglob("draw*")]
     assert (training / "resources/synthetic-ich/raw/stage_2_train.csv").read_bytes() == labels[0]
     for name in ("split.json", "iid-k3-a2/partition.json", "iid-k3-a3/partition.json"):
         assert (training / "results/runs/synthetic-ich/header24" / name).read_bytes() == (draws[0] / name).read_bytes(), name
     planned = snakemake(training, {**two, "replicates": "training"}, "--dry-run", "--printshellcmds").stdout
-    trains = re.findall(r"fedmlp train --store (\S+) --partition (\S+) --method fedavg-masked --seed (\d+) ", planned)
-    assert sorted(seed for *_, seed in trains) == ["0", "0", "1", "1"]
-    assert {store for store, *_ in trains} == {"resources/synthetic-ich/store/header24"}
-    assert {partition for _, partition, _ in trains} == {f"results/runs/synthetic-ich/header24/iid-k3-a{n}/partition.json" for n in (2, 3)}
+    trains = [argv for argv in planned_commands(planned, "train") if option(argv, "--method") == "fedavg-masked"]
+    assert sorted(option(argv, "--seed") for argv in trains) == ["0", "0", "1", "1"]
+    assert {option(argv, "--store") for argv in trains} == {"resources/synthetic-ich/store/header24"}
+    assert {option(argv, "--partition") for argv in trains} == {f"results/runs/synthetic-ich/header24/iid-k3-a{n}/partition.json" for n in (2, 3)}
+
+
+@pytest.mark.slow
+def test_packed_runs_write_the_bytes_of_separate_runs(tmp_path: Path) -> None:
+    """pack_seeds: true (the default) trains both seeds of a method in one job and one process, false
+    a job per seed: every file of every run is the same, byte for byte, and each run has its own log."""
+    config = {**TINY, "methods": ["fedavg-masked", "fedmlp"], "seeds": [0, 1], "federation": {**TINY["federation"], "annotated_per_client": 2}}
+    runs = {}
+    for pack in (True, False):
+        workdir = tmp_path / f"pack-{pack}"
+        workdir.mkdir()
+        result = snakemake(workdir, {**config, "pack_seeds": pack})
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        jobs = sorted(str(path.relative_to(workdir / "benchmarks")) for path in (workdir / "benchmarks").rglob("*.tsv"))
+        assert len(jobs) == (3 if pack else 6), jobs  # fedavg-masked, fedmlp's warm-up and stage 2: a job each, or per seed
+        root = workdir / "results/runs"
+        runs[pack] = {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*"))
+                      if path.is_file() and path.suffix in {".pt", ".csv", ".json", ".md", ".tsv"}}
+        for rule, method in (("train", "fedavg-masked"), ("warmup", "fedmlp-warmup"), ("teacher", "fedmlp")):
+            for seed in (0, 1):
+                log = (workdir / f"logs/{rule}/synthetic-ich/header24/draw{seed}/iid-k3-a2/{method}/seed{seed}.log").read_text()
+                assert f"fedmlp {rule} --store resources/synthetic-ich/draw{seed}/store/header24" in log.splitlines()[0]
+    assert len(runs[True]) > 20 and {name for name in runs[True] if "/seed1/" in name}
+    assert runs[True].keys() == runs[False].keys()
+    assert [name for name in runs[True] if runs[True][name] != runs[False][name]] == []
 
 
 @pytest.mark.slow

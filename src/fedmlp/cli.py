@@ -9,6 +9,7 @@ workflow stage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -111,11 +112,11 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         check_paths(args)  # before any work: no output may overwrite an input
-        with output_group():  # all of the command's outputs are renamed into place at the end, or none
-            args.func(args)
+        with output_group() if getattr(args, "grouped", True) else contextlib.nullcontext():
+            args.func(args)  # all of the command's outputs are renamed into place at the end, or none
     except FedmlpError as exc:
         print(f"fedmlp {args.command}: error: {one_line(exc)}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except OSError as exc:  # a full disk, a read-only or missing directory: where and what, not a traceback
         log.debug("OSError", exc_info=True)
         output = next((v for k, v in vars(args).items() if k.startswith("out") and v is not None), None)

@@ -111,11 +111,6 @@ def method_settings(method):
     return tuning.apply(settings, POINTS[method].overrides) if method in POINTS else settings
 
 
-def registered_method(wildcards):
-    """The registered method a run trains (its grid point's settings come with --method-settings)."""
-    return tuning.base_method(wildcards.method)
-
-
 def fedmlp_stage1():
     """The FedMLP keys the warm-up depends on (changing a stage-2 key keeps the warm-up)."""
     return {key: config["fedmlp"][key] for key in FEDMLP.STAGE1_KEYS}
@@ -134,17 +129,16 @@ def drawn(section, wildcards):
     return {**section, "seed": section["seed"] + int(wildcards.draw)}
 
 
-def run_identity(wildcards):
+def run_identity(run):
     """What a run's metrics say about it (dataset, setting, method, seed): the report groups by it."""
-    return json_arg(
-        {"dataset": wildcards.dataset, "setting": wildcards.setting, "method": wildcards.method, "seed": int(wildcards.seed)}
-    )
+    return json_arg({"dataset": run["dataset"], "setting": run["setting"], "method": run["method"], "seed": int(run["seed"])})
 
 
 def training_runtime(rounds):
-    """A training job's time limit in minutes (the cluster's runtime resource): its rounds times
+    """A training job's time limit in minutes (the cluster's runtime resource): its runs' rounds times
     cluster.minutes_per_round plus 30, doubled on each retry (the retry resumes after the last round)."""
-    minutes = math.ceil(rounds * config["cluster"]["minutes_per_round"]) + 30
+    runs = len(config["seeds"]) if PACK else 1
+    minutes = math.ceil(runs * rounds * config["cluster"]["minutes_per_round"]) + 30
     return lambda wildcards, attempt: minutes * 2 ** (attempt - 1)
 
 
@@ -295,14 +289,169 @@ def staged_methods():
     return [m for m in RUN_METHODS if METHODS[tuning.base_method(m)].staged]
 
 
-def resume_file(rule, pattern):
-    """Where a training job keeps its between-rounds state: outside its declared outputs, so that
-    Snakemake's cleanup of incomplete outputs keeps it and a rerun continues (see fedmlp.resume)."""
+# Packed training (config key pack_seeds): a training job runs every seed of its method and setting
+# in one process (`fedmlp pack`), else its own seed only. The rules are written once for both: a
+# per-run file is per_run(pattern), one file per seed when packed; a per-job file (the benchmark) is
+# per_job(pattern); the runs' commands come from seed_runs, one wildcard mapping per run.
+PACK = config["pack_seeds"]
 
-    def path(wildcards):
-        return f"resume/{rule}/{pattern.format(**dict(wildcards.items()))}.pt"
 
-    return path
+def per_run(pattern):
+    """A file each run of a job writes: the pattern itself (a job per seed) or one per seed (packed)."""
+    if not PACK:
+        return pattern
+    return [pattern.replace("{seed}", str(seed)).replace("{draw}", str(seed)) for seed in config["seeds"]]
+
+
+def per_run_directory(pattern):
+    """per_run for a directory output."""
+    return [directory(path) for path in per_run(pattern)] if PACK else directory(pattern)
+
+
+def per_job(pattern):
+    """A file each job writes once (its benchmark): per seed, or per method and setting when packed."""
+    return pattern.replace(DRAW, "").replace("seed{seed}", "seeds") if PACK else pattern
+
+
+def run_store_files():
+    """store_files of each run of a job (its draw's store with data replicates)."""
+    return {name: per_run(pattern) for name, pattern in store_files().items()}
+
+
+def seed_runs(wildcards):
+    """The runs of a job as wildcard mappings: every seed on its draw (packed) or the job's own."""
+    job = dict(wildcards.items())
+    if not PACK:
+        return [job]
+    return [{**job, "seed": str(seed), "draw": str(seed)} for seed in config["seeds"]]
+
+
+def packed_commands(command, log):
+    """The param holding a job's runs for `fedmlp pack --runs`: command(run) gives one run's fedmlp
+    arguments; each run's output and errors go to its own log (log: a pattern)."""
+
+    def runs(wildcards):
+        return json_arg([{"argv": command(run), "log": log.format(**run)} for run in seed_runs(wildcards)])
+
+    return runs
+
+
+def resume_path(rule, pattern, run):
+    """Where a training run keeps its between-rounds state: outside the job's declared outputs, so
+    that Snakemake's cleanup of incomplete outputs keeps it and a rerun continues (fedmlp.resume)."""
+    return f"resume/{rule}/{pattern.format(**run)}.pt"
+
+
+def training_args(run, method, method_settings_json):
+    """The options every training command takes, for one run of a method (a registered one: a grid
+    point's values come with its settings)."""
+    return [
+        "--store",
+        STORE.format(**run),
+        "--partition",
+        PARTITION.format(**run),
+        "--method",
+        method,
+        "--seed",
+        run["seed"],
+        "--train",
+        json_arg(config["train"]),
+        "--model",
+        json_arg(config["model"]),
+        "--method-settings",
+        method_settings_json,
+    ]
+
+
+# The fedmlp command of one run, for each training rule; run is the run's wildcards (seed_runs).
+def at(pattern, run):
+    return pattern.format(**run)
+
+
+def train_command(run):
+    """`fedmlp train` with the seed's store, partition and outputs."""
+    return [
+        "train",
+        *training_args(run, tuning.base_method(run["method"]), json_arg(method_settings(run["method"]))),
+        "--run",
+        run_identity(run),
+        "--out-model",
+        at(f"{RUN}/model.pt", run),
+        "--out-rounds",
+        at(f"{RUN}/rounds.csv", run),
+        "--live",
+        at(f"{RUN}/live", run),
+        "--out-metrics",
+        at(f"{RUN}/metrics.json", run),
+        "--out-predictions",
+        at(f"{RUN}/predictions.csv", run),
+        "--resume-state",
+        resume_path("train", RUN_ID, run),
+    ]
+
+
+def warmup_command(run):
+    return [
+        "warmup",
+        *training_args(run, "fedmlp", json_arg(fedmlp_stage1())),
+        "--out-model",
+        at(f"{WARMUP}/model.pt", run),
+        "--out-rounds",
+        at(f"{WARMUP}/rounds.csv", run),
+        "--out-compute",
+        at(f"{WARMUP}/compute.json", run),
+        "--live",
+        at(f"{WARMUP}/live", run),
+        "--resume-state",
+        resume_path("warmup", WARMUP_ID, run),
+    ]
+
+
+def pseudolabel_command(run):
+    return [
+        "pseudolabel",
+        *training_args(run, tuning.base_method(run["method"]), json_arg(fedmlp_detection(run["method"]))),
+        "--warmup-model",
+        at(f"{WARMUP}/model.pt", run),
+        "--out-artifact",
+        at(f"{RUN}/pseudolabels.json", run),
+        "--out-summary",
+        at(f"{RUN}/pseudolabels.md", run),
+        "--out-compute",
+        at(f"{RUN}/pseudolabel-compute.json", run),
+    ]
+
+
+def teacher_command(run):
+    return [
+        "teacher",
+        *training_args(run, tuning.base_method(run["method"]), json_arg(method_settings(run["method"]))),
+        "--warmup-model",
+        at(f"{WARMUP}/model.pt", run),
+        "--warmup-rounds",
+        at(f"{WARMUP}/rounds.csv", run),
+        "--pseudolabels",
+        at(f"{RUN}/pseudolabels.json", run),
+        "--earlier-compute",
+        at(f"{WARMUP}/compute.json", run),
+        at(f"{RUN}/pseudolabel-compute.json", run),
+        "--run",
+        run_identity(run),
+        "--out-model",
+        at(f"{RUN}/model.pt", run),
+        "--out-rounds",
+        at(f"{RUN}/rounds.csv", run),
+        "--live",
+        at(f"{RUN}/live", run),
+        "--out-diagnostics",
+        at(f"{RUN}/diagnostics.csv", run),
+        "--out-metrics",
+        at(f"{RUN}/metrics.json", run),
+        "--out-predictions",
+        at(f"{RUN}/predictions.csv", run),
+        "--resume-state",
+        resume_path("teacher", RUN_ID, run),
+    ]
 
 
 def parent_of(name):

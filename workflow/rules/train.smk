@@ -1,19 +1,19 @@
 rule train:
-    """Federated training of one method with one seed (methods trained in one stage), then the final
+    """Federated training of one method (every seed with pack_seeds, else one), then each final
     model's metrics on the fully labelled test set."""
     input:
-        **store_files(),
-        partition=PARTITION,
+        **run_store_files(),
+        partition=per_run(PARTITION),
     output:
-        model=f"{RUN}/model.pt",
-        rounds=f"{RUN}/rounds.csv",
-        live=directory(f"{RUN}/live"),  # per-round metrics as the rounds happen (DVCLive; rebuilt on resume)
-        metrics=f"{RUN}/metrics.json",
-        predictions=f"{RUN}/predictions.csv",
+        model=per_run(f"{RUN}/model.pt"),
+        rounds=per_run(f"{RUN}/rounds.csv"),
+        live=per_run_directory(f"{RUN}/live"),  # per-round metrics as the rounds happen (DVCLive; rebuilt on resume)
+        metrics=per_run(f"{RUN}/metrics.json"),
+        predictions=per_run(f"{RUN}/predictions.csv"),
     log:
-        f"logs/train/{RUN_ID}.log",
+        per_run(f"logs/train/{RUN_ID}.log"),
     benchmark:
-        f"benchmarks/train/{RUN_ID}.tsv"
+        per_job(f"benchmarks/train/{RUN_ID}.tsv")
     wildcard_constraints:
         method=ONE_STAGE,
     conda:
@@ -23,16 +23,7 @@ rule train:
         gpu=GPU,
         runtime=training_runtime(config["train"]["rounds"]),
     params:
-        train=json_arg(config["train"]),
-        model=json_arg(config["model"]),
-        method=lambda wildcards: json_arg(method_settings(wildcards.method)),
-        registered=registered_method,
-        run=run_identity,
-        store=parent_of("manifest"),
-        resume=resume_file("train", RUN_ID),
+        runs=packed_commands(train_command, f"logs/train/{RUN_ID}.log"),
         code=lambda wildcards: method_code(wildcards.method),
     shell:
-        "fedmlp train --store {params.store:q} --partition {input.partition:q} --method {params.registered:q}"
-        " --seed {wildcards.seed:q} --train {params.train:q} --model {params.model:q} --method-settings {params.method:q}"
-        " --run {params.run:q} --out-model {output.model:q} --out-rounds {output.rounds:q} --live {output.live:q} --out-metrics {output.metrics:q}"
-        " --out-predictions {output.predictions:q} --resume-state {params.resume:q} > {log:q} 2>&1"
+        "fedmlp pack --runs {params.runs:q}"

@@ -231,6 +231,92 @@ def cmd_teacher(args: argparse.Namespace) -> None:
     write_rounds(args.out_diagnostics, result.round_rows)
 
 
+PACKABLE = ("train", "warmup", "pseudolabel", "teacher")  # the commands ``fedmlp pack`` runs
+
+
+@dataclass(frozen=True)
+class PackedRun:
+    """One command of a pack: its arguments (as ``fedmlp`` takes them) and the file its output goes to."""
+
+    argv: list[str]
+    log: Path | None
+
+
+def parse_runs(text: str) -> list[PackedRun]:
+    """``--runs``: a JSON list of {"argv": [command, options...], "log": path or null}, each command a training one."""
+    runs = parse_json_option(text, "--runs")
+    if not isinstance(runs, list) or not runs:
+        raise FedmlpError("--runs: expected a non-empty JSON list of {\"argv\": [...], \"log\": path or null}")
+    parsed = []
+    for k, run in enumerate(runs, 1):
+        argv = run.get("argv") if isinstance(run, dict) else None
+        log = run.get("log") if isinstance(run, dict) else None
+        if (not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv)
+                or argv[0] not in PACKABLE or not (log is None or isinstance(log, str) and log)):
+            raise FedmlpError(f"--runs: entry {k} is not {{\"argv\": [one of {', '.join(PACKABLE)}, options...], \"log\": path or null}}")
+        parsed.append(PackedRun(argv, Path(log) if log else None))
+    return parsed
+
+
+def cmd_pack(args: argparse.Namespace) -> None:
+    """Run several training commands one after the other in this process: one Python, torch and
+    scikit-learn start-up (about 3 CPU-s) instead of one per run. Each run seeds its own generators
+    and writes its outputs as its own command would, so the files are the same bytes as separate
+    processes write; each run's standard output and error go to its own log. The first failure
+    stops the pack with that run's exit status."""
+    import os
+    import shlex
+    import sys
+
+    from fedmlp.cli import main  # the same entry point as a separate process (parsing, logging, errors, signals)
+
+    runs = parse_runs(args.runs)
+    for k, run in enumerate(runs, 1):
+        saved = None
+        if run.log is not None:
+            run.log.parent.mkdir(parents=True, exist_ok=True)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            saved = os.dup(1), os.dup(2)
+            fd = os.open(run.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.close(fd)
+        try:
+            print(f"fedmlp pack: run {k} of {len(runs)}: fedmlp {shlex.join(run.argv)}", file=sys.stderr, flush=True)
+            try:
+                code = main(run.argv)
+            except SystemExit as exc:  # argparse's usage error (status 2) or --help (0)
+                code = exc.code if isinstance(exc.code, int) else 2
+        finally:
+            if saved is not None:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                for target, fd in enumerate(saved, 1):
+                    os.dup2(fd, target)
+                    os.close(fd)
+        if code != 0:
+            where = f" (log: {run.log}: {last_line(run.log)})" if run.log is not None else ""
+            raise PackFailed(code, f"run {k} of {len(runs)}, fedmlp {run.argv[0]}, failed with exit {code}{where}")
+
+
+class PackFailed(FedmlpError):
+    """A run of a pack failed: the pack exits with that run's status."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = code
+
+
+def last_line(path: Path) -> str:
+    """The last non-empty line of a log (a failed command's one-line error)."""
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "unreadable"
+    return lines[-1] if lines else "empty"
+
+
 def add_commands(add) -> None:
     def training_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--store", type=Path, required=True)
@@ -271,6 +357,13 @@ def add_commands(add) -> None:
     scored_outputs(p)
     compute_output(p)
     declare_paths(p, INPUTS, [*OUTPUTS, "--out-metrics", "--out-predictions", "--out-compute"], ["--live"])
+
+    p = add("pack", cmd_pack, "several training commands in one process (one start-up), each with its own log")
+    p.add_argument("--runs", required=True, metavar="JSON",
+                   help="fedmlp train, warmup, pseudolabel or teacher commands, run in order, each with its own log (or null: this "
+                        "process's output); the first failure stops the pack with its exit status; "
+                        """e.g. '[{"argv": ["train", "--store", "s", "--partition", "p.json", ...], "log": "logs/seed0.log"}, ...]' """)
+    p.set_defaults(grouped=False)  # each run renames its own outputs into place as its command would
 
     p = add("warmup", cmd_warmup, "FedMLP stage 1: the warm-up rounds, ending in the warm-up checkpoint")
     training_args(p)
