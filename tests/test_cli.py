@@ -101,3 +101,33 @@ def test_a_pack_refuses_what_is_not_a_list_of_training_commands(tmp_path: Path) 
         result = _pack(tmp_path, runs)
         assert result.returncode == 2 and result.stderr.count("\n") == 1, runs
         assert result.stderr.startswith("fedmlp pack: error: --runs"), (runs, result.stderr)
+
+
+def test_a_rerun_pack_continues_its_finished_runs_from_their_last_saved_round(store, federation: dict, tmp_path: Path) -> None:
+    """A pack keeps its finished runs' resume states until every run has finished. Snakemake removes
+    all outputs of a failed pack, so the rerun trains a finished run's last round again, not the whole
+    run, and writes the same bytes; the states go when the pack succeeds."""
+    import json
+
+    (tmp_path / "partition.json").write_text(json.dumps(federation))
+
+    def run(name: str, partition: str) -> dict:
+        out = tmp_path / name
+        return {"argv": ["train", "--store", str(store.root), "--partition", str(tmp_path / partition), "--method", "fedavg-masked",
+                         "--seed", "0", "--train", json.dumps({"rounds": 3, "batch_size": 8, "precision": "fp32", "device": "cpu"}),
+                         "--model", json.dumps({"width": 4}), "--out-model", str(out / "model.pt"), "--out-rounds", str(out / "rounds.csv"),
+                         "--resume-state", str(tmp_path / "resume" / f"{name}.pt")],
+                "log": f"logs/{name}.log"}
+
+    result = _pack(tmp_path, json.dumps([run("first", "partition.json"), run("second", "missing.json")]))
+    assert result.returncode == 2 and "run 2 of 2" in result.stderr
+    written = {name: (tmp_path / "first" / name).read_bytes() for name in ("model.pt", "rounds.csv")}
+    assert (tmp_path / "resume/first.pt").is_file()
+    for name in written:  # what Snakemake's cleanup of the failed job does
+        (tmp_path / "first" / name).unlink()
+
+    result = _pack(tmp_path, json.dumps([run("first", "partition.json"), run("second", "partition.json")]))
+    assert result.returncode == 0, result.stderr
+    assert "resuming from " in (tmp_path / "logs/first.log").read_text() and " after round 2" in (tmp_path / "logs/first.log").read_text()
+    assert {name: (tmp_path / "first" / name).read_bytes() for name in written} == written
+    assert (tmp_path / "second/model.pt").is_file() and not list((tmp_path / "resume").iterdir())

@@ -12,7 +12,8 @@ torch and scikit-learn start-up per run (about 5 CPU-seconds each, a tenth of th
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,8 +151,22 @@ def train_and_save(args: argparse.Namespace, inputs: TrainingInputs, rounds: ran
     if getattr(args, "out_metrics", None) is not None:
         score_final_model(args, inputs, checkpoint.as_loaded(result.model, meta), rows, compute, result.gates)
     if resume:
-        resume.clear()
+        finished(resume)
     return result
+
+
+# Inside `fedmlp pack`: the resume states of the runs that finished, kept until every run of the pack has.
+_pack_resume_states: list | None = None
+
+
+def finished(resume) -> None:
+    """A run's outputs are written: its resume state goes, or, in a pack, waits for the pack's end. A
+    pack that fails loses every output to Snakemake's cleanup; its finished runs then continue from
+    their last saved round when it is rerun (the final round again, not the whole run)."""
+    if _pack_resume_states is None:
+        resume.clear()
+    else:
+        _pack_resume_states.append(resume)
 
 
 def score_final_model(args: argparse.Namespace, inputs: TrainingInputs, model, rows: list[dict], compute, gates: list[dict]) -> None:
@@ -264,40 +279,63 @@ def cmd_pack(args: argparse.Namespace) -> None:
     and writes its outputs as its own command would, so the files are the same bytes as separate
     processes write; each run's standard output and error go to its own log. The first failure
     stops the pack with that run's exit status."""
-    import os
+    from fedmlp.cli import main  # the same entry point as a separate process (parsing, logging, errors, signals)
+
+    global _pack_resume_states
+    runs = parse_runs(args.runs)
+    _pack_resume_states = []
+    try:
+        for k, run in enumerate(runs, 1):
+            run_packed(main, k, runs)
+        for resume in _pack_resume_states:
+            resume.clear()
+    finally:
+        _pack_resume_states = None
+
+
+def run_packed(main: Callable[[list[str]], int], k: int, runs: list[PackedRun]) -> None:
+    """Run ``k`` of a pack (1-based) through fedmlp's entry point, its output into its log."""
     import shlex
     import sys
 
-    from fedmlp.cli import main  # the same entry point as a separate process (parsing, logging, errors, signals)
-
-    runs = parse_runs(args.runs)
-    for k, run in enumerate(runs, 1):
-        saved = None
-        if run.log is not None:
-            run.log.parent.mkdir(parents=True, exist_ok=True)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            saved = os.dup(1), os.dup(2)
-            fd = os.open(run.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            os.close(fd)
+    run = runs[k - 1]
+    with output_to(run.log):
+        print(f"fedmlp pack: run {k} of {len(runs)}: fedmlp {shlex.join(run.argv)}", file=sys.stderr, flush=True)
         try:
-            print(f"fedmlp pack: run {k} of {len(runs)}: fedmlp {shlex.join(run.argv)}", file=sys.stderr, flush=True)
-            try:
-                code = main(run.argv)
-            except SystemExit as exc:  # argparse's usage error (status 2) or --help (0)
-                code = exc.code if isinstance(exc.code, int) else 2
-        finally:
-            if saved is not None:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                for target, fd in enumerate(saved, 1):
-                    os.dup2(fd, target)
-                    os.close(fd)
-        if code != 0:
-            where = f" (log: {run.log}: {last_line(run.log)})" if run.log is not None else ""
-            raise PackFailed(code, f"run {k} of {len(runs)}, fedmlp {run.argv[0]}, failed with exit {code}{where}")
+            code = main(run.argv)
+        except SystemExit as exc:  # argparse's usage error (status 2) or --help (0)
+            code = exc.code if isinstance(exc.code, int) else 2
+    if code != 0:
+        where = f" (log: {run.log}: {last_line(run.log)})" if run.log is not None else ""
+        raise PackFailed(code, f"run {k} of {len(runs)}, fedmlp {run.argv[0]}, failed with exit {code}{where}")
+
+
+@contextlib.contextmanager
+def output_to(log: Path | None) -> Iterator[None]:
+    """Standard output and error (the file descriptors, so library and C output too) into ``log``,
+    truncated first, as a shell's ``> log 2>&1`` would; nothing changes for None."""
+    import os
+    import sys
+
+    if log is None:
+        yield
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for target, original in enumerate(saved, 1):
+            os.dup2(original, target)
+            os.close(original)
 
 
 class PackFailed(FedmlpError):
