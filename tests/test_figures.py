@@ -91,3 +91,30 @@ def test_panels_follow_the_settings(n_settings: int) -> None:
 def test_every_registered_method_names_itself_for_figures_and_tables() -> None:
     """A method registered without ``display=`` would show its id in figures and table.tex."""
     assert [s.name for s in registry.specs().values() if s.display == s.name] == []
+
+
+def test_pseudo_label_quality_has_a_row_per_setting_and_a_legend_over_no_curve() -> None:
+    """Each setting its own row of three rates, each method one curve per panel (the mean over seeds),
+    and the legend below the panels, where it hides nothing (the sweep's 6 settings made it unreadable)."""
+    import pandas as pd
+
+    from fedmlp.figures import PSEUDO_LABEL_PANELS, pseudolabels_figure
+
+    settings, methods = ["iid-k5-a1", "iid-k5-a2", "dir0.5-k5-a1"], ["fedmlp", "fedmlp-fixed"]
+    rows = [{"setting": setting, "method": method, "seed": seed, "round": r,
+             **{column: 0.1 * (k + 1) + 0.01 * r + 0.1 * m + 0.02 * seed for k, (column, _) in enumerate(PSEUDO_LABEL_PANELS)}}
+            for setting in settings for m, method in enumerate(methods) for seed in range(3) for r in (9, 10, 11)]
+    fig = pseudolabels_figure(pd.DataFrame(rows))
+    assert len(fig.axes) == 9
+    assert [ax.get_title() for ax in fig.axes[:3]] == [f"{title} · iid-k5-a1" for _, title in PSEUDO_LABEL_PANELS]
+    assert fig.axes[6].get_title().endswith("· dir0.5-k5-a1")
+    for k, ax in enumerate(fig.axes):
+        lines = method_lines(ax)
+        assert set(lines) == set(methods)
+        x, y = lines["fedmlp-fixed"].get_data()
+        assert list(x) == [9, 10, 11] and np.allclose(y, [0.1 * (k % 3 + 1) + 0.01 * r + 0.1 + 0.02 for r in (9, 10, 11)])
+    assert not any(ax.get_legend() for ax in fig.axes)
+    fig.canvas.draw()
+    legend = fig.legends[0].get_window_extent()
+    assert {text.get_text() for text in fig.legends[0].get_texts()} == {"FedMLP", registry.display_name("fedmlp-fixed")}
+    assert not any(legend.overlaps(ax.get_window_extent()) for ax in fig.axes)

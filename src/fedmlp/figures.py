@@ -1,4 +1,4 @@
-"""The report's figures: how each method is drawn, and the per-round curves.
+"""The report's figures: how each method is drawn, the per-round curves and the pseudo-labels' quality.
 
 Every method keeps one look across figures and settings, chosen from its position in the registry's
 sorted list (so a method looks the same in every report): a colour of the Okabe–Ito palette
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -24,6 +24,9 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fedmlp.atomic import atomic_path  # noqa: E402
 from fedmlp.methods import registry  # noqa: E402
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Okabe & Ito (2008), "Color Universal Design": black, orange, sky blue, bluish green, yellow, blue,
 # vermillion, reddish purple; yellow is darkened a little to stay visible on white.
@@ -100,3 +103,42 @@ def rounds_figure(runs: list[dict[str, Any]], column: str = "test_mAP", ylabel: 
 def plot_rounds(runs: list[dict[str, Any]], path: Path) -> None:
     """The per-round test mAP figure (PNG and SVG)."""
     save(rounds_figure(runs), path)
+
+
+PSEUDO_LABEL_PANELS = (("precision_positive", "precision of pseudo-positives"), ("precision_negative", "precision of pseudo-negatives"),
+                       ("recall_positive", "recall of hidden positives"))
+
+
+def pseudolabels_figure(pooled: pd.DataFrame) -> Figure:
+    """A row per setting, a column per rate (:data:`PSEUDO_LABEL_PANELS`); per method the mean over
+    seeds through the stage-2 rounds and the range over seeds shaded. One legend for the figure,
+    below the panels, so that no curve is hidden behind it however many settings there are."""
+    settings = list(dict.fromkeys(pooled["setting"]))
+    fig, axes = plt.subplots(len(settings), len(PSEUDO_LABEL_PANELS), figsize=(15, 3.4 * len(settings) + 0.6), squeeze=False,
+                             sharex=True, sharey=True)
+    for row, setting in zip(axes, settings):
+        for ax, (column, title) in zip(row, PSEUDO_LABEL_PANELS):
+            for method, group in pooled[pooled["setting"] == setting].groupby("method", sort=False):
+                curve = group.groupby("round")[column].agg(["mean", "min", "max"])
+                style = look(method)
+                ax.plot(curve.index, curve["mean"], color=style.color, linestyle=style.linestyle, marker=style.marker, markersize=3,
+                        label=style.label, gid=method)
+                ax.fill_between(curve.index, curve["min"], curve["max"], color=style.color, alpha=0.1, linewidth=0)
+            ax.set_title(f"{title} · {setting}" if len(settings) > 1 else title, fontsize=10)
+            ax.set_ylim(0, 1.02)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("round")
+    legend = {}  # label → handle, over every panel (a method may be missing from a setting)
+    for ax in axes[:, 0]:
+        legend.update({label: handle for handle, label in zip(*ax.get_legend_handles_labels()) if label not in legend})
+    fig.legend(list(legend.values()), list(legend), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, max(1, len(legend))),
+               fontsize=9, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_pseudolabels(pooled: pd.DataFrame, path: Path) -> None:
+    """The pseudo-label quality figure (PNG and SVG)."""
+    save(pseudolabels_figure(pooled), path)

@@ -24,7 +24,7 @@ from fedmlp.claims import family as claims_family  # noqa: E402
 from fedmlp.config import ClaimsConfig  # noqa: E402
 from fedmlp.diagnostics import COUNTS, rates  # noqa: E402
 from fedmlp.errors import FedmlpError  # noqa: E402
-from fedmlp.figures import look, plot_rounds, save  # noqa: E402
+from fedmlp.figures import look, plot_pseudolabels, plot_rounds, save  # noqa: E402
 from fedmlp.methods.registry import display_name  # noqa: E402
 from fedmlp.metrics import METRICS  # noqa: E402
 from fedmlp.report_html import write_html  # noqa: E402
@@ -140,25 +140,6 @@ def gates_markdown(runs: list[dict[str, Any]]) -> list[str]:
             "server step the largest aggregation weight; averaged over the clients (or groups) of a round, in the first "
             "and the last round the gate was logged in; mean ± SD over seeds.", "",
             _table(header, table), ""]
-
-
-def plot_pseudolabels(pooled: pd.DataFrame, path: Path) -> None:
-    panels = [("precision_positive", "precision of pseudo-positives"), ("precision_negative", "precision of pseudo-negatives"),
-              ("recall_positive", "recall of hidden positives")]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4), squeeze=False)
-    for ax, (column, title) in zip(axes[0], panels):
-        for (setting, method), group in pooled.groupby(["setting", "method"], sort=False):
-            curve = group.groupby("round")[column].agg(["mean", "min", "max"])
-            style = look(method)
-            ax.plot(curve.index, curve["mean"], color=style.color, linestyle=style.linestyle, marker=style.marker, markersize=3,
-                    label=f"{style.label} · {setting}")
-            ax.fill_between(curve.index, curve["min"], curve["max"], color=style.color, alpha=0.1, linewidth=0)
-        ax.set(title=title, xlabel="round", ylim=(0, 1.02))
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    save(fig, path)
 
 
 def diagnostics_markdown(pooled: pd.DataFrame, figure: str) -> list[str]:
