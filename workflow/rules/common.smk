@@ -342,25 +342,23 @@ def resume_path(rule, pattern, run):
     return f"resume/{rule}/{pattern.format(**run)}.pt"
 
 
-def training_args(run, method, method_settings_json):
+def arguments(options):
+    """Command-line arguments from {option: value} (a list value gives the option several values)."""
+    return [item for option, value in options.items() for item in (option, *(value if isinstance(value, list) else [value]))]
+
+
+def training_options(run, method, method_settings_json):
     """The options every training command takes, for one run of a method (a registered one: a grid
     point's values come with its settings)."""
-    return [
-        "--store",
-        STORE.format(**run),
-        "--partition",
-        PARTITION.format(**run),
-        "--method",
-        method,
-        "--seed",
-        run["seed"],
-        "--train",
-        json_arg(config["train"]),
-        "--model",
-        json_arg(config["model"]),
-        "--method-settings",
-        method_settings_json,
-    ]
+    return {
+        "--store": STORE.format(**run),
+        "--partition": PARTITION.format(**run),
+        "--method": method,
+        "--seed": run["seed"],
+        "--train": json_arg(config["train"]),
+        "--model": json_arg(config["model"]),
+        "--method-settings": method_settings_json,
+    }
 
 
 # The fedmlp command of one run, for each training rule; run is the run's wildcards (seed_runs).
@@ -370,88 +368,70 @@ def at(pattern, run):
 
 def train_command(run):
     """`fedmlp train` with the seed's store, partition and outputs."""
-    return [
-        "train",
-        *training_args(run, tuning.base_method(run["method"]), json_arg(method_settings(run["method"]))),
-        "--run",
-        run_identity(run),
-        "--out-model",
-        at(f"{RUN}/model.pt", run),
-        "--out-rounds",
-        at(f"{RUN}/rounds.csv", run),
-        "--live",
-        at(f"{RUN}/live", run),
-        "--out-metrics",
-        at(f"{RUN}/metrics.json", run),
-        "--out-predictions",
-        at(f"{RUN}/predictions.csv", run),
-        "--resume-state",
-        resume_path("train", RUN_ID, run),
-    ]
+    method = run["method"]
+    options = training_options(run, tuning.base_method(method), json_arg(method_settings(method)))
+    return ["train"] + arguments(
+        {
+            **options,
+            "--run": run_identity(run),
+            "--out-model": at(f"{RUN}/model.pt", run),
+            "--out-rounds": at(f"{RUN}/rounds.csv", run),
+            "--live": at(f"{RUN}/live", run),
+            "--out-metrics": at(f"{RUN}/metrics.json", run),
+            "--out-predictions": at(f"{RUN}/predictions.csv", run),
+            "--resume-state": resume_path("train", RUN_ID, run),
+        }
+    )
 
 
 def warmup_command(run):
-    return [
-        "warmup",
-        *training_args(run, "fedmlp", json_arg(fedmlp_stage1())),
-        "--out-model",
-        at(f"{WARMUP}/model.pt", run),
-        "--out-rounds",
-        at(f"{WARMUP}/rounds.csv", run),
-        "--out-compute",
-        at(f"{WARMUP}/compute.json", run),
-        "--live",
-        at(f"{WARMUP}/live", run),
-        "--resume-state",
-        resume_path("warmup", WARMUP_ID, run),
-    ]
+    options = training_options(run, "fedmlp", json_arg(fedmlp_stage1()))
+    return ["warmup"] + arguments(
+        {
+            **options,
+            "--out-model": at(f"{WARMUP}/model.pt", run),
+            "--out-rounds": at(f"{WARMUP}/rounds.csv", run),
+            "--out-compute": at(f"{WARMUP}/compute.json", run),
+            "--live": at(f"{WARMUP}/live", run),
+            "--resume-state": resume_path("warmup", WARMUP_ID, run),
+        }
+    )
 
 
 def pseudolabel_command(run):
-    return [
-        "pseudolabel",
-        *training_args(run, tuning.base_method(run["method"]), json_arg(fedmlp_detection(run["method"]))),
-        "--warmup-model",
-        at(f"{WARMUP}/model.pt", run),
-        "--out-artifact",
-        at(f"{RUN}/pseudolabels.json", run),
-        "--out-summary",
-        at(f"{RUN}/pseudolabels.md", run),
-        "--out-compute",
-        at(f"{RUN}/pseudolabel-compute.json", run),
-    ]
+    method = run["method"]
+    options = training_options(run, tuning.base_method(method), json_arg(fedmlp_detection(method)))
+    return ["pseudolabel"] + arguments(
+        {
+            **options,
+            "--warmup-model": at(f"{WARMUP}/model.pt", run),
+            "--out-artifact": at(f"{RUN}/pseudolabels.json", run),
+            "--out-summary": at(f"{RUN}/pseudolabels.md", run),
+            "--out-compute": at(f"{RUN}/pseudolabel-compute.json", run),
+        }
+    )
 
 
 def teacher_command(run):
-    return [
-        "teacher",
-        *training_args(run, tuning.base_method(run["method"]), json_arg(method_settings(run["method"]))),
-        "--warmup-model",
-        at(f"{WARMUP}/model.pt", run),
-        "--warmup-rounds",
-        at(f"{WARMUP}/rounds.csv", run),
-        "--pseudolabels",
-        at(f"{RUN}/pseudolabels.json", run),
-        "--earlier-compute",
-        at(f"{WARMUP}/compute.json", run),
-        at(f"{RUN}/pseudolabel-compute.json", run),
-        "--run",
-        run_identity(run),
-        "--out-model",
-        at(f"{RUN}/model.pt", run),
-        "--out-rounds",
-        at(f"{RUN}/rounds.csv", run),
-        "--live",
-        at(f"{RUN}/live", run),
-        "--out-diagnostics",
-        at(f"{RUN}/diagnostics.csv", run),
-        "--out-metrics",
-        at(f"{RUN}/metrics.json", run),
-        "--out-predictions",
-        at(f"{RUN}/predictions.csv", run),
-        "--resume-state",
-        resume_path("teacher", RUN_ID, run),
-    ]
+    method = run["method"]
+    options = training_options(run, tuning.base_method(method), json_arg(method_settings(method)))
+    return ["teacher"] + arguments(
+        {
+            **options,
+            "--warmup-model": at(f"{WARMUP}/model.pt", run),
+            "--warmup-rounds": at(f"{WARMUP}/rounds.csv", run),
+            "--pseudolabels": at(f"{RUN}/pseudolabels.json", run),
+            "--earlier-compute": [at(f"{WARMUP}/compute.json", run), at(f"{RUN}/pseudolabel-compute.json", run)],
+            "--run": run_identity(run),
+            "--out-model": at(f"{RUN}/model.pt", run),
+            "--out-rounds": at(f"{RUN}/rounds.csv", run),
+            "--live": at(f"{RUN}/live", run),
+            "--out-diagnostics": at(f"{RUN}/diagnostics.csv", run),
+            "--out-metrics": at(f"{RUN}/metrics.json", run),
+            "--out-predictions": at(f"{RUN}/predictions.csv", run),
+            "--resume-state": resume_path("teacher", RUN_ID, run),
+        }
+    )
 
 
 def parent_of(name):
