@@ -251,6 +251,8 @@ def inputs(store: ImageStore, federation: dict, raw_dataset: Path, tmp_path_fact
         "federation": {"n_clients": 2, "annotated_per_client": 3},
     }
 
+    pack_runs = [{"argv": ["train", "--help"], "log": None}, {"argv": ["warmup", "--help"], "log": str(root / "logs" / "pack.log")}]
+
     def training(extra: dict[str, str], extra_files: dict[str, st.SearchStrategy[bytes]] = {}, outputs: tuple = ()) -> Command:
         options = {**common, **extra}
         return Command(flags(), options, texts={"--train": json_text(train), "--model": json_text(model),
@@ -303,6 +305,7 @@ def inputs(store: ImageStore, federation: dict, raw_dataset: Path, tmp_path_fact
                                              "--summary": "", "--report": "", "--figure": "", "--latex": ""},
                           files={"metrics": json_bytes(metrics), "--diagnostics": mutated_csv(diagnostics)},
                           outputs=("--summary", "--report", "--figure", "--latex")),
+        "pack": Command(flags(), {"--runs": json.dumps(pack_runs)}, texts={"--runs": json_text(pack_runs)}),  # --help: no training
         "methods": Command(flags(), {}, texts={"--bogus": TEXT}),
         "verify": Command(flags("store"), {"store": str(store.root)}, texts={"store": TEXT}),
         "dvc-yaml": Command(flags(), {"--check": [], "--out": dvc_yaml}, texts={"--out": TEXT}, files={"--out": mutated_bytes(dvc_yaml)}),

@@ -139,10 +139,12 @@ def test_rerunning_ingest_rebuilds_the_store(tmp_path: Path) -> None:
          {"train": 6, "warmup": 2, "pseudolabel": 4, "teacher": 4, "report": 1, "all": 1}),
         ({"federation": {**TINY["federation"], "seed": 5}}, {"partition": 2, **AFTER_PARTITION}),
         ({"preprocess": {"size": 24, "windowing": "header"}}, {}),  # same values spelled out: nothing
-        ({"seeds": [0, 1]}, {"synthesize": 1, "ingest": 1, "split": 1, "partition": 2, **AFTER_PARTITION}),  # draw 1 of the data
-        ({"seeds": [0, 1], "replicates": "training"},  # the layout without draws: every job again, both seeds
-         {"synthesize": 1, "ingest": 1, "split": 1, "partition": 2, "train": 12, "warmup": 4, "pseudolabel": 8, "teacher": 8,
-          "report": 1, "all": 1}),
+        # draw 1 of the data; each training job packs seeds 0 and 1 (pack_seeds), so seed 0 trains again in it
+        ({"seeds": [0, 1]}, {"synthesize": 1, "ingest": 1, "split": 1, "partition": 2, **AFTER_PARTITION}),
+        ({"seeds": [0, 1], "replicates": "training"},  # the layout without draws: every job again, both seeds in each
+         {"synthesize": 1, "ingest": 1, "split": 1, "partition": 2, **AFTER_PARTITION}),
+        ({"pack_seeds": False}, {}),  # a pack of one seed is the job of that seed: nothing to rerun
+        ({"seeds": [0, 1], "pack_seeds": False}, {"synthesize": 1, "ingest": 1, "split": 1, "partition": 2, **AFTER_PARTITION}),  # seed 1's
         ({"preprocess": {"size": 20}}, {"ingest": 1, "split": 1, "partition": 2, **AFTER_PARTITION}),
         ({"federation": {**TINY["federation"], "annotated_per_client": [3, 4]}},
          {"partition": 1, "train": 3, "warmup": 1, "pseudolabel": 2, "teacher": 2, "report": 1, "all": 1}),

@@ -46,7 +46,7 @@ PARAMS = {
     "experiments": ("methods", "seeds", "replicates", "split", "federation", "sweep", "model", "train", "tuning"),
     "report": ("dataset", "methods", "seeds", "replicates", "preprocess", "federation", "sweep", "report", "tuning"),
 }
-NOT_RESULTS = ("cluster",)  # how jobs are scheduled, never what they compute
+NOT_RESULTS = ("cluster", "pack_seeds")  # how jobs are scheduled and run, never what they compute
 STAGE_DEPS = {"experiments": ("resources",), "report": ("results/runs",)}  # the previous stage's outputs
 # persist: DVC leaves the outputs in place when it reruns a stage, so that Snakemake reruns only the
 # jobs whose inputs changed (DVC alone would delete the directory and recompute every job).

@@ -267,7 +267,7 @@ def parse_runs(text: str) -> list[PackedRun]:
         argv = run.get("argv") if isinstance(run, dict) else None
         log = run.get("log") if isinstance(run, dict) else None
         if (not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv)
-                or argv[0] not in PACKABLE or not (log is None or isinstance(log, str) and log)):
+                or argv[0] not in PACKABLE or not (log is None or isinstance(log, str) and log and "\0" not in log)):
             raise FedmlpError(f"--runs: entry {k} is not {{\"argv\": [one of {', '.join(PACKABLE)}, options...], \"log\": path or null}}")
         parsed.append(PackedRun(argv, Path(log) if log else None))
     return parsed
@@ -321,10 +321,10 @@ def output_to(log: Path | None) -> Iterator[None]:
         yield
         return
     log.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
