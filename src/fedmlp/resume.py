@@ -14,10 +14,12 @@ renamed to ``<file>.bad`` with a warning, never deleted.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,6 +176,28 @@ class ResumePoint:
             torch.save({**payload, "format": FORMAT, "key": self.key}, handle)
 
     def clear(self) -> None:
-        """Remove the saved state once the run's outputs are written (only a file of ours)."""
-        if self._read() is not None:
+        """Remove the saved state once the run's outputs are written (only a file of ours); inside
+        :func:`cleared_together`, once every run of the block has written its outputs."""
+        kept = _KEPT.get()
+        if kept is not None:
+            kept.append(self)
+        elif self._read() is not None:
             self.path.unlink()
+
+
+_KEPT: contextvars.ContextVar[list[ResumePoint] | None] = contextvars.ContextVar("fedmlp_kept_resume_states", default=None)
+
+
+@contextlib.contextmanager
+def cleared_together() -> Iterator[None]:
+    """Runs that finish inside this block keep their resume states until it ends without an error:
+    when several runs make one Snakemake job (``fedmlp pack``), a failure removes every output of
+    the job, and the rerun then continues the finished runs from their last saved round."""
+    kept: list[ResumePoint] = []
+    token = _KEPT.set(kept)
+    try:
+        yield
+    finally:
+        _KEPT.reset(token)
+    for resume in kept:
+        resume.clear()

@@ -151,22 +151,8 @@ def train_and_save(args: argparse.Namespace, inputs: TrainingInputs, rounds: ran
     if getattr(args, "out_metrics", None) is not None:
         score_final_model(args, inputs, checkpoint.as_loaded(result.model, meta), rows, compute, result.gates)
     if resume:
-        finished(resume)
-    return result
-
-
-# Inside `fedmlp pack`: the resume states of the runs that finished, kept until every run of the pack has.
-_pack_resume_states: list | None = None
-
-
-def finished(resume) -> None:
-    """A run's outputs are written: its resume state goes, or, in a pack, waits for the pack's end. A
-    pack that fails loses every output to Snakemake's cleanup; its finished runs then continue from
-    their last saved round when it is rerun (the final round again, not the whole run)."""
-    if _pack_resume_states is None:
         resume.clear()
-    else:
-        _pack_resume_states.append(resume)
+    return result
 
 
 def score_final_model(args: argparse.Namespace, inputs: TrainingInputs, model, rows: list[dict], compute, gates: list[dict]) -> None:
@@ -279,35 +265,31 @@ def cmd_pack(args: argparse.Namespace) -> None:
     and writes its outputs as its own command would, so the files are the same bytes as separate
     processes write; each run's standard output and error go to its own log. The first failure
     stops the pack with that run's exit status."""
-    from fedmlp.cli import main  # the same entry point as a separate process (parsing, logging, errors, signals)
+    from fedmlp.resume import cleared_together
 
-    global _pack_resume_states
     runs = parse_runs(args.runs)
-    _pack_resume_states = []
-    try:
+    with cleared_together():  # a failed pack keeps its finished runs' states (fedmlp.resume)
         for k, run in enumerate(runs, 1):
-            run_packed(main, k, runs)
-        for resume in _pack_resume_states:
-            resume.clear()
-    finally:
-        _pack_resume_states = None
+            run_packed(run, f"run {k} of {len(runs)}")
 
 
-def run_packed(main: Callable[[list[str]], int], k: int, runs: list[PackedRun]) -> None:
-    """Run ``k`` of a pack (1-based) through fedmlp's entry point, its output into its log."""
+def run_packed(run: PackedRun, label: str) -> None:
+    """One run of a pack through fedmlp's entry point (parsing, logging, errors, signals as in a
+    process of its own), its output into its log."""
     import shlex
     import sys
 
-    run = runs[k - 1]
+    from fedmlp.cli import main
+
     with output_to(run.log):
-        print(f"fedmlp pack: run {k} of {len(runs)}: fedmlp {shlex.join(run.argv)}", file=sys.stderr, flush=True)
+        print(f"fedmlp pack: {label}: fedmlp {shlex.join(run.argv)}", file=sys.stderr, flush=True)
         try:
             code = main(run.argv)
         except SystemExit as exc:  # argparse's usage error (status 2) or --help (0)
             code = exc.code if isinstance(exc.code, int) else 2
     if code != 0:
         where = f" (log: {run.log}: {last_line(run.log)})" if run.log is not None else ""
-        raise PackFailed(code, f"run {k} of {len(runs)}, fedmlp {run.argv[0]}, failed with exit {code}{where}")
+        raise PackFailed(code, f"{label}, fedmlp {run.argv[0]}, failed with exit {code}{where}")
 
 
 @contextlib.contextmanager
